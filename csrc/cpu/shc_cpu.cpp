@@ -1,0 +1,627 @@
+// CPU kernels for the `shc` ops (schemas in csrc/shc.cpp).
+//
+// modulated_conv2d: y[n] = conv2d(x[n], W * m[n], bias, ...), with m[n] one scalar per tap.
+// Samples are split into chunks; one thread owns a chunk (so col2im scatters never race).
+// Per (chunk, group, block of output rows) the thread builds a bounded im2col buffer
+//   cols[(d,t), j] = m[n(j),t] * x_pad[n(j), d, p(j) (+) t]      (the m scaling fused in)
+// and runs one BLAS GEMM  y = W_g @ cols  (W viewed as (C, D/groups*T): no reorder).
+// Several samples share one GEMM when the output plane is small (7x7, 14x14).
+// Backward per block:
+//   grad_weight += dy @ cols_scaled^T                 (per-thread accumulator, reduced at the end)
+//   dcols = W_g^T @ dy;  col2im:  dx[n,d,q(+)t] += m[n,t] * dcols[(d,t),j]
+//                        fused:   dm[n,t]       += dcols[(d,t),j] * x[n,d,q(+)t]
+// (dm[n,t] = sum_{c,d} W[c,d,t] * G_n[c,d,t] with G_n the plain per-sample weight grad,
+//  which equals sum_{d,q} x[n,d,q(+)t] * (W^T dy[n])[(d,t),q].)
+// Everything is computed in float (fp32/fp16/bf16 inputs) or double (fp64 inputs) on
+// NCHW-contiguous copies; outputs are returned in x's dtype and x.suggest_memory_format().
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+// Fortran BLAS entry points exported by libtorch_cpu when torch is built with MKL/OpenBLAS.
+// Declared weak: when absent we fall back to at::mm on from_blob views.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc)
+    __attribute__((weak));
+}
+
+namespace shc_cpu {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Row-major GEMM: C(MxN, ldc) = alpha * op(A) @ op(B) + beta * C.
+// op(A) is MxK: A stored (M x K, lda) or, with transA, (K x M, lda). Same for B (K x N).
+template <typename T>
+void blas_colmajor(char ta, char tb, int m, int n, int k, T alpha, const T* a, int lda,
+                   const T* b, int ldb, T beta, T* c, int ldc);
+
+template <>
+void blas_colmajor<float>(char ta, char tb, int m, int n, int k, float alpha, const float* a,
+                          int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+template <>
+void blas_colmajor<double>(char ta, char tb, int m, int n, int k, double alpha, const double* a,
+                           int lda, const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+template <typename T>
+bool have_blas();
+template <>
+bool have_blas<float>() {
+  return sgemm_ != nullptr;
+}
+template <>
+bool have_blas<double>() {
+  return dgemm_ != nullptr;
+}
+
+template <typename T>
+void gemm_rm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+             int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  if (have_blas<T>()) {
+    // Row-major C = op(A) op(B)  <=>  column-major C^T = op(B)^T op(A)^T.
+    blas_colmajor<T>(transB ? 'T' : 'N', transA ? 'T' : 'N', static_cast<int>(N),
+                     static_cast<int>(M), static_cast<int>(K), alpha, B,
+                     static_cast<int>(std::max<int64_t>(ldb, 1)), A,
+                     static_cast<int>(std::max<int64_t>(lda, 1)), beta, C,
+                     static_cast<int>(std::max<int64_t>(ldc, 1)));
+    return;
+  }
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor a = transA ? at::from_blob(const_cast<T*>(A), {K, M}, {lda, 1}, opts).t()
+                        : at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
+  at::Tensor b = transB ? at::from_blob(const_cast<T*>(B), {N, K}, {ldb, 1}, opts).t()
+                        : at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, opts);
+  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  at::Tensor r = at::mm(a, b);
+  if (alpha != T(1)) r.mul_(alpha);
+  if (beta == T(0)) {
+    c.copy_(r);
+  } else {
+    c.mul_(beta).add_(r);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+struct Geom {
+  int64_t N, D, H, W, C, kh, kw, T, OH, OW, P, sh, sw, ph, pw, dh, dw, groups, Dg, Cg, K;
+};
+
+// valid output-column range [lo, hi) for tap column j: iw = ow*sw + off in [0, W)
+inline void col_range(const Geom& g, int64_t j, int64_t& lo, int64_t& hi, int64_t& off) {
+  off = j * g.dw - g.pw;
+  lo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
+  const int64_t last = g.W - 1 - off;
+  hi = last < 0 ? 0 : last / g.sw + 1;
+  hi = std::min(hi, g.OW);
+  lo = std::min(lo, hi);
+}
+
+// cols (K x L, row-major), L = nb * (oh1 - oh0) * OW; column j = (sample s, oh, ow).
+template <typename T>
+void im2col_block(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, int64_t nb,
+                  int64_t oh0, int64_t oh1, T* cols) {
+  const int64_t rows = oh1 - oh0, Lp = rows * g.OW, L = nb * Lp;
+  for (int64_t d = 0; d < g.Dg; ++d) {
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t t = i * g.kw + j;
+        int64_t lo, hi, off;
+        col_range(g, j, lo, hi, off);
+        T* crow = cols + (d * g.T + t) * L;
+        for (int64_t s = 0; s < nb; ++s) {
+          const int64_t n = n0 + s;
+          const T scale = m[n * g.T + t];
+          const T* xp = x + ((n * g.D + grp * g.Dg + d) * g.H) * g.W;
+          T* cs = crow + s * Lp;
+          for (int64_t oh = oh0; oh < oh1; ++oh) {
+            T* c = cs + (oh - oh0) * g.OW;
+            const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+            if (ih < 0 || ih >= g.H) {
+              std::memset(c, 0, sizeof(T) * g.OW);
+              continue;
+            }
+            const T* xr = xp + ih * g.W + off;
+            for (int64_t ow = 0; ow < lo; ++ow) c[ow] = T(0);
+            if (g.sw == 1) {
+              for (int64_t ow = lo; ow < hi; ++ow) c[ow] = scale * xr[ow];
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) c[ow] = scale * xr[ow * g.sw];
+            }
+            for (int64_t ow = hi; ow < g.OW; ++ow) c[ow] = T(0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// dx[n,d,q(+)t] += m[n,t] * dcols[(d,t), j];  dm[n,t] += dcols[(d,t), j] * x[n,d,q(+)t]
+template <typename T>
+void col2im_block(const Geom& g, const T* dcols, const T* x, const T* m, T* dx, double* dm,
+                  int64_t grp, int64_t n0, int64_t nb, int64_t oh0, int64_t oh1) {
+  const int64_t rows = oh1 - oh0, Lp = rows * g.OW, L = nb * Lp;
+  for (int64_t d = 0; d < g.Dg; ++d) {
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t t = i * g.kw + j;
+        int64_t lo, hi, off;
+        col_range(g, j, lo, hi, off);
+        const T* crow = dcols + (d * g.T + t) * L;
+        for (int64_t s = 0; s < nb; ++s) {
+          const int64_t n = n0 + s;
+          const T scale = m[n * g.T + t];
+          const int64_t plane = ((n * g.D + grp * g.Dg + d) * g.H) * g.W;
+          const T* cs = crow + s * Lp;
+          T acc = T(0);
+          for (int64_t oh = oh0; oh < oh1; ++oh) {
+            const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            const T* c = cs + (oh - oh0) * g.OW;
+            const int64_t base = plane + ih * g.W + off;
+            T a = T(0);
+            if (dm != nullptr) {
+              const T* xr = x + base;
+              if (g.sw == 1) {
+#pragma omp simd reduction(+ : a)
+                for (int64_t ow = lo; ow < hi; ++ow) a += c[ow] * xr[ow];
+              } else {
+                for (int64_t ow = lo; ow < hi; ++ow) a += c[ow] * xr[ow * g.sw];
+              }
+            }
+            acc += a;
+            if (dx != nullptr) {
+              T* dxr = dx + base;
+              if (g.sw == 1) {
+#pragma omp simd
+                for (int64_t ow = lo; ow < hi; ++ow) dxr[ow] += scale * c[ow];
+              } else {
+                for (int64_t ow = lo; ow < hi; ++ow) dxr[ow * g.sw] += scale * c[ow];
+              }
+            }
+          }
+          if (dm != nullptr) dm[n * g.T + t] += static_cast<double>(acc);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Blocking: how many samples share one GEMM (nb) and how many output rows per block.
+int64_t env_int(const char* name, int64_t dflt) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return dflt;
+  return std::atoll(v);
+}
+
+struct Blocking {
+  int64_t nb;    // samples per chunk (one thread owns a chunk)
+  int64_t rows;  // output rows per block (OH when nb > 1)
+  int64_t nchunks;
+};
+
+Blocking choose_blocking(const Geom& g, size_t elem, bool backward) {
+  // Target number of GEMM columns per block, bounded by a per-thread workspace budget.
+  const int64_t target = env_int(backward ? "SHC_CPU_COLS_BWD" : "SHC_CPU_COLS", 1024);
+  const int64_t budget = env_int("SHC_CPU_WS_BYTES", 16 << 20);
+  int64_t cap = std::max<int64_t>(1, budget / static_cast<int64_t>(elem) /
+                                         std::max<int64_t>(1, g.K));
+  int64_t want = std::max<int64_t>(1, std::min(target, cap));
+  Blocking b{1, g.OH, std::max<int64_t>(g.N, 0)};
+  const int64_t P = std::max<int64_t>(1, g.P);
+  if (P >= want) {
+    b.nb = 1;
+    b.rows = std::max<int64_t>(1, std::min(g.OH, want / std::max<int64_t>(1, g.OW)));
+  } else {
+    const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+    // keep at least 2 chunks per thread for balance when the batch allows it
+    const int64_t per_thread = std::max<int64_t>(1, g.N / (2 * nthreads));
+    b.nb = std::max<int64_t>(1, std::min({want / P, per_thread, g.N}));
+    b.rows = g.OH;
+  }
+  b.nchunks = g.N > 0 ? (g.N + b.nb - 1) / b.nb : 0;
+  return b;
+}
+
+template <typename T>
+void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bias, T* y) {
+  const Blocking blk = choose_blocking(g, sizeof(T), false);
+  if (blk.nchunks == 0) return;
+  at::parallel_for(0, blk.nchunks, 1, [&](int64_t cb, int64_t ce) {
+    const int64_t Lmax = blk.nb * blk.rows * g.OW;
+    std::vector<T> cols(static_cast<size_t>(g.K * Lmax));
+    std::vector<T> ybuf(blk.nb > 1 ? static_cast<size_t>(g.Cg * Lmax) : 0);
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      const int64_t n0 = ch * blk.nb;
+      const int64_t nb = std::min(blk.nb, g.N - n0);
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const T* wg = w + grp * g.Cg * g.K;
+        for (int64_t oh0 = 0; oh0 < g.OH; oh0 += blk.rows) {
+          const int64_t oh1 = std::min(g.OH, oh0 + blk.rows);
+          const int64_t L = nb * (oh1 - oh0) * g.OW;
+          im2col_block<T>(g, x, m, grp, n0, nb, oh0, oh1, cols.data());
+          if (nb == 1) {
+            T* out = y + (n0 * g.C + grp * g.Cg) * g.P + oh0 * g.OW;
+            gemm_rm<T>(false, false, g.Cg, L, g.K, T(1), wg, g.K, cols.data(), L, T(0), out, g.P);
+            if (bias != nullptr) {
+              for (int64_t c = 0; c < g.Cg; ++c) {
+                const T bv = bias[grp * g.Cg + c];
+                T* o = out + c * g.P;
+                for (int64_t q = 0; q < L; ++q) o[q] += bv;
+              }
+            }
+          } else {
+            gemm_rm<T>(false, false, g.Cg, L, g.K, T(1), wg, g.K, cols.data(), L, T(0),
+                       ybuf.data(), L);
+            for (int64_t c = 0; c < g.Cg; ++c) {
+              const T bv = bias != nullptr ? bias[grp * g.Cg + c] : T(0);
+              for (int64_t s = 0; s < nb; ++s) {
+                const T* src = ybuf.data() + c * L + s * g.P;
+                T* dst = y + ((n0 + s) * g.C + grp * g.Cg + c) * g.P;
+                for (int64_t q = 0; q < g.P; ++q) dst[q] = src[q] + bv;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* m, T* dx,
+                   T* gw, double* dm) {
+  const bool need_gw = gw != nullptr;
+  const bool need_cols_bwd = dx != nullptr || dm != nullptr;
+  const int64_t CK = g.C * g.K;
+  if (g.N == 0 || !(need_gw || need_cols_bwd)) {
+    if (need_gw) std::fill(gw, gw + CK, T(0));
+    return;
+  }
+  const Blocking blk = choose_blocking(g, sizeof(T), true);
+  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  std::vector<T> acc;                                  // per-thread grad_weight accumulators
+  std::vector<char> inited(static_cast<size_t>(nthreads * g.groups), 0);
+  if (need_gw) acc.resize(static_cast<size_t>(nthreads * CK));
+
+  at::parallel_for(0, blk.nchunks, 1, [&](int64_t cb, int64_t ce) {
+    const int64_t tid = std::min<int64_t>(at::get_thread_num(), nthreads - 1);
+    const int64_t Lmax = blk.nb * blk.rows * g.OW;
+    std::vector<T> cols(static_cast<size_t>(g.K * Lmax));
+    std::vector<T> dybuf(blk.nb > 1 ? static_cast<size_t>(g.Cg * Lmax) : 0);
+    T* myacc = need_gw ? acc.data() + tid * CK : nullptr;
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      const int64_t n0 = ch * blk.nb;
+      const int64_t nb = std::min(blk.nb, g.N - n0);
+      if (dx != nullptr) std::memset(dx + n0 * g.D * g.H * g.W, 0, sizeof(T) * nb * g.D * g.H * g.W);
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const T* wg = w + grp * g.Cg * g.K;
+        for (int64_t oh0 = 0; oh0 < g.OH; oh0 += blk.rows) {
+          const int64_t oh1 = std::min(g.OH, oh0 + blk.rows);
+          const int64_t L = nb * (oh1 - oh0) * g.OW;
+          const T* dyp;
+          int64_t lddy;
+          if (nb == 1) {
+            dyp = dy + (n0 * g.C + grp * g.Cg) * g.P + oh0 * g.OW;
+            lddy = g.P;
+          } else {
+            for (int64_t c = 0; c < g.Cg; ++c)
+              for (int64_t s = 0; s < nb; ++s)
+                std::memcpy(dybuf.data() + c * L + s * g.P,
+                            dy + ((n0 + s) * g.C + grp * g.Cg + c) * g.P, sizeof(T) * g.P);
+            dyp = dybuf.data();
+            lddy = L;
+          }
+          if (need_gw) {
+            im2col_block<T>(g, x, m, grp, n0, nb, oh0, oh1, cols.data());
+            char& ini = inited[tid * g.groups + grp];
+            gemm_rm<T>(false, true, g.Cg, g.K, L, T(1), dyp, lddy, cols.data(), L,
+                       ini ? T(1) : T(0), myacc + grp * g.Cg * g.K, g.K);
+            ini = 1;
+          }
+          if (need_cols_bwd) {
+            gemm_rm<T>(true, false, g.K, L, g.Cg, T(1), wg, g.K, dyp, lddy, T(0), cols.data(), L);
+            col2im_block<T>(g, cols.data(), x, m, dx, dm, grp, n0, nb, oh0, oh1);
+          }
+        }
+      }
+    }
+  });
+
+  if (need_gw) {
+    const int64_t per_group = g.Cg * g.K;
+    at::parallel_for(0, CK, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t grp = i / per_group;
+        T s = T(0);
+        for (int64_t tdx = 0; tdx < nthreads; ++tdx)
+          if (inited[tdx * g.groups + grp]) s += acc[tdx * CK + i];
+        gw[i] = s;
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Argument checking and layout handling.
+at::ScalarType compute_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "shc::", name, " must be a CPU tensor for the CPU kernel, got ",
+              t.device());
+}
+
+Geom make_geom(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& m,
+               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+               int64_t groups, const char* op) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D (N, D, H, W), got shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4, op, ": weight must be 4-D (C, D/groups, kh, kw), got shape ",
+              weight.sizes());
+  TORCH_CHECK(m.dim() == 3, op, ": m must be 3-D (N, kh, kw), got shape ", m.sizes());
+  check_cpu(x, "x");
+  check_cpu(weight, "weight");
+  check_cpu(m, "m");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ",
+              x.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ",
+              weight.scalar_type(), " must match x dtype ", x.scalar_type());
+  TORCH_CHECK(at::isFloatingType(m.scalar_type()), op, ": m must be floating point, got ",
+              m.scalar_type());
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
+              ": stride, padding and dilation must have 2 elements");
+  TORCH_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, op, ": stride must be positive, got ", stride);
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, op, ": dilation must be positive, got ",
+              dilation);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be non-negative, got ",
+              padding);
+  Geom g{};
+  g.N = x.size(0);
+  g.D = x.size(1);
+  g.H = x.size(2);
+  g.W = x.size(3);
+  g.C = weight.size(0);
+  g.kh = weight.size(2);
+  g.kw = weight.size(3);
+  g.T = g.kh * g.kw;
+  g.groups = groups;
+  TORCH_CHECK(g.D % groups == 0, op, ": in channels ", g.D, " not divisible by groups ", groups);
+  TORCH_CHECK(g.C % groups == 0, op, ": out channels ", g.C, " not divisible by groups ", groups);
+  TORCH_CHECK(weight.size(1) * groups == g.D, op, ": weight shape ", weight.sizes(),
+              " expects ", weight.size(1) * groups, " input channels, x has ", g.D);
+  TORCH_CHECK(g.kh > 0 && g.kw > 0, op, ": kernel size must be positive");
+  TORCH_CHECK(m.size(0) == g.N && m.size(1) == g.kh && m.size(2) == g.kw, op,
+              ": m must have shape (", g.N, ", ", g.kh, ", ", g.kw, "), got ", m.sizes());
+  g.Dg = g.D / groups;
+  g.Cg = g.C / groups;
+  g.K = g.Dg * g.T;
+  g.sh = stride[0];
+  g.sw = stride[1];
+  g.ph = padding[0];
+  g.pw = padding[1];
+  g.dh = dilation[0];
+  g.dw = dilation[1];
+  g.OH = (g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.OW = (g.W + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1 >= 0 &&
+                  g.W + 2 * g.pw - g.dw * (g.kw - 1) - 1 >= 0 && g.OH > 0 && g.OW > 0,
+              op, ": input (", g.H, "x", g.W, ") with padding ", padding, " is smaller than the ",
+              "dilated kernel (", g.kh, "x", g.kw, ", dilation ", dilation, ")");
+  g.P = g.OH * g.OW;
+  TORCH_CHECK(g.K < INT_MAX && g.C < INT_MAX && g.P * std::max<int64_t>(1, g.N) < INT_MAX, op,
+              ": problem too large for the CPU kernel");
+  return g;
+}
+
+// Write `src` (NCHW-contiguous, compute dtype) into a fresh tensor of `like`'s dtype laid out in
+// `fmt`; returns src itself when that already is the requested dtype and layout.
+at::Tensor finish(const at::Tensor& src, at::ScalarType dtype, at::MemoryFormat fmt) {
+  // Only the plain NCHW case is returned as is: for channels_last the strides must be exactly
+  // those of at::empty(..., memory_format=ChannelsLast) (H = W = 1 is contiguous both ways).
+  if (src.scalar_type() == dtype && fmt == at::MemoryFormat::Contiguous) return src;
+  at::Tensor out = at::empty(src.sizes(), src.options().dtype(dtype).memory_format(fmt));
+  out.copy_(src);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& m,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const Geom g = make_geom(x, weight, m, stride, padding, dilation, groups, "shc::modulated_conv2d");
+  const at::ScalarType ct = compute_type(x.scalar_type());
+  const at::MemoryFormat fmt = x.suggest_memory_format();
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    check_cpu(*bias, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.C,
+                "shc::modulated_conv2d: bias must have shape (", g.C, "), got ", bias->sizes());
+    TORCH_CHECK(at::isFloatingType(bias->scalar_type()),
+                "shc::modulated_conv2d: bias must be floating point");
+    b = bias->to(ct).contiguous();
+  }
+  at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().dtype(ct));
+  if (g.N == 0) return finish(y, x.scalar_type(), fmt);
+  at::Tensor xc = x.to(ct).contiguous();
+  at::Tensor wc = weight.to(ct).contiguous();
+  at::Tensor mc = m.to(ct).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(ct, "shc_modulated_conv2d_cpu", [&] {
+    forward_impl<scalar_t>(g, xc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(),
+                           mc.const_data_ptr<scalar_t>(),
+                           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                           y.mutable_data_ptr<scalar_t>());
+  });
+  return finish(y, x.scalar_type(), fmt);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& m,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const char* op = "shc::modulated_conv2d_backward";
+  const Geom g = make_geom(x, weight, m, stride, padding, dilation, groups, op);
+  check_cpu(grad_y, "grad_y");
+  TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == g.N && grad_y.size(1) == g.C &&
+                  grad_y.size(2) == g.OH && grad_y.size(3) == g.OW,
+              op, ": grad_y must have shape (", g.N, ", ", g.C, ", ", g.OH, ", ", g.OW, "), got ",
+              grad_y.sizes());
+  TORCH_CHECK(at::isFloatingType(grad_y.scalar_type()), op, ": grad_y must be floating point");
+  const at::ScalarType ct = compute_type(x.scalar_type());
+  const at::MemoryFormat fmt = x.suggest_memory_format();
+  const bool need_dx = output_mask[0], need_gw = output_mask[1], need_dm = output_mask[2];
+
+  at::Tensor dx_c, gw_c, dm_c;
+  if (need_dx) dx_c = at::empty({g.N, g.D, g.H, g.W}, x.options().dtype(ct));
+  if (need_gw) gw_c = at::empty(weight.sizes(), weight.options().dtype(ct));
+  if (need_dm) dm_c = at::zeros({g.N, g.kh, g.kw}, m.options().dtype(at::kDouble));
+
+  if (need_dx || need_gw || need_dm) {
+    at::Tensor xc = x.to(ct).contiguous();
+    at::Tensor wc = weight.to(ct).contiguous();
+    at::Tensor mc = m.to(ct).contiguous();
+    at::Tensor dyc = grad_y.to(ct).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(ct, "shc_modulated_conv2d_backward_cpu", [&] {
+      backward_impl<scalar_t>(g, dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                              wc.const_data_ptr<scalar_t>(), mc.const_data_ptr<scalar_t>(),
+                              need_dx ? dx_c.mutable_data_ptr<scalar_t>() : nullptr,
+                              need_gw ? gw_c.mutable_data_ptr<scalar_t>() : nullptr,
+                              need_dm ? dm_c.mutable_data_ptr<double>() : nullptr);
+    });
+  }
+  at::Tensor dx = need_dx ? finish(dx_c, x.scalar_type(), fmt) : at::empty({0}, x.options());
+  at::Tensor gw = need_gw ? finish(gw_c, weight.scalar_type(), at::MemoryFormat::Contiguous)
+                          : at::empty({0}, weight.options());
+  at::Tensor dm = need_dm ? dm_c.to(m.scalar_type()) : at::empty({0}, m.options());
+  return std::make_tuple(dx, gw, dm);
+}
+
+// ---------------------------------------------------------------------------------------
+template <typename T>
+void stats_impl(const T* x, int64_t planes, int64_t HW, double eps, T* mu, T* sigma) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW));
+  at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      const T* xp = x + p * HW;
+      double s = 0.0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t q = 0; q < HW; ++q) s += static_cast<double>(xp[q]);
+      const double mean = s / static_cast<double>(HW);
+      double v = 0.0;
+#pragma omp simd reduction(+ : v)
+      for (int64_t q = 0; q < HW; ++q) {
+        const double dlt = static_cast<double>(xp[q]) - mean;
+        v += dlt * dlt;
+      }
+      mu[p] = static_cast<T>(mean);
+      sigma[p] = static_cast<T>(std::sqrt(v / static_cast<double>(HW) + eps));
+    }
+  });
+}
+
+// dx = grad_mu/HW + grad_sigma * (x - mu) / (HW * sigma)
+template <typename T>
+void stats_backward_impl(const T* gmp, const T* gsp, const T* xp, const T* mup, const T* sp,
+                         int64_t planes, int64_t HW, T* out) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / HW);
+  at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      const double a = static_cast<double>(gsp[p]) /
+                       (static_cast<double>(HW) * static_cast<double>(sp[p]));
+      const double c0 = static_cast<double>(gmp[p]) / static_cast<double>(HW);
+      const T aa = static_cast<T>(a), cc = static_cast<T>(c0), mm = mup[p];
+      const T* xr = xp + p * HW;
+      T* o = out + p * HW;
+#pragma omp simd
+      for (int64_t q = 0; q < HW; ++q) o[q] = cc + aa * (xr[q] - mm);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_stats_cpu(const at::Tensor& x, double eps) {
+  const char* op = "shc::channel_stats";
+  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D (N, D, H, W), got shape ", x.sizes());
+  check_cpu(x, "x");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.size(2) * x.size(3) > 0, op, ": x must have a non-empty H x W plane, got ",
+              x.sizes());
+  const at::ScalarType ct = compute_type(x.scalar_type());
+  const int64_t N = x.size(0), D = x.size(1), HW = x.size(2) * x.size(3);
+  at::Tensor mu = at::empty({N, D}, x.options().dtype(ct));
+  at::Tensor sigma = at::empty({N, D}, x.options().dtype(ct));
+  if (N * D == 0) return std::make_tuple(mu, sigma);
+  at::Tensor xc = x.to(ct).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(ct, "shc_channel_stats_cpu", [&] {
+    stats_impl<scalar_t>(xc.const_data_ptr<scalar_t>(), N * D, HW, eps,
+                         mu.mutable_data_ptr<scalar_t>(), sigma.mutable_data_ptr<scalar_t>());
+  });
+  return std::make_tuple(mu, sigma);
+}
+
+at::Tensor channel_stats_backward_cpu(const at::Tensor& grad_mu, const at::Tensor& grad_sigma,
+                                      const at::Tensor& x, const at::Tensor& mu,
+                                      const at::Tensor& sigma) {
+  const char* op = "shc::channel_stats_backward";
+  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D (N, D, H, W), got shape ", x.sizes());
+  check_cpu(x, "x");
+  check_cpu(grad_mu, "grad_mu");
+  check_cpu(grad_sigma, "grad_sigma");
+  check_cpu(mu, "mu");
+  check_cpu(sigma, "sigma");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point");
+  const int64_t N = x.size(0), D = x.size(1), HW = x.size(2) * x.size(3);
+  for (const at::Tensor* t : {&grad_mu, &grad_sigma, &mu, &sigma}) {
+    TORCH_CHECK(t->numel() == N * D && (t->dim() == 2 && t->size(0) == N && t->size(1) == D), op,
+                ": grad_mu, grad_sigma, mu and sigma must have shape (", N, ", ", D, "), got ",
+                t->sizes());
+    TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": statistics must be floating point");
+  }
+  const at::ScalarType ct = compute_type(x.scalar_type());
+  const at::MemoryFormat fmt = x.suggest_memory_format();
+  at::Tensor dx = at::empty({N, D, x.size(2), x.size(3)}, x.options().dtype(ct));
+  if (N * D * HW == 0) return finish(dx, x.scalar_type(), fmt);
+  at::Tensor xc = x.to(ct).contiguous();
+  at::Tensor gm = grad_mu.to(ct).contiguous(), gs = grad_sigma.to(ct).contiguous();
+  at::Tensor muc = mu.to(ct).contiguous(), sc = sigma.to(ct).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(ct, "shc_channel_stats_backward_cpu", [&] {
+    stats_backward_impl<scalar_t>(gm.const_data_ptr<scalar_t>(), gs.const_data_ptr<scalar_t>(),
+                                  xc.const_data_ptr<scalar_t>(), muc.const_data_ptr<scalar_t>(),
+                                  sc.const_data_ptr<scalar_t>(), N * D, HW,
+                                  dx.mutable_data_ptr<scalar_t>());
+  });
+  return finish(dx, x.scalar_type(), fmt);
+}
+
+}  // namespace
+}  // namespace shc_cpu
+
+TORCH_LIBRARY_IMPL(shc, CPU, m) {
+  m.impl("channel_stats", &shc_cpu::channel_stats_cpu);
+  m.impl("channel_stats_backward", &shc_cpu::channel_stats_backward_cpu);
+  m.impl("modulated_conv2d", &shc_cpu::modulated_conv2d_cpu);
+  m.impl("modulated_conv2d_backward", &shc_cpu::modulated_conv2d_backward_cpu);
+}

@@ -1,0 +1,102 @@
+"""Build for shc_kernels: package metadata and the C++ (and, when available, CUDA) extension.
+
+All build switches are read in one place, `_want_cuda()` below:
+  * SHC_SKIP_CUDA=1  -> never build CUDA sources.
+  * FORCE_CUDA=1     -> build CUDA sources (csrc/cuda/*.cu) even if the checks below fail.
+  * otherwise CUDA is built only when torch.version.cuda is set, nvcc is found and
+    csrc/cuda/*.cu files exist. Without CUDA the CPU-only CppExtension is built and
+    shc_kernels._C.cuda_compiled() returns False.
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _rel(paths):
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+def _find_nvcc():
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda_home and os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
+        return os.path.join(cuda_home, "bin", "nvcc")
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda/bin/nvcc"
+    return None
+
+
+def _want_cuda(torch, cuda_sources):
+    if os.environ.get("SHC_SKIP_CUDA", "0") == "1":
+        return False
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    return bool(torch.version.cuda) and _find_nvcc() is not None and bool(cuda_sources)
+
+
+def _extensions():
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    except ImportError:  # metadata-only operations (e.g. `setup.py --version`)
+        return [], {}
+
+    cpu_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
+    cpu_sources += _rel(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+    cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    cuda_sources += _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
+    with_cuda = _want_cuda(torch, [s for s in cuda_sources if s.endswith(".cu")])
+
+    define_macros = [("SHC_TORCH_VERSION", f'"{torch.__version__}"')]
+    # Portable flags: no -march=native (the wheel must run on other x86-64 machines).
+    # The heavy lifting is done by torch's BLAS (MKL), which dispatches on the CPU at runtime.
+    cxx_flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"]
+    if os.uname().machine in ("x86_64", "AMD64"):
+        cxx_flags.append("-march=x86-64-v2")
+    extra_link_args = ["-fopenmp"]
+
+    if with_cuda:
+        define_macros.append(("SHC_WITH_CUDA", None))
+        nvcc_flags = ["-O3", "--expt-relaxed-constexpr"]
+        ext = CUDAExtension(
+            "shc_kernels._C",
+            sources=cpu_sources + cuda_sources,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=extra_link_args,
+        )
+    else:
+        ext = CppExtension(
+            "shc_kernels._C",
+            sources=cpu_sources,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=extra_link_args,
+        )
+    cmdclass = {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], cmdclass
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="shc_kernels",
+    version="0.1.0",
+    description="Fast Statistical Hyper-Convolution (SHC) layers for PyTorch",
+    packages=find_packages(include=["shc_kernels", "shc_kernels.*"]),
+    package_data={"shc_kernels": ["*.json", "data/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=["torch", "numpy"],
+    entry_points={"console_scripts": ["shc=shc_kernels.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)

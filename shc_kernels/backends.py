@@ -1,0 +1,62 @@
+"""Which backend computes a call: "reference", "cpu", "triton", "cuda" or "auto".
+
+"auto" picks the fastest backend available for the tensor's device: "cpu" (compiled C++) for
+CPU tensors, "triton" then "cuda" for CUDA tensors, "reference" when nothing compiled is there.
+The environment variable SHC_BACKEND, when set, replaces "auto" (never an explicit choice).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import ops
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+_DEVICE_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "cuda"}
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot run on this machine, or None when it can."""
+    if name == "reference":
+        return None
+    if name == "cpu":
+        return ops.LOAD_ERROR
+    if name == "cuda":
+        if ops.LOAD_ERROR:
+            return ops.LOAD_ERROR
+        if not ops.cuda_compiled():
+            return "shc_kernels was not compiled with CUDA support (no CUDA kernels in csrc/cuda yet)"
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+        return None
+    if name == "triton":
+        return "the Triton backend is not implemented in this version"
+    raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS + ('auto',)}")
+
+
+def available_backends() -> list[str]:
+    """The backends that can run here, e.g. ["reference", "cpu"]."""
+    return [b for b in BACKENDS if unavailable_reason(b) is None]
+
+
+def resolve(backend: str, x: torch.Tensor) -> str:
+    """The concrete backend for a call on tensor ``x``; a clear ValueError when it can't run."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend == "auto":
+        backend = os.environ.get("SHC_BACKEND", "auto") or "auto"
+    if backend == "auto":
+        wanted = ("cpu",) if x.device.type == "cpu" else ("triton", "cuda")
+        for b in wanted:
+            if unavailable_reason(b) is None:
+                return b
+        return "reference"
+    reason = unavailable_reason(backend)
+    if reason is not None:
+        raise ValueError(f"backend {backend!r} is not available: {reason}")
+    device = _DEVICE_OF.get(backend)
+    if device is not None and x.device.type != device:
+        raise ValueError(f"backend {backend!r} runs on {device} tensors, but x is on {x.device}")
+    return backend

@@ -1,0 +1,90 @@
+"""The functional API: validate, pick a backend, call it. The math is in reference.py."""
+
+from __future__ import annotations
+
+import torch
+
+from . import backends, reference
+from ._checks import (
+    check_channels,
+    check_conv_args,
+    check_grad_route,
+    check_map_args,
+    check_tensor,
+    route_inputs,
+    stats_dtype,
+)
+
+__all__ = ["statistical_map", "modulated_conv2d", "shc_conv2d"]
+
+
+def _layout_ok(x: torch.Tensor) -> torch.Tensor:
+    """The kernels take NCHW or channels_last; anything else is copied to NCHW first."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, eps=1e-5, *, backend="auto"):
+    """The statistical map m = T_theta(mu(x), sigma(x)) of shape (N, kh, kw), every element in
+    (0, 1), float32 (float64 for float64 x). See reference.py for the exact math."""
+    kernel_size = check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size)
+    be = backends.resolve(backend, x)
+    if be == "reference":
+        mu, sigma = reference.channel_stats(x, eps)
+    else:
+        mu, sigma = torch.ops.shc.channel_stats(_layout_ok(x), float(eps))
+    return reference.hypernetwork(mu, sigma, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size)
+
+
+def modulated_conv2d(x, weight, m, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
+    """y[n] = conv2d(x[n], weight * m[n], bias, ...) without building the per-sample kernels.
+
+    ``m`` has shape (N, kh, kw); it is used in float32 (float64 for float64 x)."""
+    stride, padding, dilation = check_conv_args(x, weight, m, bias, stride, padding, dilation, groups)
+    be = backends.resolve(backend, x)
+    if be == "reference":
+        return reference.modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups)
+    return torch.ops.shc.modulated_conv2d(
+        _layout_ok(x),
+        weight.contiguous(),
+        m.to(stats_dtype(x.dtype)).contiguous(),
+        bias,
+        list(stride),
+        list(padding),
+        list(dilation),
+        groups,
+    )
+
+
+def shc_conv2d(
+    x,
+    weight,
+    bias,
+    fc1_weight,
+    fc1_bias,
+    fc2_weight,
+    fc2_bias,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    eps=1e-5,
+    grad_route="both",
+    backend="auto",
+):
+    """The Statistical Hyper-Convolution: statistical_map then modulated_conv2d.
+
+    ``grad_route``: "both" (exact gradient), "conv" (x's gradient through the convolution only)
+    or "hyper" (through the statistics only); parameter gradients are exact under every route.
+    """
+    check_grad_route(grad_route)
+    check_tensor(x, "x", 4)
+    check_tensor(weight, "weight", 4)
+    check_channels(x, weight, groups)
+    be = backends.resolve(backend, x)
+    x_stats, x_conv = route_inputs(x, grad_route)
+    m = statistical_map(
+        x_stats, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]), eps, backend=be
+    )
+    return modulated_conv2d(x_conv, weight, m, bias, stride, padding, dilation, groups, backend=be)

@@ -1,0 +1,147 @@
+"""The ``shc::`` custom ops: schemas and kernels come from the compiled ``shc_kernels._C``; this
+file gives them what torch.compile and autograd need: fake (shape) functions, the backward
+formulas, and the autocast rule.
+
+Ops (schemas in csrc/shc.cpp):
+  shc::channel_stats(x, eps) -> (mu, sigma)                 fp32 (fp64 for fp64 x), (N, D)
+  shc::channel_stats_backward(gmu, gsigma, x, mu, sigma) -> dx
+  shc::modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups) -> y
+  shc::modulated_conv2d_backward(gy, x, weight, m, stride, padding, dilation, groups, mask)
+      -> (dx conv route, dW, dm); an entry whose mask is False comes back as an empty tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+from ._checks import stats_dtype
+
+try:
+    from . import _C  # noqa: F401  (loading it registers the shc:: ops)
+
+    LOAD_ERROR: str | None = None
+except ImportError as exc:  # the package still works with backend="reference"
+    _C = None
+    LOAD_ERROR = f"the compiled extension shc_kernels._C could not be loaded ({exc})"
+
+
+def compiled_available() -> bool:
+    return _C is not None
+
+
+def cuda_compiled() -> bool:
+    return _C is not None and bool(_C.cuda_compiled())
+
+
+def _conv_out(x, weight, stride, padding, dilation):
+    oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
+    ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
+    return oh, ow
+
+
+def _fake_channel_stats(x, eps):
+    shape = (x.shape[0], x.shape[1])
+    dt = stats_dtype(x.dtype)
+    return x.new_empty(shape, dtype=dt), x.new_empty(shape, dtype=dt)
+
+
+def _fake_channel_stats_backward(grad_mu, grad_sigma, x, mu, sigma):
+    return torch.empty_like(x, memory_format=suggest_memory_format(x))
+
+
+def _fake_modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups):
+    oh, ow = _conv_out(x, weight, stride, padding, dilation)
+    y = x.new_empty((x.shape[0], weight.shape[0], oh, ow))
+    return y.contiguous(memory_format=suggest_memory_format(x))
+
+
+def _fake_modulated_conv2d_backward(grad_y, x, weight, m, stride, padding, dilation, groups, mask):
+    gx = torch.empty_like(x, memory_format=suggest_memory_format(x)) if mask[0] else x.new_empty(0)
+    gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if mask[1] else weight.new_empty(0)
+    gm = torch.empty_like(m, memory_format=torch.contiguous_format) if mask[2] else m.new_empty(0)
+    return gx, gw, gm
+
+
+def _stats_setup_context(ctx, inputs, output):
+    x, _eps = inputs
+    mu, sigma = output
+    ctx.save_for_backward(x, mu, sigma)
+
+
+def _stats_backward(ctx, grad_mu, grad_sigma):
+    x, mu, sigma = ctx.saved_tensors
+    grad_mu = torch.zeros_like(mu) if grad_mu is None else grad_mu
+    grad_sigma = torch.zeros_like(sigma) if grad_sigma is None else grad_sigma
+    dx = torch.ops.shc.channel_stats_backward(grad_mu, grad_sigma, x, mu, sigma)
+    return dx, None
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, weight, m, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(x, weight, m)
+    ctx.conf = (stride, padding, dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _conv_backward(ctx, grad_y):
+    x, weight, m = ctx.saved_tensors
+    need_x, need_w, need_m, need_b = ctx.needs_input_grad[:4]
+    gx, gw, gm = torch.ops.shc.modulated_conv2d_backward(
+        grad_y, x, weight, m, *ctx.conf, [need_x, need_w, need_m]
+    )
+    gb = grad_y.sum(dim=(0, 2, 3)) if (ctx.has_bias and need_b) else None
+    return (
+        gx if need_x else None,
+        gw if need_w else None,
+        gm if need_m else None,
+        gb,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def _register_autocast_to_autocast_dtype(qualname: str, cast_positions: tuple[int, ...]) -> None:
+    """Like torch.library.register_autocast, but casts to the *active* autocast dtype (fp16 or
+    bf16), not a fixed one, and only the arguments at ``cast_positions``: the conv runs in the
+    autocast dtype while the map ``m`` stays fp32."""
+    op = torch._library.utils.lookup_op(qualname)
+    _namespace, opname = qualname.split("::")
+    for device_type in ("cpu", "cuda"):
+        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        key = getattr(torch._C.DispatchKey, key_name)
+
+        def autocast_impl(*args, _device_type=device_type, _key=key):
+            dt = torch.get_autocast_dtype(_device_type)
+            args = tuple(
+                a.to(dt)
+                if i in cast_positions
+                and isinstance(a, torch.Tensor)
+                and a.is_floating_point()
+                and a.device.type == _device_type
+                else a
+                for i, a in enumerate(args)
+            )
+            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
+                return op(*args)
+
+        if op.has_kernel_for_dispatch_key(key):
+            op.py_kernels.pop(key, None)
+        op.py_impl(key)(autocast_impl)
+        _LIB.impl(opname, lambda _keyset, *a, _f=autocast_impl: _f(*a), key_name, with_keyset=True)
+
+
+if _C is not None:
+    _LIB = torch.library.Library("shc", "IMPL")
+    torch.library.register_fake("shc::channel_stats", _fake_channel_stats)
+    torch.library.register_fake("shc::channel_stats_backward", _fake_channel_stats_backward)
+    torch.library.register_fake("shc::modulated_conv2d", _fake_modulated_conv2d)
+    torch.library.register_fake("shc::modulated_conv2d_backward", _fake_modulated_conv2d_backward)
+    torch.library.register_autograd("shc::channel_stats", _stats_backward, setup_context=_stats_setup_context)
+    torch.library.register_autograd(
+        "shc::modulated_conv2d", _conv_backward, setup_context=_conv_setup_context
+    )
+    # x, weight, bias in the autocast dtype; m (position 2) stays fp32.
+    _register_autocast_to_autocast_dtype("shc::modulated_conv2d", (0, 1, 3))
