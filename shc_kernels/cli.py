@@ -1,4 +1,4 @@
-"""The ``shc`` command: ``shc info`` and ``shc demo``."""
+"""The ``shc`` command: ``shc info``, ``shc demo``, ``shc train``."""
 
 from __future__ import annotations
 
@@ -78,10 +78,21 @@ def demo_check(device: str = "cpu", seed: int = 0) -> bool:
     return ok
 
 
+# Subcommands with their own argument parsers, run as `shc NAME ...`.
+SUBCOMMANDS = {"train": "shc_kernels.train"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     parser = argparse.ArgumentParser(prog="shc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and available backends")
+    for name, module in SUBCOMMANDS.items():
+        sub.add_parser(name, help=f"see `shc {name} --help` ({module})", add_help=False)
     p_demo = sub.add_parser("demo", help="info, then every backend checked against reference")
     p_demo.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

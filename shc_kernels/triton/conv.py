@@ -1,0 +1,356 @@
+"""The modulated conv (DESIGN.md §1 steps 3-4, §3) as three implicit-GEMM Triton kernels.
+
+Forward: rows = output pixels over N·OH·OW, columns = output channels of one group, reduction
+tap-major over (tap, input-channel block) in one flat loop; the loaded activation tile is
+scaled by its row's ``m[n, t]``. Backward:
+  - ``dx`` (conv route) as a transposed implicit GEMM, rows = input pixels of one sample: per
+    tap, ``V_t = dy ⋆ W_t`` is accumulated over output channels, scaled by the scalar
+    ``m[n, t]`` into dx, and ``dm[n, t] += sum(x * V_t)`` is reduced from the x tile kept in
+    registers (one fp32 atomic per program and tap);
+  - ``dW`` as the weight-gradient GEMM per tap, reduction over N·OH·OW with the x tile's rows
+    scaled by ``m[n, t]``, split along the reduction with fp32 atomics so small C×D layers
+    still fill the GPU.
+No per-sample kernel and no unfolded input is ever allocated. Strides are passed in, so NCHW
+and channels_last tensors both work.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch._prims_common import suggest_memory_format
+
+from . import interpreting
+
+__all__ = ["conv_forward", "conv_backward", "FWD_CONFIGS", "DX_CONFIGS", "DW_CONFIGS"]
+
+
+def _configs(table):
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in table
+    ]
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). The interpreter gets one config (no tuning).
+if interpreting():
+    FWD_CONFIGS = DX_CONFIGS = DW_CONFIGS = _configs([(32, 16, 16, 4, 1)])
+else:
+    FWD_CONFIGS = _configs(
+        [
+            (128, 128, 32, 8, 3),
+            (128, 64, 32, 4, 4),
+            (64, 128, 32, 4, 4),
+            (128, 128, 64, 8, 3),
+            (64, 64, 32, 4, 4),
+        ]
+    )
+    DX_CONFIGS = _configs(
+        [
+            (128, 64, 32, 4, 3),
+            (64, 64, 32, 4, 3),
+            (128, 128, 32, 8, 3),
+            (64, 128, 64, 4, 3),
+        ]
+    )
+    DW_CONFIGS = _configs(
+        [
+            (64, 64, 64, 4, 3),
+            (128, 64, 64, 8, 3),
+            (64, 128, 64, 8, 3),
+            (128, 128, 32, 8, 3),
+        ]
+    )
+
+
+@triton.autotune(configs=FWD_CONFIGS, key=["NP", "CG", "DG", "T", "OHW"])
+@triton.jit
+def _mconv_fwd_kernel(
+    x_ptr, w_ptr, m_ptr, b_ptr, y_ptr,
+    NP, OHW, H, W, OW, CG, DG, T, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sxn, sxd, sxh, sxw,
+    swt, swd, swc,
+    syn, syc, syh, syw,
+    HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = offs_m < NP
+    n = offs_m // OHW
+    p = offs_m % OHW
+    oh = p // OW
+    ow = p % OW
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = offs_c < CG
+    c_glob = g * CG + offs_c
+    x_rows = x_ptr + n.to(tl.int64) * sxn + (g * DG).to(tl.int64) * sxd
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    num_db = tl.cdiv(DG, BLOCK_K)
+    for it in range(0, T * num_db):
+        t = it // num_db
+        d0 = (it - t * num_db) * BLOCK_K
+        ki = t // KW
+        kj = t - ki * KW
+        ih = ih0 + ki * dil_h
+        iw = iw0 + kj * dil_w
+        rvalid = mmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        offs_k = d0 + tl.arange(0, BLOCK_K)
+        kmask = offs_k < DG
+        a = tl.load(
+            x_rows[:, None] + (ih * sxh + iw * sxw)[:, None] + offs_k[None, :] * sxd,
+            mask=rvalid[:, None] & kmask[None, :],
+            other=0.0,
+        )
+        scale = tl.load(m_ptr + n * T + t, mask=mmask, other=0.0)
+        a = (a.to(tl.float32) * scale[:, None]).to(x_ptr.dtype.element_ty)
+        b = tl.load(
+            w_ptr + t * swt + offs_k[:, None] * swd + c_glob[None, :] * swc,
+            mask=kmask[:, None] & cmask[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c_glob, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = (
+        y_ptr
+        + (n.to(tl.int64) * syn + oh * syh + ow * syw)[:, None]
+        + c_glob.to(tl.int64)[None, :] * syc
+    )
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & cmask[None, :])
+
+
+@triton.autotune(configs=DX_CONFIGS, key=["HW", "CG", "DG", "T", "NEED_X", "NEED_M"], reset_to_zero=["dm_ptr"])
+@triton.jit
+def _mconv_dx_kernel(
+    gy_ptr, x_ptr, w_ptr, m_ptr, dx_ptr, dm_ptr,
+    HW, H, W, OH, OW, CG, DG, T, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sgn, sgc, sgh, sgw,
+    sxn, sxd, sxh, sxw,
+    swt, swc, swd,
+    sdn, sdd, sdh, sdw,
+    NEED_X: tl.constexpr, NEED_M: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # Row tiles never cross a sample, so m[n, t] is one scalar and dm needs one atomic per tap.
+    num_mb = tl.cdiv(HW, BLOCK_M)
+    pid0 = tl.program_id(0)
+    n = pid0 // num_mb
+    offs_q = (pid0 - n * num_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    qmask = offs_q < HW
+    ih = offs_q // W
+    iw = offs_q % W
+    offs_d = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    dmask = offs_d < DG
+    d_glob = g * DG + offs_d
+    n64 = n.to(tl.int64)
+    gy_base = gy_ptr + n64 * sgn + (g * CG).to(tl.int64) * sgc
+    w_base = w_ptr + (g * CG).to(tl.int64) * swc
+    if NEED_M:
+        xt = tl.load(
+            x_ptr + n64 * sxn + (ih * sxh + iw * sxw)[:, None] + d_glob.to(tl.int64)[None, :] * sxd,
+            mask=qmask[:, None] & dmask[None, :],
+            other=0.0,
+        ).to(tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for t in range(0, T):
+        ki = t // KW
+        kj = t - ki * KW
+        oh_num = ih + pad_h - ki * dil_h
+        ow_num = iw + pad_w - kj * dil_w
+        # clamp before dividing: the mask below drops the negative positions anyway
+        oh = tl.maximum(oh_num, 0) // stride_h
+        ow = tl.maximum(ow_num, 0) // stride_w
+        valid = (
+            qmask
+            & (oh_num >= 0)
+            & (ow_num >= 0)
+            & (oh * stride_h == oh_num)
+            & (ow * stride_w == ow_num)
+            & (oh < OH)
+            & (ow < OW)
+        )
+        gy_rows = gy_base + oh * sgh + ow * sgw
+        v = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for c0 in range(0, CG, BLOCK_K):
+            offs_c = c0 + tl.arange(0, BLOCK_K)
+            kcmask = offs_c < CG
+            a = tl.load(gy_rows[:, None] + offs_c[None, :] * sgc, mask=valid[:, None] & kcmask[None, :], other=0.0)
+            b = tl.load(
+                w_base + t * swt + offs_c[:, None] * swc + offs_d[None, :] * swd,
+                mask=kcmask[:, None] & dmask[None, :],
+                other=0.0,
+            )
+            v = tl.dot(a, b, v, input_precision=INPUT_PRECISION)
+        if NEED_X:
+            acc += tl.load(m_ptr + n * T + t) * v
+        if NEED_M:
+            tl.atomic_add(dm_ptr + n * T + t, tl.sum(tl.sum(xt * v, axis=1), axis=0))
+    if NEED_X:
+        dx_ptrs = dx_ptr + n64 * sdn + (ih * sdh + iw * sdw)[:, None] + d_glob.to(tl.int64)[None, :] * sdd
+        tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
+
+
+@triton.autotune(configs=DW_CONFIGS, key=["NP", "CG", "DG", "T", "CHUNK"], reset_to_zero=["dw_ptr"])
+@triton.jit
+def _mconv_dw_kernel(
+    gy_ptr, x_ptr, m_ptr, dw_ptr,
+    NP, OHW, H, W, OW, CG, DG, T, KW, CHUNK,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sgn, sgc, sgh, sgw,
+    sxn, sxd, sxh, sxw,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # dW[c, d, t] = sum_{n,p} dy[n, c, p] * m[n, t] * x[n, d, p(+)t]; dw is fp32 (C, DG, T).
+    num_nb = tl.cdiv(DG, BLOCK_N)
+    pid0 = tl.program_id(0)
+    pid_m = pid0 // num_nb
+    pid_n = pid0 - pid_m * num_nb
+    pid1 = tl.program_id(1)
+    g = pid1 // T
+    t = pid1 - g * T
+    ki = t // KW
+    kj = t - ki * KW
+    offs_c = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cmask = offs_c < CG
+    offs_d = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    dmask = offs_d < DG
+    c_glob = (g * CG + offs_c).to(tl.int64)
+    d_glob = (g * DG + offs_d).to(tl.int64)
+    k_start = tl.program_id(2) * CHUNK
+    k_end = tl.minimum(k_start + CHUNK, NP)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        offs_r = k0 + tl.arange(0, BLOCK_K)
+        rmask = offs_r < k_end
+        n = offs_r // OHW
+        p = offs_r % OHW
+        oh = p // OW
+        ow = p % OW
+        ih = oh * stride_h - pad_h + ki * dil_h
+        iw = ow * stride_w - pad_w + kj * dil_w
+        valid = rmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        n64 = n.to(tl.int64)
+        a = tl.load(
+            gy_ptr + (n64 * sgn + oh * sgh + ow * sgw)[None, :] + c_glob[:, None] * sgc,
+            mask=cmask[:, None] & rmask[None, :],
+            other=0.0,
+        )
+        scale = tl.load(m_ptr + n * T + t, mask=rmask, other=0.0)
+        b = tl.load(
+            x_ptr + (n64 * sxn + ih * sxh + iw * sxw)[:, None] + d_glob[None, :] * sxd,
+            mask=valid[:, None] & dmask[None, :],
+            other=0.0,
+        )
+        b = (b.to(tl.float32) * scale[:, None]).to(x_ptr.dtype.element_ty)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    dw_ptrs = dw_ptr + c_glob[:, None] * (DG * T) + offs_d[None, :] * T + t
+    tl.atomic_add(dw_ptrs, acc, mask=cmask[:, None] & dmask[None, :])
+
+
+def _input_precision(x: torch.Tensor) -> str:
+    # fp32 dots follow cuDNN's TF32 switch, as F.conv2d does; there is no TF32 on the CPU.
+    return "tf32" if (x.is_cuda and torch.backends.cudnn.allow_tf32) else "ieee"
+
+
+def _out_size(x, weight, stride, padding, dilation):
+    oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
+    ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
+    return oh, ow
+
+
+def conv_forward(x, weight, m, bias, stride, padding, dilation, groups):
+    """y (N, C, OH, OW) in x's dtype and memory format; m is fp32 (N, kh, kw)."""
+    n, _, height, width = x.shape
+    c, dg, kh, kw = weight.shape
+    oh, ow = _out_size(x, weight, stride, padding, dilation)
+    y = torch.empty((n, c, oh, ow), device=x.device, dtype=x.dtype, memory_format=suggest_memory_format(x))
+    if n == 0:
+        return y
+    cg = c // groups
+    # (kh, kw, DG, C): a [BLOCK_K, BLOCK_N] weight tile of one tap is contiguous along C.
+    wt = weight.permute(2, 3, 1, 0).contiguous()
+    m = m.contiguous()
+    np_ = n * oh * ow
+
+    def grid(meta):
+        return (triton.cdiv(np_, meta["BLOCK_M"]), triton.cdiv(cg, meta["BLOCK_N"]), groups)
+
+    _mconv_fwd_kernel[grid](
+        x, wt, m, bias if bias is not None else wt, y,
+        np_, oh * ow, height, width, ow, cg, dg, kh * kw, kw,
+        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+        *x.stride(), dg * c, c, 1, *y.stride(),
+        HAS_BIAS=bias is not None, INPUT_PRECISION=_input_precision(x),
+    )  # fmt: skip
+    return y
+
+
+def _dw_split(np_: int, base_programs: int, device: torch.device) -> tuple[int, int]:
+    """(split, chunk): split the N·OH·OW reduction so the dW grid fills the GPU."""
+    if device.type == "cuda":
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 2 * base_programs  # the interpreter: still exercise the split path
+    split = max(1, min(target // max(base_programs, 1), triton.cdiv(np_, 64)))
+    chunk = triton.cdiv(triton.cdiv(np_, split), 64) * 64
+    return triton.cdiv(np_, chunk), chunk
+
+
+def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, need_w, need_m):
+    """(dx conv route, dW, dm); an entry not asked for comes back as an empty tensor."""
+    n, d, height, width = x.shape
+    c, dg, kh, kw = weight.shape
+    t = kh * kw
+    cg = c // groups
+    _, _, oh, ow = gy.shape
+    prec = _input_precision(x)
+    m = m.contiguous()
+    dx = torch.empty_like(x) if need_x else x.new_empty(0)
+    dm = torch.zeros((n, kh, kw), device=x.device, dtype=torch.float32) if need_m else m.new_empty(0)
+    dw = weight.new_empty(0)
+    if n == 0:
+        return dx, (torch.zeros_like(weight) if need_w else dw), dm
+    if need_x or need_m:
+        wt = weight.permute(2, 3, 0, 1).contiguous()  # (kh, kw, C, DG): contiguous along DG
+        hw = height * width
+
+        def grid_dx(meta):
+            return (n * triton.cdiv(hw, meta["BLOCK_M"]), triton.cdiv(dg, meta["BLOCK_N"]), groups)
+
+        dxs = dx.stride() if need_x else (0, 0, 0, 0)
+        _mconv_dx_kernel[grid_dx](
+            # unused outputs get dummies; never m: the autotuner zeroes dm_ptr between trials
+            gy, x, wt, m, dx if need_x else x, dm if need_m else torch.zeros(1, device=x.device),
+            hw, height, width, oh, ow, cg, dg, t, kw,
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            *gy.stride(), *x.stride(), c * dg, dg, 1, *dxs,
+            NEED_X=need_x, NEED_M=need_m, INPUT_PRECISION=prec,
+        )  # fmt: skip
+    if need_w:
+        np_ = n * oh * ow
+        dw32 = torch.zeros((c, dg, kh, kw), device=x.device, dtype=torch.float32)
+        split, chunk = _dw_split(np_, triton.cdiv(cg, 64) * triton.cdiv(dg, 64) * t * groups, x.device)
+
+        def grid_dw(meta):
+            return (triton.cdiv(cg, meta["BLOCK_M"]) * triton.cdiv(dg, meta["BLOCK_N"]), t * groups, split)
+
+        _mconv_dw_kernel[grid_dw](
+            gy, x, m, dw32,
+            np_, oh * ow, height, width, ow, cg, dg, t, kw, chunk,
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            *gy.stride(), *x.stride(),
+            INPUT_PRECISION=prec,
+        )  # fmt: skip
+        dw = dw32.to(weight.dtype)
+    return dx, dw, dm

@@ -1,0 +1,275 @@
+"""The Triton backend as ``shc::triton_*`` custom ops (fake functions, autograd, autocast) and
+the two functions the functional API calls: ``statistical_map`` and ``modulated_conv2d``.
+
+Ops:
+  shc::triton_statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps)
+      -> (m, mu, sigma, h)        all fp32; mu, sigma, h are saved for the backward only
+  shc::triton_statistical_map_backward(dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, need_x)
+      -> (dx hypernetwork route, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias)
+  shc::triton_modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups) -> y
+  shc::triton_modulated_conv2d_backward(grad_y, x, weight, m, stride, padding, dilation, groups,
+      need_x, need_weight, need_m) -> (dx conv route, d weight, dm); unneeded ones are empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+from . import conv, stats
+
+__all__ = ["statistical_map", "modulated_conv2d"]
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """The kernels take NCHW-contiguous or channels_last 4-d tensors; anything else is copied."""
+    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.contiguous(memory_format=suggest_memory_format(t))
+
+
+# --- statistical map -------------------------------------------------------------------------
+
+
+@torch.library.custom_op("shc::triton_statistical_map", mutates_args=())
+def _map_op(
+    x: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor | None,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor | None,
+    kh: int,
+    kw: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return stats.stats_map_forward(_dense(x), fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps)
+
+
+@_map_op.register_fake
+def _(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps):
+    n, d = x.shape[0], x.shape[1]
+    f32 = dict(dtype=torch.float32)
+    return (
+        x.new_empty((n, kh, kw), **f32),
+        x.new_empty((n, d), **f32),
+        x.new_empty((n, d), **f32),
+        x.new_empty((n, fc1_weight.shape[0]), **f32),
+    )
+
+
+@torch.library.custom_op("shc::triton_statistical_map_backward", mutates_args=())
+def _map_backward_op(
+    dm: torch.Tensor,
+    x: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    m: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    h: torch.Tensor,
+    need_x: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return stats.stats_map_backward(dm, _dense(x), fc1_weight, fc2_weight, m, mu, sigma, h, need_x)
+
+
+@_map_backward_op.register_fake
+def _(dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, need_x):
+    dx = torch.empty_like(x, memory_format=suggest_memory_format(x)) if need_x else x.new_empty(0)
+    f32 = dict(dtype=torch.float32)
+    return (
+        dx,
+        torch.empty_like(fc1_weight),
+        fc1_weight.new_empty((fc1_weight.shape[0],), **f32),
+        torch.empty_like(fc2_weight),
+        fc2_weight.new_empty((fc2_weight.shape[0],), **f32),
+    )
+
+
+def _map_setup_context(ctx, inputs, output):
+    x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, _kh, _kw, _eps = inputs
+    m, mu, sigma, h = output
+    ctx.mark_non_differentiable(mu, sigma, h)
+    ctx.save_for_backward(x, fc1_weight, fc2_weight, m, mu, sigma, h)
+    ctx.bias_dtypes = (
+        None if fc1_bias is None else fc1_bias.dtype,
+        None if fc2_bias is None else fc2_bias.dtype,
+    )
+
+
+def _map_backward(ctx, dm, _dmu, _dsigma, _dh):
+    x, fc1_weight, fc2_weight, m, mu, sigma, h = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if dm is None:
+        dm = torch.zeros_like(m)
+    dx, g_w1, g_b1, g_w2, g_b2 = torch.ops.shc.triton_statistical_map_backward(
+        dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, bool(need[0])
+    )
+    b1_dt, b2_dt = ctx.bias_dtypes
+    return (
+        dx if need[0] else None,
+        g_w1 if need[1] else None,
+        g_b1.to(b1_dt) if (need[2] and b1_dt is not None) else None,
+        g_w2 if need[3] else None,
+        g_b2.to(b2_dt) if (need[4] and b2_dt is not None) else None,
+        None,
+        None,
+        None,
+    )
+
+
+_map_op.register_autograd(_map_backward, setup_context=_map_setup_context)
+
+
+# --- modulated conv --------------------------------------------------------------------------
+
+
+@torch.library.custom_op("shc::triton_modulated_conv2d", mutates_args=())
+def _conv_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    m: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> torch.Tensor:
+    return conv.conv_forward(
+        _dense(x), weight, m.float(), bias, tuple(stride), tuple(padding), tuple(dilation), groups
+    )
+
+
+@_conv_op.register_fake
+def _(x, weight, m, bias, stride, padding, dilation, groups):
+    oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
+    ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
+    y = x.new_empty((x.shape[0], weight.shape[0], oh, ow))
+    return y.contiguous(memory_format=suggest_memory_format(x))
+
+
+@torch.library.custom_op("shc::triton_modulated_conv2d_backward", mutates_args=())
+def _conv_backward_op(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    m: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    need_x: bool,
+    need_weight: bool,
+    need_m: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return conv.conv_backward(
+        _dense(grad_y), _dense(x), weight, m.float(), tuple(stride), tuple(padding), tuple(dilation),
+        groups, need_x, need_weight, need_m,
+    )  # fmt: skip
+
+
+@_conv_backward_op.register_fake
+def _(grad_y, x, weight, m, stride, padding, dilation, groups, need_x, need_weight, need_m):
+    dx = torch.empty_like(x, memory_format=suggest_memory_format(x)) if need_x else x.new_empty(0)
+    dw = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_weight else weight.new_empty(0)
+    dm = m.new_empty(m.shape, dtype=torch.float32) if need_m else m.new_empty(0)
+    return dx, dw, dm
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, weight, m, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(x, weight, m)
+    ctx.conf = (list(stride), list(padding), list(dilation), groups)
+    ctx.has_bias = bias is not None
+
+
+def _conv_backward(ctx, grad_y):
+    x, weight, m = ctx.saved_tensors
+    need_x, need_w, need_m, need_b = ctx.needs_input_grad[:4]
+    gx, gw, gm = torch.ops.shc.triton_modulated_conv2d_backward(
+        grad_y, x, weight, m, *ctx.conf, bool(need_x), bool(need_w), bool(need_m)
+    )
+    gb = grad_y.sum(dim=(0, 2, 3), dtype=torch.float32).to(grad_y.dtype) if (ctx.has_bias and need_b) else None
+    return (
+        gx if need_x else None,
+        gw if need_w else None,
+        gm.to(m.dtype) if need_m else None,
+        gb,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_conv_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+
+
+# --- autocast: the conv in the autocast dtype, the map in fp32 --------------------------------
+
+_LIB = torch.library.Library("shc", "FRAGMENT")
+
+
+def _register_autocast(qualname: str, cast) -> None:
+    """Run ``qualname`` under autocast with its arguments mapped by ``cast(args, dtype)``."""
+    op = torch._library.utils.lookup_op(qualname)
+    opname = qualname.split("::")[1]
+    for device_type in ("cpu", "cuda"):
+        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        key = getattr(torch._C.DispatchKey, key_name)
+
+        def autocast_impl(*args, _device_type=device_type, _key=key):
+            args = cast(args, torch.get_autocast_dtype(_device_type), _device_type)
+            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
+                return op(*args)
+
+        op.py_impl(key)(autocast_impl)
+        _LIB.impl(opname, lambda _keyset, *a, _f=autocast_impl: _f(*a), key_name, with_keyset=True)
+
+
+def _cast_positions(positions, to_autocast_dtype):
+    def cast(args, dtype, device_type):
+        target = dtype if to_autocast_dtype else torch.float32
+        return tuple(
+            a.to(target)
+            if i in positions and isinstance(a, torch.Tensor) and a.is_floating_point() and a.device.type == device_type
+            else a
+            for i, a in enumerate(args)
+        )
+
+    return cast
+
+
+# conv: x, weight, bias in the autocast dtype, m (position 2) stays fp32.
+_register_autocast("shc::triton_modulated_conv2d", _cast_positions((0, 1, 3), True))
+# map: x as it is (the statistics accumulate in fp32 anyway), the MLP parameters in fp32.
+_register_autocast("shc::triton_statistical_map", _cast_positions((1, 2, 3, 4), False))
+
+
+# --- the interface functional.py calls (arguments already validated) ------------------------
+
+
+def _check_dtype(x: torch.Tensor) -> None:
+    if x.dtype == torch.float64:
+        raise TypeError("the triton backend supports float32, float16 and bfloat16 x, not float64")
+
+
+def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, eps):
+    """m (N, kh, kw) fp32; differentiable wrt x and the four MLP tensors."""
+    _check_dtype(x)
+    kh, kw = kernel_size
+    m, _mu, _sigma, _h = torch.ops.shc.triton_statistical_map(
+        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, int(kh), int(kw), float(eps)
+    )
+    return m
+
+
+def modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups):
+    """y (N, C, OH, OW) in x's dtype and memory format; differentiable wrt x, weight, m, bias."""
+    _check_dtype(x)
+    if m.dtype != torch.float32:
+        m = m.float()
+    return torch.ops.shc.triton_modulated_conv2d(
+        x, weight, m, bias, list(stride), list(padding), list(dilation), int(groups)
+    )
