@@ -1,0 +1,131 @@
+"""Models, conversion of torchvision networks, and `shc train` (DDP on CPU, kill and resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torchvision
+
+import shc_kernels as shc
+from shc_kernels import models, train
+
+TRAIN = [sys.executable, "-m", "shc_kernels.train"]
+SMALL = ["--arch", "plain10", "--small-input", "--digits-size", "16", "--batch-size", "32", "--lr", "0.05"]
+
+
+def _metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_resnets_keep_torchvision_keys_and_only_3x3_become_shc():
+    tv = torchvision.models.resnet18(num_classes=10)
+    plain = models.resnet18(num_classes=10, shc=False)
+    assert list(plain.state_dict()) == list(tv.state_dict())
+    net = models.resnet50(num_classes=10)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert {tuple(m.kernel_size) for m in convs if isinstance(m, shc.SHCConv2d)} == {(3, 3)}
+    assert all(isinstance(m, shc.SHCConv2d) for m in convs if tuple(m.kernel_size) == (3, 3))
+    assert sum(isinstance(m, shc.SHCConv2d) for m in convs) == 16
+
+
+def test_plain10_has_one_block_of_two_3x3_convs_per_resolution():
+    net = models.plain10(num_classes=10, small_input=True)
+    assert sum(isinstance(m, shc.SHCConv2d) for m in net.modules()) == 9  # 8 + the 3x3 stem
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_torchvision_weights_load_and_converted_resnet18_keeps_outputs(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.rand(2, 3, 64, 64)
+    expected = tv(models.Normalize()(x))
+    path = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), path)
+    args = train.build_parser().parse_args(["--arch", "resnet18", "--shc"])
+    net = train.init_weights(str(path), args, 10).eval()
+    assert sum(isinstance(m, shc.SHCConv2d) for m in net.modules()) == 16
+    torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-4)
+    converted = shc.convert(tv)
+    torch.testing.assert_close(converted(models.Normalize()(x)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_two_process_ddp_gloo_trains_and_checkpoints(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29541",
+        "-m",
+        "shc_kernels.train",
+        *SMALL,
+        "--shc",
+        "--epochs",
+        "2",
+        "--max-steps-per-epoch",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["train_loss"] < rows[0]["train_loss"] < 2.5
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["meta"]["shc"] is True and len(state["rng"]) == 2
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    common = [*SMALL, "--shc", "--epochs", "2", "--max-steps-per-epoch", "6", "--no-progress"]
+    ref = tmp_path / "ref"
+    subprocess.run([*TRAIN, *common, "--out", str(ref)], check=True, capture_output=True, timeout=600)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*TRAIN, *common, "--save-every", "2", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)
+    assert (killed_at["epoch"], killed_at["step"]) < (2, 0), "the run finished before it was killed"
+
+    subprocess.run(
+        [*TRAIN, *common, "--save-every", "2", "--out", str(out), "--resume"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    a = torch.load(ref / "checkpoint.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    assert b["epoch"] == a["epoch"] == 2
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_clear_errors(tmp_path):
+    assert train.main([*SMALL, "--data", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    (tmp_path / "imgs" / "train").mkdir(parents=True)
+    assert train.main([*SMALL, "--data", str(tmp_path / "imgs"), "--out", str(tmp_path)]) == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    train.save_checkpoint(str(other / "checkpoint.pt"), {"meta": {"arch": "resnet50"}})
+    with pytest.raises(ValueError, match="of another model"):
+        train.load_checkpoint(str(other / "checkpoint.pt"), {"arch": "plain10"})

@@ -1,0 +1,208 @@
+"""The Triton backend against the reference, on CPU tensors through the Triton interpreter.
+
+Runs only when TRITON_INTERPRET=1 is set when pytest starts (the interpreter must be chosen
+before triton is imported), e.g. ``TRITON_INTERPRET=1 pytest tests/test_triton.py``. The
+reference runs in float64 on the same (rounded) inputs; fp16 has no bf16 twin here because the
+interpreter has no bf16 (tests/gpu covers bf16 on a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("set TRITON_INTERPRET=1 to run the Triton kernels on CPU", allow_module_level=True)
+
+from helpers import ROUTES, make_params, rand_x, run_layer, tol  # noqa: E402
+
+from shc_kernels import reference  # noqa: E402
+from shc_kernels._checks import pair, route_inputs  # noqa: E402
+from shc_kernels.triton import unavailable_reason  # noqa: E402
+
+if unavailable_reason() is not None:
+    pytest.skip(f"triton backend unavailable: {unavailable_reason()}", allow_module_level=True)
+
+from shc_kernels.triton import ops as T  # noqa: E402
+
+DTYPES = (torch.float32, torch.float16)
+# (D, C, H, W, kernel, stride, padding, dilation, groups): odd sizes, stride 2, padding 0/1/2,
+# dilation 2, kernels 1×1 / 3×3 / 5×5, groups 1/2, and H×W = 1.
+CASES = {
+    "3x3": (4, 6, 7, 6, 3, 1, 1, 1, 1),
+    "3x3-s2-g2-p0": (4, 6, 9, 8, 3, 2, 0, 1, 2),
+    "5x5-p2": (3, 5, 8, 7, 5, 1, 2, 1, 1),
+    "3x3-dil2-g2-s21": (4, 4, 9, 9, 3, (2, 1), 2, 2, 2),
+    "1x1": (6, 4, 5, 7, 1, 1, 0, 1, 1),
+    "1x1-hw1": (3, 4, 1, 1, 1, 1, 0, 1, 1),
+}
+
+
+def triton_shc(x, weight, bias, f1w, f1b, f2w, f2b, stride=1, padding=0, dilation=1, groups=1,
+               eps=1e-5, grad_route="both"):  # fmt: skip
+    """shc_conv2d composed from the two Triton ops, as functional.py composes them."""
+    x_stats, x_conv = route_inputs(x, grad_route)
+    m = T.statistical_map(x_stats, f1w, f1b, f2w, f2b, tuple(weight.shape[2:]), eps)
+    return T.modulated_conv2d(
+        x_conv, weight, m, bias, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "d"), groups
+    )
+
+
+def _assert_close(got, want, dtype, what):
+    assert (got is None) == (want is None), what
+    if got is None:
+        return
+    torch.testing.assert_close(got.double(), want.double(), **tol(dtype), msg=lambda m: f"{what}: {m}")
+
+
+def _compare_layer(case, dtype, channels_last, grad_route, bias=True):
+    d, c, h, w, k, stride, padding, dilation, groups = case
+    params = make_params(d, c, k, k, groups=groups, bias=bias, dtype=dtype)
+    x = rand_x(2, d, h, w, dtype=dtype, channels_last=channels_last)
+    conf = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, grad_route=grad_route)
+    y, grads = run_layer(triton_shc, x, params, **conf)
+    y_ref, grads_ref = run_layer(
+        reference.shc_conv2d, x.double(), [None if p is None else p.double() for p in params], **conf
+    )
+    assert y.dtype == dtype
+    if channels_last and min(y.shape[1:]) > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    _assert_close(y, y_ref, dtype, "y")
+    names = ("x", "weight", "bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    for name, g, g_ref in zip(names, grads, grads_ref, strict=True):
+        if g is not None:
+            assert g.dtype == dtype, name
+        _assert_close(g, g_ref, dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_layer_forward_and_every_gradient_match_reference(case, dtype, channels_last):
+    _compare_layer(case, dtype, channels_last, "both")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("grad_route", ROUTES)
+def test_every_grad_route_matches_reference(grad_route, dtype, channels_last):
+    _compare_layer(CASES["3x3-s2-g2-p0"], dtype, channels_last, grad_route, bias=False)
+
+
+def test_route_gradients_add_up():
+    case = CASES["3x3"]
+    d, c, h, w, k, stride, padding, dilation, groups = case
+    params = make_params(d, c, k, k, dtype=torch.float32)
+    x = rand_x(2, d, h, w, dtype=torch.float32)
+    conf = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    dx = {r: run_layer(triton_shc, x, params, grad_route=r, **conf)[1][0] for r in ROUTES}
+    torch.testing.assert_close(dx["both"], dx["conv"] + dx["hyper"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_statistical_map_and_its_gradients_match_reference(dtype, bias):
+    d, hidden, kh, kw = 5, 3, 3, 5  # hidden != D//2, non-square map
+    g = torch.Generator().manual_seed(3)
+    f1w = (torch.randn(hidden, 2 * d, generator=g) * 0.5).to(dtype)
+    f2w = (torch.randn(kh * kw, hidden, generator=g) * 0.5).to(dtype)
+    f1b = torch.randn(hidden, generator=g).to(dtype) if bias else None
+    f2b = torch.randn(kh * kw, generator=g).to(dtype) if bias else None
+    x = rand_x(3, d, 6, 5, dtype=dtype)
+
+    def run(fn, x, *params):
+        x = x.detach().clone().requires_grad_(True)
+        params = [None if p is None else p.detach().clone().requires_grad_(True) for p in params]
+        m = fn(x, *params, (kh, kw), 1e-5)
+        m.backward(torch.linspace(-1.0, 1.0, m.numel(), dtype=m.dtype).view_as(m))
+        return m.detach(), [x.grad] + [None if p is None else p.grad for p in params]
+
+    m, grads = run(T.statistical_map, x, f1w, f1b, f2w, f2b)
+    m_ref, grads_ref = run(reference.statistical_map, x.double(), *(None if p is None else p.double()
+                                                                     for p in (f1w, f1b, f2w, f2b)))
+    assert m.dtype == torch.float32 and m.shape == (3, kh, kw)
+    _assert_close(m, m_ref, torch.float32, "m")
+    for name, a, b in zip(("x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"), grads, grads_ref,
+                          strict=True):  # fmt: skip
+        _assert_close(a, b, dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_statistics_are_stable_for_large_means(dtype):
+    # A channel with mean 1000 (fp32) or 200 (fp16) and unit spread: one-pass sums would cancel.
+    big = 1000.0 if dtype == torch.float32 else 200.0
+    x = (rand_x(2, 3, 16, 16, dtype=torch.float64) + big).to(dtype)
+    d = 3
+    f1w = torch.zeros(1, 2 * d)
+    f1w[0, d] = 1.0  # h = sigma[:, 0], so m = sigmoid(sigma[:, 0])
+    f2w = torch.ones(1, 1)
+    m = T.statistical_map(x, f1w.to(dtype), None, f2w.to(dtype), None, (1, 1), 1e-5)
+    mu, sigma = reference.channel_stats(x.double(), 1e-5)
+    torch.testing.assert_close(m.double().view(-1), torch.sigmoid(sigma[:, 0]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_modulated_conv2d_gradient_wrt_m_matches_reference(dtype, channels_last):
+    weight, bias, *_ = make_params(4, 6, 3, 3, groups=2, dtype=dtype)
+    x = rand_x(3, 4, 8, 7, dtype=dtype, channels_last=channels_last)
+    m = torch.rand(3, 3, 3, generator=torch.Generator().manual_seed(5))
+    conf = ((2, 1), (1, 2), (1, 2), 2)
+
+    def run(fn, x, weight, m, bias):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, m, bias)]
+        y = fn(*leaves, *conf)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(y.dtype))
+        return y.detach(), [t.grad for t in leaves]
+
+    y, grads = run(T.modulated_conv2d, x, weight, m, bias)
+    y_ref, grads_ref = run(reference.modulated_conv2d, x.double(), weight.double(), m.double(), bias.double())
+    _assert_close(y, y_ref, dtype, "y")
+    for name, a, b in zip(("x", "weight", "m", "bias"), grads, grads_ref, strict=True):
+        _assert_close(a, b, dtype, f"grad {name}")
+
+
+def test_empty_batch_returns_empty_results():
+    weight, bias, f1w, f1b, f2w, f2b = make_params(4, 6, 3, 3, dtype=torch.float32)
+    x = torch.empty(0, 4, 7, 6, requires_grad=True)
+    m = T.statistical_map(x, f1w, f1b, f2w, f2b, (3, 3), 1e-5)
+    y = T.modulated_conv2d(x, weight, m, bias, (1, 1), (1, 1), (1, 1), 1)
+    assert m.shape == (0, 3, 3) and y.shape == (0, 6, 7, 6)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_float64_is_refused_with_a_clear_error():
+    weight, bias, f1w, f1b, f2w, f2b = make_params(4, 6, 3, 3, dtype=torch.float64)
+    x = rand_x(1, 4, 5, 5, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float64"):
+        T.statistical_map(x, f1w, f1b, f2w, f2b, (3, 3), 1e-5)
+    with pytest.raises(TypeError, match="float64"):
+        T.modulated_conv2d(x, weight, torch.rand(1, 3, 3), bias, (1, 1), (1, 1), (1, 1), 1)
+
+
+def test_autocast_runs_conv_in_autocast_dtype_and_map_in_fp32():
+    weight, bias, f1w, f1b, f2w, f2b = make_params(4, 6, 3, 3, dtype=torch.float32)
+    x = rand_x(2, 4, 7, 6, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.float16):
+        m = T.statistical_map(x, f1w, f1b, f2w, f2b, (3, 3), 1e-5)
+        y = T.modulated_conv2d(x, weight, m, bias, (1, 1), (1, 1), (1, 1), 1)
+    assert m.dtype == torch.float32 and y.dtype == torch.float16
+    y_ref = reference.modulated_conv2d(x.double(), weight.double(), m.double(), bias.double(), 1, 1, 1, 1)
+    torch.testing.assert_close(y.double(), y_ref, **tol(torch.float16))
+
+
+def test_opcheck_custom_ops():
+    weight, bias, f1w, f1b, f2w, f2b = make_params(4, 6, 3, 3, groups=2, dtype=torch.float32)
+    x = rand_x(2, 4, 6, 5, dtype=torch.float32, channels_last=True)
+    m = torch.rand(2, 3, 3)
+    for t in (x, weight, m, bias, f1w, f1b, f2w, f2b):
+        t.requires_grad_(True)
+    torch.library.opcheck(
+        torch.ops.shc.triton_modulated_conv2d.default, (x, weight, m, bias, [2, 1], [1, 0], [1, 2], 2)
+    )
+    torch.library.opcheck(
+        torch.ops.shc.triton_statistical_map.default, (x, f1w, f1b, f2w, None, 3, 3, 1e-5)
+    )
