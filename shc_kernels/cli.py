@@ -79,7 +79,7 @@ def demo_check(device: str = "cpu", seed: int = 0) -> bool:
 
 
 # Subcommands with their own argument parsers, run as `shc NAME ...`.
-SUBCOMMANDS = {"train": "shc_kernels.train"}
+SUBCOMMANDS = {"train": "shc_kernels.train", "bench": "shc_kernels.bench"}
 
 
 def main(argv: list[str] | None = None) -> int:
