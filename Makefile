@@ -9,7 +9,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test lint pytest cmake-check demo info clean
+.PHONY: setup build test lint pytest triton-test triton-check cmake-check demo info clean
 
 setup: $(VENV)/.stamp-deps build
 
@@ -35,11 +35,19 @@ lint: setup
 pytest: setup
 	$(PY) -m pytest -q tests
 
+# The Triton kernels on CPU tensors through the interpreter (it must be chosen before import).
+triton-test: setup
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_triton.py
+
+# Every Triton kernel and autotune config compiled ahead of time for sm_80 and sm_90.
+triton-check: setup
+	env -u TRITON_INTERPRET $(PY) -m shc_kernels.triton.aot_check
+
 # CMake build of the same op library against libtorch, loaded and checked in a fresh process.
 cmake-check: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash csrc/cmake_check.sh
 
-test: setup lint pytest cmake-check
+test: setup lint pytest triton-test triton-check cmake-check
 
 info: setup
 	$(VENV)/bin/shc info

@@ -1,7 +1,8 @@
 """Which backend computes a call: "reference", "cpu", "triton", "cuda" or "auto".
 
 "auto" picks the fastest backend available for the tensor's device: "cpu" (compiled C++) for
-CPU tensors, "triton" then "cuda" for CUDA tensors, "reference" when nothing compiled is there.
+CPU tensors, "triton" then "cuda" for CUDA tensors (float64 goes to "cuda", as Triton has no
+fp64 path), "reference" when nothing compiled is there.
 The environment variable SHC_BACKEND, when set, replaces "auto" (never an explicit choice).
 """
 
@@ -14,7 +15,15 @@ import torch
 from . import ops
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
-_DEVICE_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "cuda"}
+
+
+def backend_device(name: str) -> str | None:
+    """The device type whose tensors backend ``name`` takes (None: any)."""
+    if name == "triton":
+        from .triton import interpreting
+
+        return "cpu" if interpreting() else "cuda"  # the interpreter runs on CPU tensors
+    return {"cpu": "cpu", "cuda": "cuda"}.get(name)
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -32,7 +41,9 @@ def unavailable_reason(name: str) -> str | None:
             return "no CUDA device is available"
         return None
     if name == "triton":
-        return "the Triton backend is not implemented in this version"
+        from .triton import unavailable_reason as triton_reason
+
+        return triton_reason()
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS + ('auto',)}")
 
 
@@ -48,7 +59,12 @@ def resolve(backend: str, x: torch.Tensor) -> str:
     if backend == "auto":
         backend = os.environ.get("SHC_BACKEND", "auto") or "auto"
     if backend == "auto":
-        wanted = ("cpu",) if x.device.type == "cpu" else ("triton", "cuda")
+        if x.device.type == "cpu":
+            wanted = ("cpu",)
+        elif x.dtype == torch.float64:
+            wanted = ("cuda",)
+        else:
+            wanted = ("triton", "cuda")
         for b in wanted:
             if unavailable_reason(b) is None:
                 return b
@@ -56,7 +72,7 @@ def resolve(backend: str, x: torch.Tensor) -> str:
     reason = unavailable_reason(backend)
     if reason is not None:
         raise ValueError(f"backend {backend!r} is not available: {reason}")
-    device = _DEVICE_OF.get(backend)
+    device = backend_device(backend)
     if device is not None and x.device.type != device:
         raise ValueError(f"backend {backend!r} runs on {device} tensors, but x is on {x.device}")
     return backend

@@ -62,7 +62,7 @@ def demo_check(device: str = "cpu", seed: int = 0) -> bool:
     expected = _grads(layer, x)
     ok = True
     for name in backends.available_backends():
-        if name == "reference" or backends._DEVICE_OF.get(name, device) != device:
+        if name == "reference" or backends.backend_device(name) != torch.device(device).type:
             continue
         layer.backend = name
         got = _grads(layer, x)

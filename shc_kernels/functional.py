@@ -30,6 +30,10 @@ def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, 
     (0, 1), float32 (float64 for float64 x). See reference.py for the exact math."""
     kernel_size = check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size)
     be = backends.resolve(backend, x)
+    if be == "triton":  # statistics and hypernetwork in one kernel
+        from .triton.ops import statistical_map as triton_map
+
+        return triton_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, float(eps))
     if be == "reference":
         mu, sigma = reference.channel_stats(x, eps)
     else:
@@ -45,6 +49,10 @@ def modulated_conv2d(x, weight, m, bias=None, stride=1, padding=0, dilation=1, g
     be = backends.resolve(backend, x)
     if be == "reference":
         return reference.modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups)
+    if be == "triton":
+        from .triton.ops import modulated_conv2d as triton_conv
+
+        return triton_conv(_layout_ok(x), weight, m, bias, stride, padding, dilation, groups)
     return torch.ops.shc.modulated_conv2d(
         _layout_ok(x),
         weight.contiguous(),

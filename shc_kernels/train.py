@@ -185,7 +185,9 @@ def run(args) -> list[dict]:
     rank, world, _local_rank, device = _setup_distributed()
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    train_set, val_set, num_classes = data_mod.load(args.data, args.image_size, args.paper_eval, args.digits_size)
+    train_set, val_set, num_classes = data_mod.load(
+        args.data, args.image_size, args.paper_eval, args.digits_size
+    )
     meta = _model_meta(args, num_classes)
 
     if args.init_from:

@@ -120,8 +120,11 @@ def test_statistical_map_and_its_gradients_match_reference(dtype, bias):
         return m.detach(), [x.grad] + [None if p is None else p.grad for p in params]
 
     m, grads = run(T.statistical_map, x, f1w, f1b, f2w, f2b)
-    m_ref, grads_ref = run(reference.statistical_map, x.double(), *(None if p is None else p.double()
-                                                                     for p in (f1w, f1b, f2w, f2b)))
+    m_ref, grads_ref = run(
+        reference.statistical_map,
+        x.double(),
+        *(None if p is None else p.double() for p in (f1w, f1b, f2w, f2b)),
+    )
     assert m.dtype == torch.float32 and m.shape == (3, kh, kw)
     _assert_close(m, m_ref, torch.float32, "m")
     for name, a, b in zip(("x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"), grads, grads_ref,
@@ -154,7 +157,9 @@ def test_modulated_conv2d_gradient_wrt_m_matches_reference(dtype, channels_last)
     def run(fn, x, weight, m, bias):
         leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, m, bias)]
         y = fn(*leaves, *conf)
-        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(y.dtype))
+        y.backward(
+            torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(y.dtype)
+        )
         return y.detach(), [t.grad for t in leaves]
 
     y, grads = run(T.modulated_conv2d, x, weight, m, bias)
@@ -203,6 +208,4 @@ def test_opcheck_custom_ops():
     torch.library.opcheck(
         torch.ops.shc.triton_modulated_conv2d.default, (x, weight, m, bias, [2, 1], [1, 0], [1, 2], 2)
     )
-    torch.library.opcheck(
-        torch.ops.shc.triton_statistical_map.default, (x, f1w, f1b, f2w, None, 3, 3, 1e-5)
-    )
+    torch.library.opcheck(torch.ops.shc.triton_statistical_map.default, (x, f1w, f1b, f2w, None, 3, 3, 1e-5))

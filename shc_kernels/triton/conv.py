@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 from torch._prims_common import suggest_memory_format
 
 from . import interpreting
@@ -64,7 +65,33 @@ else:
     )
 
 
-@triton.autotune(configs=FWD_CONFIGS, key=["NP", "CG", "DG", "T", "OHW"])
+def _prune(rows: str, cols: str, red: str):
+    """Drop configs whose tiles are far bigger than the problem (small layers, tests)."""
+
+    def prune(configs, named_args, **kwargs):
+        def fits(cfg):
+            kw = cfg.kwargs
+            return (
+                kw["BLOCK_M"] <= max(64, triton.next_power_of_2(named_args[rows]))
+                and kw["BLOCK_N"] <= max(32, triton.next_power_of_2(named_args[cols]))
+                and kw["BLOCK_K"] <= max(32, triton.next_power_of_2(named_args[red]))
+            )
+
+        kept = [c for c in configs if fits(c)]
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+    return {"early_config_prune": prune}
+
+
+def _do_bench(fn, quantiles):
+    # Shorter than Triton's default (25 ms warmup, 100 ms reps): enough to rank tile sizes.
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+@triton.autotune(
+    configs=FWD_CONFIGS, key=["NP", "CG", "DG", "T", "OHW"], prune_configs_by=_prune("NP", "CG", "DG"),
+    do_bench=_do_bench,
+)  # fmt: skip
 @triton.jit
 def _mconv_fwd_kernel(
     x_ptr, w_ptr, m_ptr, b_ptr, y_ptr,
@@ -119,14 +146,15 @@ def _mconv_fwd_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + c_glob, mask=cmask, other=0.0).to(tl.float32)[None, :]
     y_ptrs = (
-        y_ptr
-        + (n.to(tl.int64) * syn + oh * syh + ow * syw)[:, None]
-        + c_glob.to(tl.int64)[None, :] * syc
+        y_ptr + (n.to(tl.int64) * syn + oh * syh + ow * syw)[:, None] + c_glob.to(tl.int64)[None, :] * syc
     )
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & cmask[None, :])
 
 
-@triton.autotune(configs=DX_CONFIGS, key=["HW", "CG", "DG", "T", "NEED_X", "NEED_M"], reset_to_zero=["dm_ptr"])
+@triton.autotune(
+    configs=DX_CONFIGS, key=["HW", "CG", "DG", "T", "NEED_X", "NEED_M"], reset_to_zero=["dm_ptr"],
+    prune_configs_by=_prune("HW", "DG", "CG"), do_bench=_do_bench,
+)  # fmt: skip
 @triton.jit
 def _mconv_dx_kernel(
     gy_ptr, x_ptr, w_ptr, m_ptr, dx_ptr, dm_ptr,
@@ -184,7 +212,9 @@ def _mconv_dx_kernel(
         for c0 in range(0, CG, BLOCK_K):
             offs_c = c0 + tl.arange(0, BLOCK_K)
             kcmask = offs_c < CG
-            a = tl.load(gy_rows[:, None] + offs_c[None, :] * sgc, mask=valid[:, None] & kcmask[None, :], other=0.0)
+            a = tl.load(
+                gy_rows[:, None] + offs_c[None, :] * sgc, mask=valid[:, None] & kcmask[None, :], other=0.0
+            )
             b = tl.load(
                 w_base + t * swt + offs_c[:, None] * swc + offs_d[None, :] * swd,
                 mask=kcmask[:, None] & dmask[None, :],
@@ -200,7 +230,10 @@ def _mconv_dx_kernel(
         tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
 
 
-@triton.autotune(configs=DW_CONFIGS, key=["NP", "CG", "DG", "T", "CHUNK"], reset_to_zero=["dw_ptr"])
+@triton.autotune(
+    configs=DW_CONFIGS, key=["NP", "CG", "DG", "T", "CHUNK"], reset_to_zero=["dw_ptr"],
+    prune_configs_by=_prune("CG", "DG", "CHUNK"), do_bench=_do_bench,
+)  # fmt: skip
 @triton.jit
 def _mconv_dw_kernel(
     gy_ptr, x_ptr, m_ptr, dw_ptr,

@@ -172,7 +172,11 @@ def _conv_backward_op(
 @_conv_backward_op.register_fake
 def _(grad_y, x, weight, m, stride, padding, dilation, groups, need_x, need_weight, need_m):
     dx = torch.empty_like(x, memory_format=suggest_memory_format(x)) if need_x else x.new_empty(0)
-    dw = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_weight else weight.new_empty(0)
+    dw = (
+        torch.empty_like(weight, memory_format=torch.contiguous_format)
+        if need_weight
+        else weight.new_empty(0)
+    )
     dm = m.new_empty(m.shape, dtype=torch.float32) if need_m else m.new_empty(0)
     return dx, dw, dm
 
@@ -190,7 +194,9 @@ def _conv_backward(ctx, grad_y):
     gx, gw, gm = torch.ops.shc.triton_modulated_conv2d_backward(
         grad_y, x, weight, m, *ctx.conf, bool(need_x), bool(need_w), bool(need_m)
     )
-    gb = grad_y.sum(dim=(0, 2, 3), dtype=torch.float32).to(grad_y.dtype) if (ctx.has_bias and need_b) else None
+    gb = (
+        grad_y.sum(dim=(0, 2, 3), dtype=torch.float32).to(grad_y.dtype) if (ctx.has_bias and need_b) else None
+    )
     return (
         gx if need_x else None,
         gw if need_w else None,
@@ -233,7 +239,10 @@ def _cast_positions(positions, to_autocast_dtype):
         target = dtype if to_autocast_dtype else torch.float32
         return tuple(
             a.to(target)
-            if i in positions and isinstance(a, torch.Tensor) and a.is_floating_point() and a.device.type == device_type
+            if i in positions
+            and isinstance(a, torch.Tensor)
+            and a.is_floating_point()
+            and a.device.type == device_type
             else a
             for i, a in enumerate(args)
         )

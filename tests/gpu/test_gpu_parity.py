@@ -1,0 +1,184 @@
+"""Every CUDA backend against the reference on a GPU: fp32/fp16/bf16, forward and every gradient,
+every grad_route, NCHW and channels_last, small odd shapes and ResNet-sized ones.
+
+Run on a GPU machine with ``pytest -m gpu tests/gpu`` (bench/gpu_check.sh does). The reference
+runs in float64 on the same (rounded) inputs; errors are measured relative to the largest
+reference value, so big reductions (dW over the whole batch) get a fair tolerance.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
+from helpers import ROUTES, make_params, rand_x  # noqa: E402
+
+import shc_kernels as shc  # noqa: E402
+from shc_kernels import reference  # noqa: E402
+from shc_kernels._checks import pair, route_inputs  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+GPU_BACKENDS = [b for b in shc.available_backends() if b in ("triton", "cuda")]
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Relative to max |reference|: fp32 is IEEE here (TF32 switched off by the fixture below).
+REL_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+# (N, D, C, H, W, kernel, stride, padding, dilation, groups)
+SMALL = {
+    "3x3": (2, 4, 6, 7, 6, 3, 1, 1, 1, 1),
+    "3x3-s2-g2-p0": (3, 4, 6, 9, 8, 3, 2, 0, 1, 2),
+    "5x5-p2": (2, 3, 5, 8, 7, 5, 1, 2, 1, 1),
+    "3x3-dil2-s21-g2": (2, 4, 4, 9, 9, 3, (2, 1), 2, 2, 2),
+    "1x1": (2, 6, 4, 5, 7, 1, 1, 0, 1, 1),
+    "hw1": (2, 3, 4, 1, 1, 1, 1, 0, 1, 1),
+}
+LARGE = {
+    "r50-l1": (4, 64, 64, 56, 56, 3, 1, 1, 1, 1),
+    "r50-l3-s2": (4, 256, 256, 28, 28, 3, 2, 1, 1, 1),
+    "r50-l4": (8, 512, 512, 7, 7, 3, 1, 1, 1, 1),
+    "5x5-g4": (4, 64, 96, 33, 31, 5, 1, 2, 1, 4),
+    "1x1-wide": (4, 256, 64, 14, 14, 1, 1, 0, 1, 1),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _triton_ops_shc(x, weight, bias, f1w, f1b, f2w, f2b, stride, padding, dilation, groups, grad_route):
+    """The layer composed from the Triton ops directly (independent of functional.py's wiring)."""
+    from shc_kernels.triton import ops as T
+
+    x_stats, x_conv = route_inputs(x, grad_route)
+    m = T.statistical_map(x_stats, f1w, f1b, f2w, f2b, tuple(weight.shape[2:]), 1e-5)
+    return T.modulated_conv2d(
+        x_conv, weight, m, bias, pair(stride, "s"), pair(padding, "p"), pair(dilation, "d"), groups
+    )
+
+
+def _layer_fns():
+    fns = {b: (lambda *a, _b=b, **k: shc.shc_conv2d(*a, **k, backend=_b)) for b in GPU_BACKENDS}
+    from shc_kernels.triton import unavailable_reason
+
+    # The Triton ops directly, until functional.py routes backend="triton" to them.
+    if unavailable_reason() is None and "triton" not in fns:
+        fns["triton-ops"] = lambda x, w, b, f1w, f1b, f2w, f2b, **k: _triton_ops_shc(
+            x,
+            w,
+            b,
+            f1w,
+            f1b,
+            f2w,
+            f2b,
+            k["stride"],
+            k["padding"],
+            k["dilation"],
+            k["groups"],
+            k["grad_route"],
+        )
+    return fns
+
+
+LAYER_FNS = _layer_fns() if torch.cuda.is_available() else {}
+
+
+def _run(fn, x, params, **conf):
+    x = x.detach().clone().requires_grad_(True)
+    params = [None if p is None else p.detach().clone().requires_grad_(True) for p in params]
+    y = fn(x, *params, **conf)
+    gy = torch.randn(y.shape, generator=torch.Generator(device=y.device).manual_seed(7), device=y.device)
+    y.backward(gy.to(y.dtype))
+    return y.detach(), [x.grad] + [None if p is None else p.grad for p in params]
+
+
+def _check(got, want, dtype, what):
+    assert (got is None) == (want is None), what
+    if got is None:
+        return
+    assert got.dtype in (dtype, torch.float32), f"{what}: dtype {got.dtype}"
+    assert got.shape == want.shape, what
+    assert torch.isfinite(got).all(), f"{what}: non-finite values"
+    err = (got.double() - want.double()).abs().max().item()
+    scale = max(want.abs().max().item(), 1e-3)
+    assert err <= REL_TOL[dtype] * scale, f"{what}: max error {err:.3e} vs max |ref| {scale:.3e}"
+
+
+def _compare(fn, case, dtype, channels_last, grad_route, bias=True):
+    n, d, c, h, w, k, stride, padding, dilation, groups = case
+    params = [None if p is None else p.cuda() for p in make_params(d, c, k, k, groups=groups, bias=bias,
+                                                                     dtype=dtype)]  # fmt: skip
+    x = rand_x(n, d, h, w, dtype=dtype, channels_last=channels_last).cuda()
+    conf = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, grad_route=grad_route)
+    y, grads = _run(fn, x, params, **conf)
+    y_ref, grads_ref = _run(reference.shc_conv2d, x.double(), [None if p is None else p.double()
+                                                                for p in params], **conf)  # fmt: skip
+    assert y.dtype == dtype
+    if channels_last and min(y.shape[1:]) > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    _check(y, y_ref, dtype, "y")
+    names = ("x", "weight", "bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    for name, g, g_ref in zip(names, grads, grads_ref, strict=True):
+        _check(g, g_ref, dtype, f"grad {name}")
+
+
+needs_backend = pytest.mark.skipif(not LAYER_FNS, reason="no CUDA backend (triton/cuda) is available")
+
+
+@needs_backend
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", SMALL.values(), ids=SMALL.keys())
+@pytest.mark.parametrize("backend", LAYER_FNS.keys())
+def test_small_shapes_match_reference(backend, case, dtype, channels_last):
+    _compare(LAYER_FNS[backend], case, dtype, channels_last, "both")
+
+
+@needs_backend
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("grad_route", ROUTES)
+@pytest.mark.parametrize("backend", LAYER_FNS.keys())
+def test_every_grad_route_matches_reference(backend, grad_route, dtype, channels_last):
+    _compare(LAYER_FNS[backend], SMALL["3x3-s2-g2-p0"], dtype, channels_last, grad_route, bias=False)
+
+
+@needs_backend
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", LARGE.values(), ids=LARGE.keys())
+@pytest.mark.parametrize("backend", LAYER_FNS.keys())
+def test_large_shapes_match_reference(backend, case, dtype, channels_last):
+    _compare(LAYER_FNS[backend], case, dtype, channels_last, "both")
+
+
+@needs_backend
+@pytest.mark.parametrize("backend", LAYER_FNS.keys())
+def test_empty_batch(backend):
+    params = [p.cuda() for p in make_params(4, 6, 3, 3, dtype=torch.float32)]
+    x = torch.empty(0, 4, 7, 6, device="cuda", requires_grad=True)
+    y = LAYER_FNS[backend](x, *params, stride=1, padding=1, dilation=1, groups=1, grad_route="both")
+    assert y.shape == (0, 6, 7, 6)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.skipif("triton" not in GPU_BACKENDS and not LAYER_FNS, reason="triton not available")
+def test_triton_fp32_uses_tf32_only_when_cudnn_allows_it():
+    from shc_kernels.triton.conv import _input_precision
+
+    x = torch.ones(1, device="cuda")
+    torch.backends.cudnn.allow_tf32 = False
+    assert _input_precision(x) == "ieee"
+    torch.backends.cudnn.allow_tf32 = True
+    assert _input_precision(x) == "tf32"
