@@ -13,11 +13,23 @@ from .modules import HyperNetwork, SHCConv2d, convert
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # shc.models and shc.attacks import torchvision and friends: load them on first use.
+    if name in ("models", "attacks"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "HyperNetwork",
     "SHCConv2d",
+    "attacks",
     "available_backends",
     "convert",
+    "models",
     "modulated_conv2d",
     "reference",
     "shc_conv2d",

@@ -1,0 +1,115 @@
+"""`shc attack` (shc_kernels.evaluate): the paper's Tables 1–4 and Figures 2–3 from checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import shc_kernels as shc
+from shc_kernels import data, evaluate, models
+
+FAST = ["--digits-size", "8", "--confidence", "0", "--max-images", "4", "--lsa-images", "2"]
+FAST += ["--gaussian-images", "32"]
+FAST += ["--lsa-steps", "3", "--lsa-pixels", "2", "--lsa-candidates", "8", "--batch-size", "128"]
+FAST += ["--no-progress"]
+
+
+def _save(path, model, shc_flag):
+    meta = {"arch": "plain10", "shc": shc_flag, "small_input": True, "num_classes": 10}
+    torch.save({"meta": meta, "model": model.state_dict(), "epoch": 0}, path)  # train.py's format
+    return str(path)
+
+
+def _tiny_checkpoints(tmp):
+    """A random Plain-10 (full width: the meta rebuilds the paper's model; 8×8 digits keep it
+    fast) and its output-preserving SHC conversion: the two agree on every image, so the images
+    both classify correctly are the plain one's correct ones (--confidence 0)."""
+    torch.manual_seed(0)
+    plain = models.plain10(num_classes=10, shc=False, small_input=True)
+    plain.eval()
+    a = _save(tmp / "plain.pt", plain, False)
+    b = _save(tmp / "shc.pt", shc.convert(plain), True)
+    return a, b
+
+
+def test_shc_attack_end_to_end_writes_tables_and_figures(tmp_path):
+    a, b = _tiny_checkpoints(tmp_path)
+    out = tmp_path / "out"
+    rc = evaluate.main(["--checkpoint", a, b, "--label", "P", "P-SHC", "--out", str(out), *FAST])
+    assert rc == 0
+    names = set(os.listdir(out))
+    tables = {"table1_gaussian", "table2_gradient", "table3_lsa", "table4_routes"}
+    assert {f"{t}.csv" for t in tables} | {"tables.md", "results.json"} <= names
+    assert {"fig2_gaussian_example.png", "fig3_lsa.png"} <= names
+    assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
+
+    res = json.loads((out / "results.json").read_text())
+    assert res["models"] == ["P", "P-SHC"]
+    assert res["gaussian"]["P"]["images"] == 32
+    assert 0 < res["gradient_images"] <= 4 and 0 < res["lsa_images"] <= 2
+    assert set(res["gradient"]["P"]) == {"fgsm", "fgsm_heavy", "ifgsm", "rand_fgsm"}
+    assert len(res["lsa"]["P-SHC"]["acc"]) == 4  # steps 0..3
+    assert set(res["routes"]["P-SHC"]) == {"both", "hyper", "conv"} and set(res["routes"]["P"]) == {"both"}
+    # Selected images are classified correctly by both: the clean LSA row is 100 %.
+    assert res["lsa"]["P"]["acc"][0] == 100.0
+
+    md = (out / "tables.md").read_text()
+    for title in ("Table 1", "Table 2", "Table 3", "Table 4", "FGSM-Heavy", "P-SHC-T", "P-SHC-W"):
+        assert title in md
+    with open(out / "table4_routes.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Network", "RAND+FGSM Acc.(%)", "RAND+FGSM RCD"]
+    assert [r[0] for r in rows[1:]] == ["P", "P-SHC", "P-SHC-T", "P-SHC-W"]
+
+
+def test_missing_checkpoint_exits_2_with_a_message(tmp_path, capsys):
+    rc = evaluate.main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path), "--no-progress"])
+    assert rc == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_checkpoint_without_meta_exits_2_with_a_message(tmp_path, capsys):
+    path = tmp_path / "bare.pt"
+    torch.save(models.plain10(num_classes=10, shc=False, small_input=True).state_dict(), path)
+    rc = evaluate.main(["--checkpoint", str(path), "--out", str(tmp_path), "--no-progress"])
+    assert rc == 2
+    assert '"meta"' in capsys.readouterr().err
+
+
+def test_runs_as_a_module_and_shows_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "shc_kernels.evaluate", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--checkpoint" in out.stdout and "--lsa-steps" in out.stdout
+
+
+def test_run_attacks_and_format_tables_without_files(tmp_path):
+    torch.manual_seed(0)
+    plain = models.plain10(num_classes=10, shc=False, small_input=True, widths=(8, 8, 8, 8)).train()
+    twin = shc.convert(copy.deepcopy(plain)).eval()
+    plain.bn1.eval()
+    modes = [m.training for m in plain.modules()]
+    _, val, _ = data.digits(8)
+    res = evaluate.run_attacks(
+        {"A": plain, "B": twin},
+        val,
+        None,
+        attacks_to_run=["fgsm", "routes"],
+        confidence=0.0,
+        max_images=4,
+        progress=False,
+    )
+    assert [m.training for m in plain.modules()] == modes and not twin.training  # modes given back
+    assert set(res) >= {"gradient", "routes"} and "gaussian" not in res and "lsa" not in res
+    md = evaluate.format_tables(res)
+    assert "Table 2" in md and "Table 4" in md and "Table 1" not in md
+    assert "| A |" in md and "| B-SHC-T |" in md
+    with pytest.raises(TypeError, match="unknown settings"):
+        evaluate.run_attacks({"A": plain}, val, None, lsa_step=3)
