@@ -1,11 +1,12 @@
 """Build for shc_kernels: package metadata and the C++ (and, when available, CUDA) extension.
 
 All build switches are read in one place, `_want_cuda()` below:
+  * no csrc/cuda/*.cu files -> CPU-only CppExtension (whatever the switches say).
   * SHC_SKIP_CUDA=1  -> never build CUDA sources.
-  * FORCE_CUDA=1     -> build CUDA sources (csrc/cuda/*.cu) even if the checks below fail.
-  * otherwise CUDA is built only when torch.version.cuda is set, nvcc is found and
-    csrc/cuda/*.cu files exist. Without CUDA the CPU-only CppExtension is built and
-    shc_kernels._C.cuda_compiled() returns False.
+  * FORCE_CUDA=1     -> build the CUDA sources even if torch.version.cuda / nvcc checks fail.
+  * otherwise CUDA is built only when torch.version.cuda is set and nvcc is found.
+Without CUDA the CPU-only CppExtension is built and shc_kernels._C.cuda_compiled() is False.
+TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0" for CUDA builds (there is no GPU to detect).
 """
 
 import glob
@@ -34,11 +35,14 @@ def _find_nvcc():
 
 
 def _want_cuda(torch, cuda_sources):
+    """The one place that decides whether CUDA sources are compiled."""
+    if not cuda_sources:  # nothing to compile: CPU-only CppExtension
+        return False
     if os.environ.get("SHC_SKIP_CUDA", "0") == "1":
         return False
     if os.environ.get("FORCE_CUDA", "0") == "1":
         return True
-    return bool(torch.version.cuda) and _find_nvcc() is not None and bool(cuda_sources)
+    return bool(torch.version.cuda) and _find_nvcc() is not None
 
 
 def _extensions():
@@ -53,16 +57,21 @@ def _extensions():
     cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     cuda_sources += _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
     with_cuda = _want_cuda(torch, [s for s in cuda_sources if s.endswith(".cu")])
+    if not with_cuda:
+        cuda_sources = []
 
     define_macros = [("SHC_TORCH_VERSION", f'"{torch.__version__}"')]
     # Portable flags: no -march=native (the wheel must run on other x86-64 machines).
-    # The heavy lifting is done by torch's BLAS (MKL), which dispatches on the CPU at runtime.
+    # The heavy lifting is done by oneDNN brgemm / BLAS inside libtorch_cpu, which pick the
+    # instruction set at runtime.
     cxx_flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"]
     if os.uname().machine in ("x86_64", "AMD64"):
         cxx_flags.append("-march=x86-64-v2")
     extra_link_args = ["-fopenmp"]
 
     if with_cuda:
+        # No GPU on the build machines: never let torch probe for one.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         define_macros.append(("SHC_WITH_CUDA", None))
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr"]
         ext = CUDAExtension(

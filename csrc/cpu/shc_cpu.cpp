@@ -1,19 +1,27 @@
 // CPU kernels for the `shc` ops (schemas in csrc/shc.cpp).
 //
 // modulated_conv2d: y[n] = conv2d(x[n], W * m[n], bias, ...), with m[n] one scalar per tap.
-// Samples are split into chunks; one thread owns a chunk (so col2im scatters never race).
-// Per (chunk, group, block of output rows) the thread builds a bounded im2col buffer
+// Never materializes per-sample kernels nor the whole batch's im2col. Samples are split into
+// chunks; one thread owns a chunk (so col2im scatters never race). A chunk is either one sample
+// with a block of output rows (large planes: 56x56, 28x28) or several whole samples sharing one
+// GEMM (small planes: 14x14, 7x7), ~1024 GEMM columns either way (SHC_CPU_COLS to tune).
+// The reduction K = (D/groups)*T is streamed in blocks of ~256 rows (whole input channels):
 //   cols[(d,t), j] = m[n(j),t] * x_pad[n(j), d, p(j) (+) t]      (the m scaling fused in)
-// and runs one BLAS GEMM  y = W_g @ cols  (W viewed as (C, D/groups*T): no reorder).
-// Several samples share one GEMM when the output plane is small (7x7, 14x14).
-// Backward per block:
-//   grad_weight += dy @ cols_scaled^T                 (per-thread accumulator, reduced at the end)
-//   dcols = W_g^T @ dy;  col2im:  dx[n,d,q(+)t] += m[n,t] * dcols[(d,t),j]
-//                        fused:   dm[n,t]       += dcols[(d,t),j] * x[n,d,q(+)t]
+// is built for one block right before the GEMM consumes it, so it stays in L2:
+//   y_block += W_g[:, block] @ cols_block          (W viewed as (C, D/groups*T): no reorder)
+// Backward per (chunk, row block, reduction block):
+//   grad_weight^T[block] += cols_scaled @ dy^T     (per-thread accumulators, reduced at the end)
+//   dcols = W_g^T[block] @ dy;  col2im:  dx[n,d,q(+)t] += m[n,t] * dcols[(d,t),j]
+//                               fused:   dm[n,t]       += dcols[(d,t),j] * x[n,d,q(+)t]
 // (dm[n,t] = sum_{c,d} W[c,d,t] * G_n[c,d,t] with G_n the plain per-sample weight grad,
 //  which equals sum_{d,q} x[n,d,q(+)t] * (W^T dy[n])[(d,t),q].)
+// GEMMs: fp32 through oneDNN's brgemm micro-kernel (at::native::cpublas::brgemm), else BLAS
+// (sgemm_/dgemm_ from libtorch_cpu's MKL), else at::mm. fp64 uses dgemm.
 // Everything is computed in float (fp32/fp16/bf16 inputs) or double (fp64 inputs) on
 // NCHW-contiguous copies; outputs are returned in x's dtype and x.suggest_memory_format().
+// Tuning knobs (environment, read per call): SHC_CPU_COLS, SHC_CPU_COLS_BWD (GEMM columns per
+// block), SHC_CPU_KROWS (reduction rows per block), SHC_CPU_WS_BYTES (per-thread workspace),
+// SHC_CPU_CHUNKS_PER_THREAD, SHC_CPU_NO_BRGEMM=1 (use BLAS).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -21,10 +29,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 // Fortran BLAS entry points exported by libtorch_cpu when torch is built with MKL/OpenBLAS.
@@ -123,7 +134,7 @@ bool brgemm_f32_ok() {
   return ok;
 }
 
-constexpr int64_t kBrgemmKBlock = 512;
+constexpr int64_t kBrgemmKBlock = 256;
 
 // Row-major C(MxN, ldc) (+)= A(MxK, lda) @ B(KxN, ldb); accumulate adds to C.
 template <typename T>
@@ -143,16 +154,68 @@ void mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, in
   gemm_rm<T>(false, false, M, N, K, T(1), A, lda, B, ldb, accumulate ? T(1) : T(0), C, ldc);
 }
 
-// dst(cols x rows, ld_dst) = src(rows x cols, ld_src)^T, cache-blocked.
-template <typename T>
+// dst(cols x rows, ld_dst) (+)= src(rows x cols, ld_src)^T. 8x8 register tiles inside 64x64
+// cache tiles (the leading dimensions are often powers of two: small tiles avoid set conflicts).
+template <typename T, bool kAdd = false>
 void transpose(int64_t rows, int64_t cols, const T* src, int64_t ld_src, T* dst, int64_t ld_dst) {
-  constexpr int64_t B = 32;
-  for (int64_t r0 = 0; r0 < rows; r0 += B)
-    for (int64_t c0 = 0; c0 < cols; c0 += B) {
-      const int64_t r1 = std::min(rows, r0 + B), c1 = std::min(cols, c0 + B);
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+  constexpr int64_t R = 8, BB = 64;
+  for (int64_t r0 = 0; r0 < rows; r0 += BB) {
+    const int64_t r1 = std::min(rows, r0 + BB);
+    for (int64_t c0 = 0; c0 < cols; c0 += BB) {
+      const int64_t c1 = std::min(cols, c0 + BB);
+      for (int64_t r = r0; r < r1; r += R) {
+        for (int64_t c = c0; c < c1; c += R) {
+          if (r + R <= r1 && c + R <= c1) {
+            T tile[R][R];
+            for (int64_t i = 0; i < R; ++i)
+              for (int64_t j = 0; j < R; ++j) tile[j][i] = src[(r + i) * ld_src + c + j];
+            for (int64_t j = 0; j < R; ++j) {
+              T* d = dst + (c + j) * ld_dst + r;
+              for (int64_t i = 0; i < R; ++i) {
+                if constexpr (kAdd) d[i] += tile[j][i];
+                else d[i] = tile[j][i];
+              }
+            }
+          } else {
+            const int64_t re = std::min(r1, r + R), ce = std::min(c1, c + R);
+            for (int64_t i = r; i < re; ++i)
+              for (int64_t j = c; j < ce; ++j) {
+                if constexpr (kAdd) dst[j * ld_dst + i] += src[i * ld_src + j];
+                else dst[j * ld_dst + i] = src[i * ld_src + j];
+              }
+          }
+        }
+      }
     }
+  }
+}
+
+// Uninitialized scratch buffer (std::vector would zero-fill, which costs real time here).
+template <typename T>
+struct Buf {
+  std::unique_ptr<T[]> p;
+  explicit Buf(int64_t n) : p(n > 0 ? new T[static_cast<size_t>(n)] : nullptr) {}
+  T* data() { return p.get(); }
+};
+
+// out(Cg x K, row-major) = sum over the srcs of src(K x Cg)^T; parallel over row blocks of out.
+template <typename T>
+void transpose_sum(int64_t Cg, int64_t K, const std::vector<const T*>& srcs, T* out) {
+  constexpr int64_t B = 64;
+  const int64_t nblk = (Cg + B - 1) / B;
+  at::parallel_for(0, nblk, 1, [&](int64_t bb, int64_t be) {
+    for (int64_t blk = bb; blk < be; ++blk) {
+      const int64_t c0 = blk * B, c1 = std::min(Cg, c0 + B);
+      if (srcs.empty()) {
+        std::fill(out + c0 * K, out + c1 * K, T(0));
+        continue;
+      }
+      // rows c0..c1 of out = cols c0..c1 of each src (K x Cg)
+      transpose<T, false>(K, c1 - c0, srcs[0] + c0, Cg, out + c0 * K, K);
+      for (size_t i = 1; i < srcs.size(); ++i)
+        transpose<T, true>(K, c1 - c0, srcs[i] + c0, Cg, out + c0 * K, K);
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -170,18 +233,19 @@ inline void col_range(const Geom& g, int64_t j, int64_t& lo, int64_t& hi, int64_
   lo = std::min(lo, hi);
 }
 
-// cols (K x L, row-major), L = nb * (oh1 - oh0) * OW; column j = (sample s, oh, ow).
+// cols ((d1-d0)*T x L, row-major) for input channels [d0, d1) of group grp,
+// L = nb * (oh1 - oh0) * OW; column j = (sample s, oh, ow); row (d - d0)*T + t.
 template <typename T>
 void im2col_block(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, int64_t nb,
-                  int64_t oh0, int64_t oh1, T* cols) {
+                  int64_t oh0, int64_t oh1, int64_t d0, int64_t d1, T* cols) {
   const int64_t rows = oh1 - oh0, Lp = rows * g.OW, L = nb * Lp;
-  for (int64_t d = 0; d < g.Dg; ++d) {
+  for (int64_t d = d0; d < d1; ++d) {
     for (int64_t i = 0; i < g.kh; ++i) {
       for (int64_t j = 0; j < g.kw; ++j) {
         const int64_t t = i * g.kw + j;
         int64_t lo, hi, off;
         col_range(g, j, lo, hi, off);
-        T* crow = cols + (d * g.T + t) * L;
+        T* crow = cols + ((d - d0) * g.T + t) * L;
         for (int64_t s = 0; s < nb; ++s) {
           const int64_t n = n0 + s;
           const T scale = m[n * g.T + t];
@@ -212,15 +276,16 @@ void im2col_block(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0
 // dx[n,d,q(+)t] += m[n,t] * dcols[(d,t), j];  dm[n,t] += dcols[(d,t), j] * x[n,d,q(+)t]
 template <typename T>
 void col2im_block(const Geom& g, const T* dcols, const T* x, const T* m, T* dx, double* dm,
-                  int64_t grp, int64_t n0, int64_t nb, int64_t oh0, int64_t oh1) {
+                  int64_t grp, int64_t n0, int64_t nb, int64_t oh0, int64_t oh1, int64_t d0,
+                  int64_t d1) {
   const int64_t rows = oh1 - oh0, Lp = rows * g.OW, L = nb * Lp;
-  for (int64_t d = 0; d < g.Dg; ++d) {
+  for (int64_t d = d0; d < d1; ++d) {
     for (int64_t i = 0; i < g.kh; ++i) {
       for (int64_t j = 0; j < g.kw; ++j) {
         const int64_t t = i * g.kw + j;
         int64_t lo, hi, off;
         col_range(g, j, lo, hi, off);
-        const T* crow = dcols + (d * g.T + t) * L;
+        const T* crow = dcols + ((d - d0) * g.T + t) * L;
         for (int64_t s = 0; s < nb; ++s) {
           const int64_t n = n0 + s;
           const T scale = m[n * g.T + t];
@@ -269,43 +334,86 @@ int64_t env_int(const char* name, int64_t dflt) {
 }
 
 struct Blocking {
+  int64_t dblk;  // input channels per reduction block: im2col is built dblk*T rows at a time
   int64_t nb;    // samples per chunk (one thread owns a chunk)
   int64_t rows;  // output rows per block (OH when nb > 1)
   int64_t nchunks;
 };
 
 Blocking choose_blocking(const Geom& g, size_t elem, bool backward) {
+  // The reduction (K = Dg*T) is streamed in blocks of ~kRows rows: the im2col block for one
+  // reduction block is built right before the GEMM consumes it, so it stays in L2.
+  const int64_t kRows = env_int("SHC_CPU_KROWS", 256);
+  const int64_t dblk = std::max<int64_t>(1, std::min(g.Dg, kRows / std::max<int64_t>(1, g.T)));
   // Target number of GEMM columns per block, bounded by a per-thread workspace budget.
   const int64_t target = env_int(backward ? "SHC_CPU_COLS_BWD" : "SHC_CPU_COLS", 1024);
-  const int64_t budget = env_int("SHC_CPU_WS_BYTES", 16 << 20);
-  int64_t cap = std::max<int64_t>(1, budget / static_cast<int64_t>(elem) /
-                                         std::max<int64_t>(1, g.K));
-  int64_t want = std::max<int64_t>(1, std::min(target, cap));
-  Blocking b{1, g.OH, std::max<int64_t>(g.N, 0)};
+  const int64_t budget = env_int("SHC_CPU_WS_BYTES", 4 << 20);
+  const int64_t cap = std::max<int64_t>(
+      1, budget / static_cast<int64_t>(elem) / std::max<int64_t>(1, std::max(dblk * g.T, g.Cg)));
+  const int64_t want = std::max<int64_t>(1, std::min(target, cap));
+  Blocking b{dblk, 1, g.OH, std::max<int64_t>(g.N, 0)};
   const int64_t P = std::max<int64_t>(1, g.P);
   if (P >= want) {
     b.nb = 1;
-    b.rows = std::max<int64_t>(1, std::min(g.OH, want / std::max<int64_t>(1, g.OW)));
+    const int64_t rows = std::max<int64_t>(1, std::min(g.OH, want / std::max<int64_t>(1, g.OW)));
+    const int64_t nblocks = (g.OH + rows - 1) / rows;
+    b.rows = (g.OH + nblocks - 1) / nblocks;  // even split: no ragged last block
   } else {
     const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
-    // keep at least 2 chunks per thread for balance when the batch allows it
-    const int64_t per_thread = std::max<int64_t>(1, g.N / (2 * nthreads));
-    b.nb = std::max<int64_t>(1, std::min({want / P, per_thread, g.N}));
+    // keep a few chunks per thread for balance when the batch allows it
+    const int64_t per_thread = std::max<int64_t>(
+        1, g.N / (env_int("SHC_CPU_CHUNKS_PER_THREAD", 2) * nthreads));
+    int64_t nb = std::max<int64_t>(1, std::min({want / P, per_thread, g.N}));
+    // balance: make the chunk count a multiple of the thread count where the batch allows it
+    int64_t nchunks = (g.N + nb - 1) / nb;
+    if (nchunks > nthreads && nchunks % nthreads != 0) {
+      nchunks = (nchunks + nthreads - 1) / nthreads * nthreads;
+      nb = std::max<int64_t>(1, (g.N + nchunks - 1) / nchunks);
+    }
+    b.nb = nb;
     b.rows = g.OH;
   }
   b.nchunks = g.N > 0 ? (g.N + b.nb - 1) / b.nb : 0;
   return b;
 }
 
+// Runs worker(w, next_chunk) for w in [0, nworkers) on at::parallel_for threads; the worker
+// loops `for (c = next(); c >= 0; c = next())`. dynamic: chunks are pulled from a shared atomic
+// counter (on a busy machine a descheduled thread does not hold the others up; used where the
+// result does not depend on which worker handles a chunk). static: worker w always gets the
+// same contiguous chunk range (deterministic per-worker accumulations, e.g. grad_weight).
+template <typename F>
+void run_chunks(int64_t nchunks, int64_t nworkers, bool dynamic, const F& worker) {
+  std::atomic<int64_t> counter{0};
+  at::parallel_for(0, nworkers, 1, [&](int64_t wb, int64_t we) {
+    for (int64_t w = wb; w < we; ++w) {
+      int64_t pos = nchunks * w / nworkers;
+      const int64_t end = nchunks * (w + 1) / nworkers;
+      auto next = [&]() -> int64_t {
+        if (dynamic) {
+          const int64_t c = counter.fetch_add(1, std::memory_order_relaxed);
+          return c < nchunks ? c : -1;
+        }
+        return pos < end ? pos++ : -1;
+      };
+      worker(w, next);
+    }
+  });
+}
+
+int64_t num_workers(int64_t nchunks) {
+  return std::max<int64_t>(1, std::min<int64_t>(nchunks, at::get_num_threads()));
+}
+
 template <typename T>
 void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bias, T* y) {
   const Blocking blk = choose_blocking(g, sizeof(T), false);
   if (blk.nchunks == 0) return;
-  at::parallel_for(0, blk.nchunks, 1, [&](int64_t cb, int64_t ce) {
+  run_chunks(blk.nchunks, num_workers(blk.nchunks), /*dynamic=*/true, [&](int64_t, auto& next) {
     const int64_t Lmax = blk.nb * blk.rows * g.OW;
-    std::vector<T> cols(static_cast<size_t>(g.K * Lmax));
-    std::vector<T> ybuf(blk.nb > 1 ? static_cast<size_t>(g.Cg * Lmax) : 0);
-    for (int64_t ch = cb; ch < ce; ++ch) {
+    Buf<T> cols(blk.dblk * g.T * Lmax);
+    Buf<T> ybuf(blk.nb > 1 ? g.Cg * Lmax : 0);
+    for (int64_t ch = next(); ch >= 0; ch = next()) {
       const int64_t n0 = ch * blk.nb;
       const int64_t nb = std::min(blk.nb, g.N - n0);
       for (int64_t grp = 0; grp < g.groups; ++grp) {
@@ -313,10 +421,21 @@ void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bi
         for (int64_t oh0 = 0; oh0 < g.OH; oh0 += blk.rows) {
           const int64_t oh1 = std::min(g.OH, oh0 + blk.rows);
           const int64_t L = nb * (oh1 - oh0) * g.OW;
-          im2col_block<T>(g, x, m, grp, n0, nb, oh0, oh1, cols.data());
+          T* out;
+          int64_t ldo;
           if (nb == 1) {
-            T* out = y + (n0 * g.C + grp * g.Cg) * g.P + oh0 * g.OW;
-            mm<T>(g.Cg, L, g.K, wg, g.K, cols.data(), L, out, g.P, false);
+            out = y + (n0 * g.C + grp * g.Cg) * g.P + oh0 * g.OW;
+            ldo = g.P;
+          } else {
+            out = ybuf.data();
+            ldo = L;
+          }
+          for (int64_t d0 = 0; d0 < g.Dg; d0 += blk.dblk) {
+            const int64_t d1 = std::min(g.Dg, d0 + blk.dblk);
+            im2col_block<T>(g, x, m, grp, n0, nb, oh0, oh1, d0, d1, cols.data());
+            mm<T>(g.Cg, L, (d1 - d0) * g.T, wg + d0 * g.T, g.K, cols.data(), L, out, ldo, d0 > 0);
+          }
+          if (nb == 1) {
             if (bias != nullptr) {
               for (int64_t c = 0; c < g.Cg; ++c) {
                 const T bv = bias[grp * g.Cg + c];
@@ -325,7 +444,6 @@ void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bi
               }
             }
           } else {
-            mm<T>(g.Cg, L, g.K, wg, g.K, cols.data(), L, ybuf.data(), L, false);
             for (int64_t c = 0; c < g.Cg; ++c) {
               const T bv = bias != nullptr ? bias[grp * g.Cg + c] : T(0);
               for (int64_t s = 0; s < nb; ++s) {
@@ -352,27 +470,31 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
     return;
   }
   const Blocking blk = choose_blocking(g, sizeof(T), true);
-  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t nthreads = num_workers(blk.nchunks);  // workers, each with its own accumulator
   // per-thread grad_weight accumulators, transposed per group: accT[grp] is (K x Cg)
-  std::vector<T> acc;
+  Buf<T> acc(need_gw ? nthreads * CK : 0);
   std::vector<char> inited(static_cast<size_t>(nthreads * g.groups), 0);
-  if (need_gw) acc.resize(static_cast<size_t>(nthreads * CK));
   // W_g^T (K x Cg) per group, for dcols = W_g^T @ dy
-  std::vector<T> wT;
+  Buf<T> wT(need_cols_bwd ? CK : 0);
   if (need_cols_bwd) {
-    wT.resize(static_cast<size_t>(CK));
-    for (int64_t grp = 0; grp < g.groups; ++grp)
-      transpose<T>(g.Cg, g.K, w + grp * g.Cg * g.K, g.K, wT.data() + grp * g.Cg * g.K, g.Cg);
+    const int64_t rb = 32, nrb = (g.Cg + rb - 1) / rb;
+    at::parallel_for(0, g.groups * nrb, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t grp = i / nrb, r0 = (i % nrb) * rb, r1 = std::min(g.Cg, r0 + rb);
+        transpose<T>(r1 - r0, g.K, w + (grp * g.Cg + r0) * g.K, g.K,
+                     wT.data() + grp * g.Cg * g.K + r0, g.Cg);
+      }
+    });
   }
 
-  at::parallel_for(0, blk.nchunks, 1, [&](int64_t cb, int64_t ce) {
-    const int64_t tid = std::min<int64_t>(at::get_thread_num(), nthreads - 1);
+  // grad_weight is accumulated per worker: keep the chunk -> worker map fixed (deterministic)
+  run_chunks(blk.nchunks, nthreads, /*dynamic=*/!need_gw, [&](int64_t tid, auto& next) {
     const int64_t Lmax = blk.nb * blk.rows * g.OW;
-    std::vector<T> cols(static_cast<size_t>(g.K * Lmax));
-    std::vector<T> dybuf(blk.nb > 1 ? static_cast<size_t>(g.Cg * Lmax) : 0);
-    std::vector<T> dyT(need_gw ? static_cast<size_t>(g.Cg * Lmax) : 0);
+    Buf<T> cols(blk.dblk * g.T * Lmax);
+    Buf<T> dybuf(blk.nb > 1 ? g.Cg * Lmax : 0);
+    Buf<T> dyT(need_gw ? g.Cg * Lmax : 0);
     T* myacc = need_gw ? acc.data() + tid * CK : nullptr;
-    for (int64_t ch = cb; ch < ce; ++ch) {
+    for (int64_t ch = next(); ch >= 0; ch = next()) {
       const int64_t n0 = ch * blk.nb;
       const int64_t nb = std::min(blk.nb, g.N - n0);
       if (dx != nullptr)
@@ -394,41 +516,38 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
             dyp = dybuf.data();
             lddy = L;
           }
-          if (need_gw) {
-            // G_g^T (K x Cg) += cols_scaled (K x L) @ dy^T (L x Cg)
-            im2col_block<T>(g, x, m, grp, n0, nb, oh0, oh1, cols.data());
-            transpose<T>(g.Cg, L, dyp, lddy, dyT.data(), g.Cg);
-            char& ini = inited[tid * g.groups + grp];
-            mm<T>(g.K, g.Cg, L, cols.data(), L, dyT.data(), g.Cg, myacc + grp * g.Cg * g.K, g.Cg,
-                  ini != 0);
-            ini = 1;
+          char& ini = inited[tid * g.groups + grp];
+          if (need_gw) transpose<T>(g.Cg, L, dyp, lddy, dyT.data(), g.Cg);
+          for (int64_t d0 = 0; d0 < g.Dg; d0 += blk.dblk) {
+            const int64_t d1 = std::min(g.Dg, d0 + blk.dblk);
+            const int64_t kr = (d1 - d0) * g.T;
+            if (need_gw) {
+              // G_g^T rows of this block (kr x Cg) += cols_scaled (kr x L) @ dy^T (L x Cg)
+              im2col_block<T>(g, x, m, grp, n0, nb, oh0, oh1, d0, d1, cols.data());
+              mm<T>(kr, g.Cg, L, cols.data(), L, dyT.data(), g.Cg,
+                    myacc + grp * g.Cg * g.K + d0 * g.T * g.Cg, g.Cg, ini != 0);
+            }
+            if (need_cols_bwd) {
+              // dcols (kr x L) = W_g^T rows of this block (kr x Cg) @ dy (Cg x L)
+              mm<T>(kr, L, g.Cg, wT.data() + grp * g.Cg * g.K + d0 * g.T * g.Cg, g.Cg, dyp, lddy,
+                    cols.data(), L, false);
+              col2im_block<T>(g, cols.data(), x, m, dx, dm, grp, n0, nb, oh0, oh1, d0, d1);
+            }
           }
-          if (need_cols_bwd) {
-            // dcols (K x L) = W_g^T (K x Cg) @ dy (Cg x L)
-            mm<T>(g.K, L, g.Cg, wT.data() + grp * g.Cg * g.K, g.Cg, dyp, lddy, cols.data(), L,
-                  false);
-            col2im_block<T>(g, cols.data(), x, m, dx, dm, grp, n0, nb, oh0, oh1);
-          }
+          ini = 1;
         }
       }
     }
   });
 
   if (need_gw) {
-    // gw[grp*Cg + c, k] = sum_threads accT[grp][k, c]
-    const int64_t per_group = g.Cg * g.K;
-    at::parallel_for(0, g.C, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t cc = cb; cc < ce; ++cc) {
-        const int64_t grp = cc / g.Cg, c = cc % g.Cg;
-        T* out = gw + cc * g.K;
-        std::fill(out, out + g.K, T(0));
-        for (int64_t tdx = 0; tdx < nthreads; ++tdx) {
-          if (!inited[tdx * g.groups + grp]) continue;
-          const T* src = acc.data() + tdx * CK + grp * per_group + c;
-          for (int64_t k = 0; k < g.K; ++k) out[k] += src[k * g.Cg];
-        }
-      }
-    });
+    // gw[grp*Cg + c, k] = sum over threads of accT[grp][k, c]
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      std::vector<const T*> srcs;
+      for (int64_t tdx = 0; tdx < nthreads; ++tdx)
+        if (inited[tdx * g.groups + grp]) srcs.push_back(acc.data() + tdx * CK + grp * g.Cg * g.K);
+      transpose_sum<T>(g.Cg, g.K, srcs, gw + grp * g.Cg * g.K);
+    }
   }
 }
 
