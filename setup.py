@@ -103,7 +103,9 @@ setup(
     package_data={"shc_kernels": ["*.json", "data/*"]},
     include_package_data=True,
     python_requires=">=3.10",
-    install_requires=["torch", "numpy"],
+    # torchvision: models; scikit-learn: the embedded digits data; tqdm: progress bars;
+    # matplotlib: the attack report's figures.
+    install_requires=["torch", "torchvision", "numpy", "scikit-learn", "tqdm", "matplotlib"],
     entry_points={"console_scripts": ["shc=shc_kernels.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -15,8 +15,8 @@ forward+backward, the gradients of x, W, bias and the hypernetwork.
 
 ``--model resnet50`` instead reports training images/s of the SHC model against the plain one.
 Timing: CPU runs pin the thread count and use perf_counter; CUDA runs synchronise and use CUDA
-events. Each figure is the median over ``--reps`` repetitions after ``--warmup`` runs, with the
-spread (min..max) printed beside it.
+events. Methods are timed round-robin, one call of each per repetition. Each figure is the
+median over ``--reps`` repetitions after ``--warmup`` runs, with the spread (min..max) beside it.
 """
 
 from __future__ import annotations
@@ -145,28 +145,38 @@ def method_fns(stride):
 
 
 class Timer:
+    """Times several functions round-robin (one call of each per repetition), so a change in the
+    machine's load hits every method alike and the ratios stay fair."""
+
     def __init__(self, device):
         self.cuda = torch.device(device).type == "cuda"
 
-    def __call__(self, fn, warmup, reps) -> tuple[float, float, float]:
-        """(median, min, max) in milliseconds."""
-        for _ in range(warmup):
+    def _once(self, fn) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
             fn()
-        times = []
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    def interleaved(self, fns: dict, warmup: int, reps: int) -> dict:
+        """name -> (median, min, max) in milliseconds."""
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        times = {name: [] for name in fns}
         for _ in range(reps):
-            if self.cuda:
-                torch.cuda.synchronize()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times), min(times), max(times)
+            for name, fn in fns.items():
+                times[name].append(self._once(fn))
+        return {name: (statistics.median(t), min(t), max(t)) for name, t in times.items()}
+
+    def __call__(self, fn, warmup, reps) -> tuple[float, float, float]:
+        return self.interleaved({"fn": fn}, warmup, reps)["fn"]
 
 
 def _fwd_and_fwdbwd(fn, x, params):
@@ -303,11 +313,14 @@ def run_layers(args) -> list[Row]:
         chosen = [
             m for m in fns if args.methods is None or m in args.methods or m.split(":")[0] in args.methods
         ]
-        base = None
+        closures = {}
         for method in chosen:
             fwd, fwdbwd = _fwd_and_fwdbwd(fns[method], x, params)
-            f = timer(fwd, args.warmup, args.reps)
-            fb = timer(fwdbwd, args.warmup, args.reps)
+            closures[(method, "fwd")], closures[(method, "fwdbwd")] = fwd, fwdbwd
+        timed = timer.interleaved(closures, args.warmup, args.reps)
+        base = None
+        for method in chosen:
+            f, fb = timed[(method, "fwd")], timed[(method, "fwdbwd")]
             row = Row(name, method, f[0], f[1:], fb[0], fb[1:])
             if method == "plain":
                 base = row
