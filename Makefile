@@ -9,7 +9,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test lint pytest triton-test triton-check cmake-check demo info clean
+.PHONY: setup build test lint pytest triton-test triton-check cmake-check wheel wheel-test demo info clean
 
 setup: $(VENV)/.stamp-deps build
 
@@ -46,6 +46,31 @@ triton-check: setup
 # CMake build of the same op library against libtorch, loaded and checked in a fresh process.
 cmake-check: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash csrc/cmake_check.sh
+
+# The wheel is built from a clean copy of the tracked sources (its build tree is deleted with
+# the copy) and holds the compiled extension. wheel-test installs it into a new virtual
+# environment and runs the test suite from outside the checkout against the installed package.
+# The new environment reuses .venv's site-packages (torch is 5 GB) through a .pth line, which
+# adds that folder to sys.path without running its .pth files: the checkout's editable install
+# stays out.
+wheel: setup
+	@set -e; src=$$(mktemp -d /tmp/shc-src-XXXXXX); \
+	git ls-files -z | xargs -0 -I{} cp --parents {} $$src/; \
+	rm -rf dist; mkdir -p dist; \
+	(cd $$src && SHC_SKIP_CUDA=$${SHC_SKIP_CUDA:-1} $(abspath $(PY)) -m pip wheel -q --no-build-isolation --no-deps -w $(abspath dist) .); \
+	rm -rf $$src; ls dist
+
+wheel-test: wheel
+	@set -e; tmp=$$(mktemp -d /tmp/shc-wheel-XXXXXX); \
+	$(PYTHON) -m venv $$tmp/venv; \
+	site=$$($$tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > $$site/_shc_base.pth; \
+	$$tmp/venv/bin/python -m pip install -q --no-deps --no-index dist/*.whl; \
+	cp -r tests $$tmp/tests; cd $$tmp; \
+	$$tmp/venv/bin/python -c 'import shc_kernels as s; assert "/venv/" in s.__file__, s.__file__; \
+	assert "cpu" in s.available_backends(); print("testing the installed wheel:", s.__file__)'; \
+	set +e; $$tmp/venv/bin/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	rm -rf $$tmp; exit $$rc
 
 test: setup lint pytest triton-test triton-check cmake-check
 

@@ -45,6 +45,26 @@ def _want_cuda(torch, cuda_sources):
     return bool(torch.version.cuda) and _find_nvcc() is not None
 
 
+def _write_build_info(torch):
+    """Record the torch release the extension is compiled against: shc_kernels checks it before
+    loading _C, so another torch gives a clear ImportError, not an undefined-symbol crash."""
+    with open(os.path.join(ROOT, "shc_kernels", "_build_info.py"), "w") as f:
+        f.write(
+            '"""Written by setup.py at build time."""\n\n'
+            f"TORCH_VERSION = {torch.__version__!r}\n"
+            f"TORCH_CUDA = {torch.version.cuda!r}\n"
+        )
+
+
+def _torch_pin():
+    """install_requires pin: the torch release this build's compiled code needs."""
+    try:
+        import torch
+    except ImportError:
+        return "torch"
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
 def _extensions():
     try:
         import torch
@@ -60,6 +80,7 @@ def _extensions():
     if not with_cuda:
         cuda_sources = []
 
+    _write_build_info(torch)
     define_macros = [("SHC_TORCH_VERSION", f'"{torch.__version__}"')]
     # Portable flags: no -march=native (the wheel must run on other x86-64 machines).
     # The heavy lifting is done by oneDNN brgemm / BLAS inside libtorch_cpu, which pick the
@@ -105,7 +126,7 @@ setup(
     python_requires=">=3.10",
     # torchvision: models; scikit-learn: the embedded digits data; tqdm: progress bars;
     # matplotlib: the attack report's figures.
-    install_requires=["torch", "torchvision", "numpy", "scikit-learn", "tqdm", "matplotlib"],
+    install_requires=[_torch_pin(), "torchvision", "numpy", "scikit-learn", "tqdm", "matplotlib"],
     entry_points={"console_scripts": ["shc=shc_kernels.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -17,11 +17,31 @@ from torch._prims_common import suggest_memory_format
 
 from ._checks import stats_dtype
 
+
+def _check_torch_matches_build() -> None:
+    """A compiled extension only loads into the torch release it was built against."""
+    try:
+        from ._build_info import TORCH_VERSION
+    except ImportError:  # a source tree that was never built: nothing to compare
+        return
+    if TORCH_VERSION != torch.__version__:
+        raise ImportError(
+            f"shc_kernels was compiled against torch {TORCH_VERSION}, but torch {torch.__version__} is "
+            f"installed; install torch {TORCH_VERSION.split('+')[0]} or rebuild shc_kernels "
+            "(`pip install --no-build-isolation .`) against this torch"
+        )
+
+
+_check_torch_matches_build()
+
 try:
     from . import _C  # noqa: F401  (loading it registers the shc:: ops)
 
     LOAD_ERROR: str | None = None
-except ImportError as exc:  # the package still works with backend="reference"
+except ModuleNotFoundError:  # the package still works with backend="reference"
+    _C = None
+    LOAD_ERROR = "the compiled extension shc_kernels._C is not built (run `make setup` or `pip install .`)"
+except ImportError as exc:
     _C = None
     LOAD_ERROR = f"the compiled extension shc_kernels._C could not be loaded ({exc})"
 
