@@ -8,6 +8,9 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # Build the C++ (and, once csrc/cuda has kernels, CUDA) extension for these GPUs.
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
+# Without a GPU the everyday build is CPU-only (fast); `make cuda-check` builds and checks the
+# CUDA sources separately. On a machine with a GPU, setup.py's own rule applies.
+export SHC_SKIP_CUDA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),0,1)
 
 .PHONY: setup build test lint pytest triton-test triton-check cmake-check wheel wheel-test demo info clean
 
