@@ -70,7 +70,7 @@ shapes = st.fixed_dictionaries(
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(s=shapes)
 def test_backend_matches_reference_fp64_hypothesis(backend, s):
     k = s["k"]
