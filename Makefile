@@ -12,7 +12,7 @@ export MAX_JOBS ?= 2
 # CUDA sources separately. On a machine with a GPU, setup.py's own rule applies.
 export SHC_SKIP_CUDA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),0,1)
 
-.PHONY: setup build test lint pytest triton-test triton-check cmake-check wheel wheel-test demo info clean
+.PHONY: setup build test lint pytest triton-test triton-check cmake-check cuda-check wheel wheel-test demo info clean
 
 setup: $(VENV)/.stamp-deps build
 
@@ -75,7 +75,12 @@ wheel-test: wheel
 	set +e; $$tmp/venv/bin/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	rm -rf $$tmp; exit $$rc
 
-test: setup lint pytest triton-test triton-check cmake-check
+# The CUDA sources built for sm_80 and sm_90 with -Xptxas -v (registers, shared memory, spills),
+# loaded without a GPU, every shc:: op checked for a CUDA kernel.
+cuda-check: setup
+	bash csrc/cuda_check.sh
+
+test: setup lint pytest triton-test triton-check cmake-check cuda-check
 
 info: setup
 	$(VENV)/bin/shc info

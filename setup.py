@@ -7,6 +7,7 @@ All build switches are read in one place, `_want_cuda()` below:
   * otherwise CUDA is built only when torch.version.cuda is set and nvcc is found.
 Without CUDA the CPU-only CppExtension is built and shc_kernels._C.cuda_compiled() is False.
 TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0" for CUDA builds (there is no GPU to detect).
+SHC_PTXAS_VERBOSE=1 adds `-Xptxas -v` (registers, shared memory, spills per kernel; csrc/cuda_check.sh).
 """
 
 import glob
@@ -43,6 +44,22 @@ def _want_cuda(torch, cuda_sources):
     if os.environ.get("FORCE_CUDA", "0") == "1":
         return True
     return bool(torch.version.cuda) and _find_nvcc() is not None
+
+
+def _cuda_include_dirs():
+    """CUDA library headers that torch's CUDA headers include (cublas_v2.h, cusparse.h, ...):
+    a toolkit without them (nvcc and cudart only) is completed by the pip nvidia-*-cu13 wheels
+    that a CUDA build of torch installs (site-packages/nvidia/cu13/include)."""
+    import importlib.util
+
+    dirs = []
+    spec = importlib.util.find_spec("nvidia")
+    for base in list(spec.submodule_search_locations or []) if spec else []:
+        for sub in ("cu13", "cu12"):
+            inc = os.path.join(base, sub, "include")
+            if os.path.exists(os.path.join(inc, "cublas_v2.h")):
+                dirs.append(inc)
+    return dirs[:1]
 
 
 def _write_build_info(torch):
@@ -95,10 +112,14 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         define_macros.append(("SHC_WITH_CUDA", None))
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr"]
+        # SHC_PTXAS_VERBOSE=1: print each kernel's registers, shared memory and spills.
+        if os.environ.get("SHC_PTXAS_VERBOSE", "0") == "1":
+            nvcc_flags += ["-Xptxas", "-v"]
         ext = CUDAExtension(
             "shc_kernels._C",
             sources=cpu_sources + cuda_sources,
             define_macros=define_macros,
+            include_dirs=_cuda_include_dirs(),
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
             extra_link_args=extra_link_args,
         )

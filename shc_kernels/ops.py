@@ -165,3 +165,15 @@ if _C is not None:
     )
     # x, weight, bias in the autocast dtype; m (position 2) stays fp32.
     _register_autocast_to_autocast_dtype("shc::modulated_conv2d", (0, 1, 3))
+
+
+def _fake_fused_shc_forward(x, weight, bias, f1w, f1b, f2w, f2b, stride, padding, dilation, groups, eps):
+    y = _fake_modulated_conv2d(x, weight, None, bias, stride, padding, dilation, groups)
+    m = x.new_empty((x.shape[0], weight.shape[2], weight.shape[3]), dtype=stats_dtype(x.dtype))
+    return y, m
+
+
+if cuda_compiled():
+    # shc::fused_shc_forward (csrc/cuda/fused_shc.cu, CUDA builds only): statistics, map and conv in
+    # one launch, forward only (no autograd); not yet chosen by any backend: unmeasured on a GPU.
+    torch.library.register_fake("shc::fused_shc_forward", _fake_fused_shc_forward)

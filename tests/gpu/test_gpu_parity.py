@@ -19,7 +19,6 @@ from helpers import ROUTES, make_params, rand_x  # noqa: E402
 
 import shc_kernels as shc  # noqa: E402
 from shc_kernels import reference  # noqa: E402
-from shc_kernels._checks import pair, route_inputs  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -56,38 +55,8 @@ def _no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _triton_ops_shc(x, weight, bias, f1w, f1b, f2w, f2b, stride, padding, dilation, groups, grad_route):
-    """The layer composed from the Triton ops directly (independent of functional.py's wiring)."""
-    from shc_kernels.triton import ops as T
-
-    x_stats, x_conv = route_inputs(x, grad_route)
-    m = T.statistical_map(x_stats, f1w, f1b, f2w, f2b, tuple(weight.shape[2:]), 1e-5)
-    return T.modulated_conv2d(
-        x_conv, weight, m, bias, pair(stride, "s"), pair(padding, "p"), pair(dilation, "d"), groups
-    )
-
-
 def _layer_fns():
-    fns = {b: (lambda *a, _b=b, **k: shc.shc_conv2d(*a, **k, backend=_b)) for b in GPU_BACKENDS}
-    from shc_kernels.triton import unavailable_reason
-
-    # The Triton ops directly, until functional.py routes backend="triton" to them.
-    if unavailable_reason() is None and "triton" not in fns:
-        fns["triton-ops"] = lambda x, w, b, f1w, f1b, f2w, f2b, **k: _triton_ops_shc(
-            x,
-            w,
-            b,
-            f1w,
-            f1b,
-            f2w,
-            f2b,
-            k["stride"],
-            k["padding"],
-            k["dilation"],
-            k["groups"],
-            k["grad_route"],
-        )
-    return fns
+    return {b: (lambda *a, _b=b, **k: shc.shc_conv2d(*a, **k, backend=_b)) for b in GPU_BACKENDS}
 
 
 LAYER_FNS = _layer_fns() if torch.cuda.is_available() else {}
@@ -182,3 +151,71 @@ def test_triton_fp32_uses_tf32_only_when_cudnn_allows_it():
     assert _input_precision(x) == "ieee"
     torch.backends.cudnn.allow_tf32 = True
     assert _input_precision(x) == "tf32"
+
+
+needs_cuda_backend = pytest.mark.skipif("cuda" not in GPU_BACKENDS, reason="CUDA kernels not available")
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("case", SMALL.values(), ids=SMALL.keys())
+def test_cuda_float64_matches_reference(case):
+    n, d, c, h, w, k, stride, padding, dilation, groups = case
+    params = [p.cuda() for p in make_params(d, c, k, k, groups=groups, dtype=torch.float64)]
+    x = rand_x(n, d, h, w, dtype=torch.float64).cuda()
+    conf = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, grad_route="both")
+    y, grads = _run(LAYER_FNS["cuda"], x, params, **conf)
+    y_ref, grads_ref = _run(reference.shc_conv2d, x, params, **conf)
+    for a, b in zip([y, *grads], [y_ref, *grads_ref], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("mask", [[False, False, True], [True, False, False], [False, True, False]])
+def test_cuda_backward_output_mask(mask):
+    weight, _, *_ = make_params(4, 6, 3, 3, dtype=torch.float32)
+    x = rand_x(2, 4, 7, 6, dtype=torch.float32).cuda()
+    weight, m = weight.cuda(), torch.rand(2, 3, 3, device="cuda")
+    gy = torch.randn(2, 6, 7, 6, device="cuda")
+    args = (gy, x, weight, m, [1, 1], [1, 1], [1, 1], 1)
+    full = torch.ops.shc.modulated_conv2d_backward(*args, [True, True, True])
+    part = torch.ops.shc.modulated_conv2d_backward(*args, mask)
+    for want, a, b in zip(mask, part, full, strict=True):
+        if want:
+            torch.testing.assert_close(a, b)
+        else:
+            assert a.numel() == 0
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "case", [SMALL["3x3"], SMALL["3x3-s2-g2-p0"], LARGE["r50-l4"]], ids=["3x3", "s2g2", "r50l4"]
+)
+def test_one_launch_forward_matches_reference(case, dtype, channels_last):
+    n, d, c, h, w, k, stride, padding, dilation, groups = case
+    weight, bias, f1w, f1b, f2w, f2b = [p.cuda() for p in make_params(d, c, k, k, groups=groups, dtype=dtype)]
+    x = rand_x(n, d, h, w, dtype=dtype, channels_last=channels_last).cuda()
+    y, m = torch.ops.shc.fused_shc_forward(
+        x,
+        weight,
+        bias,
+        f1w,
+        f1b,
+        f2w,
+        f2b,
+        list(pair(stride)),
+        list(pair(padding)),
+        list(pair(dilation)),
+        groups,
+        1e-5,
+    )
+    dbl = [t.double() for t in (x, weight, bias, f1w, f1b, f2w, f2b)]
+    y_ref = reference.shc_conv2d(*dbl, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    m_ref = reference.statistical_map(dbl[0], *dbl[3:], (k, k))
+    _check(m, m_ref, torch.float32, "m")
+    _check(y, y_ref, dtype, "y")
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
