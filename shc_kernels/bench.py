@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -197,8 +196,8 @@ def _fwd_and_fwdbwd(fn, x, params):
 
 def peak_extra_mb(method, shape, args) -> float | None:
     """Peak memory of one forward+backward beyond its inputs, in MiB. CUDA: the allocator's
-    peak. CPU: the child process's peak RSS minus its RSS before the call (a fresh process per
-    measurement, since peak RSS never goes down)."""
+    peak. CPU: in a fresh process, the peak RSS of the call (VmHWM, reset just before it) minus
+    the RSS before it."""
     name, cin, cout, hw, stride = shape
     if args.device.startswith("cuda"):
         x, params = make_inputs(
@@ -234,9 +233,12 @@ def peak_extra_mb(method, shape, args) -> float | None:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _memory_child(args) -> None:
@@ -244,10 +246,11 @@ def _memory_child(args) -> None:
     x, params = make_inputs(cin, cout, hw, args.batch, "cpu", DTYPES[args.dtype], args.channels_last)
     _fwd, fwdbwd = _fwd_and_fwdbwd(method_fns(stride)[args._memory_child[0]], x, params)
     fwdbwd()  # lazy initialisation (oneDNN, BLAS buffers) stays resident: count it in `before`
-    before = _rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS mark (VmHWM) so the import and warm-up don't count
+    before = _status_mb("VmRSS")
     fwdbwd()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(max(0.0, peak - before))
+    print(max(0.0, _status_mb("VmHWM") - before))
 
 
 # ---------------------------------------------------------------- tables

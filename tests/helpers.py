@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import strategies as st
 
 import shc_kernels as shc
 
@@ -51,3 +52,56 @@ def run_layer(fn, x, params, **kw):
     y.backward(gy.to(y.dtype))
     grads = [x.grad] + [None if p is None else p.grad for p in params]
     return y.detach(), grads
+
+
+def layer_shapes(max_n=4, max_per_group=20, max_hw=17):
+    """Hypothesis strategy for one SHC layer's configuration (the foundation issue's ranges by
+    default); ``fits(s)`` tells whether its output is non-empty."""
+    return st.fixed_dictionaries(
+        dict(
+            n=st.integers(0, max_n),
+            groups=st.sampled_from([1, 2]),
+            d_per_group=st.integers(1, max_per_group),
+            c_per_group=st.integers(1, max_per_group),
+            h=st.integers(1, max_hw),
+            w=st.integers(1, max_hw),
+            k=st.sampled_from([(1, 1), (3, 3), (5, 5), (3, 1)]),
+            stride=st.sampled_from([1, 2]),
+            padding=st.sampled_from([0, 1, 2]),
+            dilation=st.sampled_from([1, 2]),
+            bias=st.booleans(),
+            route=st.sampled_from(ROUTES),
+            channels_last=st.booleans(),
+        )
+    )
+
+
+def fits(s) -> bool:
+    k = s["k"]
+    return (
+        s["h"] + 2 * s["padding"] - s["dilation"] * (k[0] - 1) >= 1
+        and s["w"] + 2 * s["padding"] - s["dilation"] * (k[1] - 1) >= 1
+    )
+
+
+def compare_with_reference(backend, dtype, s, seed=0):
+    """Forward and every gradient of shc_conv2d on ``backend`` against the reference for one drawn
+    configuration ``s``; returns the backend's output."""
+    groups = s["groups"]
+    d, c = s["d_per_group"] * groups, s["c_per_group"] * groups
+    params = make_params(d, c, *s["k"], groups=groups, bias=s["bias"], dtype=dtype, seed=seed)
+    x = rand_x(s["n"], d, s["h"], s["w"], dtype=dtype, seed=seed + 1, channels_last=s["channels_last"])
+    conf = dict(stride=s["stride"], padding=s["padding"], dilation=s["dilation"], groups=groups,
+                grad_route=s["route"])  # fmt: skip
+    import shc_kernels as shc
+
+    y_ref, g_ref = run_layer(shc.shc_conv2d, x, params, backend="reference", **conf)
+    y, g = run_layer(shc.shc_conv2d, x, params, backend=backend, **conf)
+    assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, **tol(dtype))
+    names = ["x", "weight", "bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"]
+    for name, a, b in zip(names, g, g_ref, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, **tol(dtype), msg=lambda m, name=name: f"grad {name}: {m}")
+    return y

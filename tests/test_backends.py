@@ -1,13 +1,12 @@
 """Every compiled backend returns what shc_kernels.reference returns, forward and backward,
-for every gradient route, on shapes drawn by hypothesis (ISSUE: foundation, item 7)."""
+for every gradient route, on shapes drawn by hypothesis (the foundation issue, item 7)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CPU_BACKENDS, ROUTES, make_params, rand_x, run_layer, tol
+from helpers import CPU_BACKENDS, ROUTES, compare_with_reference, fits, layer_shapes, make_params, rand_x
 from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
 
 import shc_kernels as shc
 
@@ -17,83 +16,12 @@ def test_cpu_backend_is_built():
     assert "cpu" in shc.available_backends(), shc.backends.unavailable_reason("cpu")
 
 
-def _compare(
-    backend,
-    dtype,
-    n,
-    d,
-    c,
-    h,
-    w,
-    k,
-    stride,
-    padding,
-    dilation,
-    groups,
-    bias,
-    route,
-    channels_last=False,
-    seed=0,
-):
-    params = make_params(d, c, *k, groups=groups, bias=bias, dtype=dtype, seed=seed)
-    x = rand_x(n, d, h, w, dtype=dtype, seed=seed + 1, channels_last=channels_last)
-    conf = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, grad_route=route)
-    y_ref, g_ref = run_layer(shc.shc_conv2d, x, params, backend="reference", **conf)
-    y, g = run_layer(shc.shc_conv2d, x, params, backend=backend, **conf)
-    assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
-    torch.testing.assert_close(y, y_ref, **tol(dtype))
-    names = ["x", "weight", "bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"]
-    for name, a, b in zip(names, g, g_ref, strict=True):
-        assert (a is None) == (b is None), name
-        if a is not None:
-            torch.testing.assert_close(a, b, **tol(dtype), msg=lambda m, name=name: f"grad {name}: {m}")
-    return y
-
-
-shapes = st.fixed_dictionaries(
-    dict(
-        n=st.integers(0, 4),
-        groups=st.sampled_from([1, 2]),
-        d_per_group=st.integers(1, 20),
-        c_per_group=st.integers(1, 20),
-        h=st.integers(1, 17),
-        w=st.integers(1, 17),
-        k=st.sampled_from([(1, 1), (3, 3), (5, 5), (3, 1)]),
-        stride=st.sampled_from([1, 2]),
-        padding=st.sampled_from([0, 1, 2]),
-        dilation=st.sampled_from([1, 2]),
-        bias=st.booleans(),
-        route=st.sampled_from(ROUTES),
-        channels_last=st.booleans(),
-    )
-)
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(s=shapes)
+@given(s=layer_shapes())
 def test_backend_matches_reference_fp64_hypothesis(backend, s):
-    k = s["k"]
-    oh = s["h"] + 2 * s["padding"] - s["dilation"] * (k[0] - 1)
-    ow = s["w"] + 2 * s["padding"] - s["dilation"] * (k[1] - 1)
-    assume(oh >= 1 and ow >= 1)
-    _compare(
-        backend,
-        torch.float64,
-        s["n"],
-        s["d_per_group"] * s["groups"],
-        s["c_per_group"] * s["groups"],
-        s["h"],
-        s["w"],
-        k,
-        s["stride"],
-        s["padding"],
-        s["dilation"],
-        s["groups"],
-        s["bias"],
-        s["route"],
-        channels_last=s["channels_last"],
-    )
+    assume(fits(s))
+    compare_with_reference(backend, torch.float64, s)
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -107,7 +35,11 @@ def test_backend_matches_reference_fp64_hypothesis(backend, s):
 )
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_backend_matches_reference_fp32(backend, route, case, channels_last):
-    y = _compare(backend, torch.float32, *case, route, channels_last=channels_last)
+    n, d, c, h, w, k, stride, padding, dilation, groups, bias = case
+    s = dict(n=n, groups=groups, d_per_group=d // groups, c_per_group=c // groups, h=h, w=w, k=k,
+             stride=stride, padding=padding, dilation=dilation, bias=bias, route=route,
+             channels_last=channels_last)  # fmt: skip
+    y = compare_with_reference(backend, torch.float32, s)
     if channels_last:
         assert y.is_contiguous(memory_format=torch.channels_last)
 

@@ -16,7 +16,7 @@ import torch
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("set TRITON_INTERPRET=1 to run the Triton kernels on CPU", allow_module_level=True)
 
-from helpers import ROUTES, make_params, rand_x, run_layer, tol  # noqa: E402
+from helpers import ROUTES, compare_with_reference, fits, layer_shapes, make_params, rand_x, run_layer, tol  # noqa: E402
 
 from shc_kernels import reference  # noqa: E402
 from shc_kernels._checks import pair, route_inputs  # noqa: E402
@@ -213,37 +213,15 @@ def test_opcheck_custom_ops():
 
 # The public API routes backend="triton" to these kernels: drawn shapes through shc.shc_conv2d.
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 import shc_kernels as shc  # noqa: E402
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    n=st.integers(0, 3),
-    groups=st.sampled_from([1, 2]),
-    dg=st.integers(1, 4),
-    cg=st.integers(1, 4),
-    h=st.integers(1, 9),
-    w=st.integers(1, 9),
-    k=st.sampled_from([(1, 1), (3, 3), (5, 5), (3, 1)]),
-    stride=st.sampled_from([1, 2]),
-    padding=st.sampled_from([0, 1, 2]),
-    dilation=st.sampled_from([1, 2]),
-    bias=st.booleans(),
-    route=st.sampled_from(ROUTES),
-)
-def test_public_api_triton_backend_matches_reference(n, groups, dg, cg, h, w, k, stride, padding, dilation,
-                                                     bias, route):  # fmt: skip
-    assume(h + 2 * padding - dilation * (k[0] - 1) >= 1 and w + 2 * padding - dilation * (k[1] - 1) >= 1)
-    params = make_params(dg * groups, cg * groups, *k, groups=groups, bias=bias, dtype=torch.float32)
-    x = rand_x(n, dg * groups, h, w, dtype=torch.float32)
-    conf = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, grad_route=route)
-    y, grads = run_layer(shc.shc_conv2d, x, params, backend="triton", **conf)
-    y_ref, grads_ref = run_layer(shc.shc_conv2d, x, params, backend="reference", **conf)
-    _assert_close(y, y_ref, torch.float32, "y")
-    for i, (g, g_ref) in enumerate(zip(grads, grads_ref, strict=True)):
-        _assert_close(g, g_ref, torch.float32, f"grad {i}")
+@given(s=layer_shapes(max_n=3, max_per_group=4, max_hw=9))
+def test_public_api_triton_backend_matches_reference(s):
+    assume(fits(s))
+    compare_with_reference("triton", torch.float32, s)
 
 
 def test_layer_with_triton_backend_matches_reference():
