@@ -35,6 +35,24 @@ def _find_nvcc():
     return None
 
 
+def _cuda_home():
+    """The CUDA toolkit folder (bin/nvcc, include/, lib64/): CUDA_HOME when set, else /usr/local/cuda,
+    else the folder above the nvcc on PATH. torch guesses it from PATH only, and an nvcc wrapper in
+    /usr/local/bin would make it look for libcudart in /usr/local/lib."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for home in candidates:
+        if (
+            home
+            and os.path.exists(os.path.join(home, "bin", "nvcc"))
+            and os.path.isdir(os.path.join(home, "include"))
+        ):
+            return home
+    return None
+
+
 def _want_cuda(torch, cuda_sources):
     """The one place that decides whether CUDA sources are compiled."""
     if not cuda_sources:  # nothing to compile: CPU-only CppExtension
@@ -83,6 +101,8 @@ def _torch_pin():
 
 
 def _extensions():
+    if "CUDA_HOME" not in os.environ and _cuda_home():
+        os.environ["CUDA_HOME"] = _cuda_home()  # read by torch.utils.cpp_extension at import
     try:
         import torch
         from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension

@@ -38,6 +38,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "../conv_geometry.h"
+
 // Fortran BLAS entry points exported by libtorch_cpu when torch is built with MKL/OpenBLAS.
 // Declared weak: when absent we fall back to at::mm on from_blob views.
 extern "C" {
@@ -219,9 +221,7 @@ void transpose_sum(int64_t Cg, int64_t K, const std::vector<const T*>& srcs, T* 
 }
 
 // ---------------------------------------------------------------------------------------
-struct Geom {
-  int64_t N, D, H, W, C, kh, kw, T, OH, OW, P, sh, sw, ph, pw, dh, dw, groups, Dg, Cg, K;
-};
+using Geom = shc::ConvGeom;
 
 // valid output-column range [lo, hi) for tap column j: iw = ow*sw + off in [0, W)
 inline void col_range(const Geom& g, int64_t j, int64_t& lo, int64_t& hi, int64_t& off) {
@@ -553,9 +553,7 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
 
 // ---------------------------------------------------------------------------------------
 // Argument checking and layout handling.
-at::ScalarType compute_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+using shc::compute_type;
 
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "shc::", name, " must be a CPU tensor for the CPU kernel, got ",
@@ -565,60 +563,10 @@ void check_cpu(const at::Tensor& t, const char* name) {
 Geom make_geom(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& m,
                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                int64_t groups, const char* op) {
-  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D (N, D, H, W), got shape ", x.sizes());
-  TORCH_CHECK(weight.dim() == 4, op, ": weight must be 4-D (C, D/groups, kh, kw), got shape ",
-              weight.sizes());
-  TORCH_CHECK(m.dim() == 3, op, ": m must be 3-D (N, kh, kw), got shape ", m.sizes());
   check_cpu(x, "x");
   check_cpu(weight, "weight");
   check_cpu(m, "m");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ",
-              x.scalar_type());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ",
-              weight.scalar_type(), " must match x dtype ", x.scalar_type());
-  TORCH_CHECK(at::isFloatingType(m.scalar_type()), op, ": m must be floating point, got ",
-              m.scalar_type());
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
-              ": stride, padding and dilation must have 2 elements");
-  TORCH_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, op, ": stride must be positive, got ", stride);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, op, ": dilation must be positive, got ",
-              dilation);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be non-negative, got ",
-              padding);
-  Geom g{};
-  g.N = x.size(0);
-  g.D = x.size(1);
-  g.H = x.size(2);
-  g.W = x.size(3);
-  g.C = weight.size(0);
-  g.kh = weight.size(2);
-  g.kw = weight.size(3);
-  g.T = g.kh * g.kw;
-  g.groups = groups;
-  TORCH_CHECK(g.D % groups == 0, op, ": in channels ", g.D, " not divisible by groups ", groups);
-  TORCH_CHECK(g.C % groups == 0, op, ": out channels ", g.C, " not divisible by groups ", groups);
-  TORCH_CHECK(weight.size(1) * groups == g.D, op, ": weight shape ", weight.sizes(),
-              " expects ", weight.size(1) * groups, " input channels, x has ", g.D);
-  TORCH_CHECK(g.kh > 0 && g.kw > 0, op, ": kernel size must be positive");
-  TORCH_CHECK(m.size(0) == g.N && m.size(1) == g.kh && m.size(2) == g.kw, op,
-              ": m must have shape (", g.N, ", ", g.kh, ", ", g.kw, "), got ", m.sizes());
-  g.Dg = g.D / groups;
-  g.Cg = g.C / groups;
-  g.K = g.Dg * g.T;
-  g.sh = stride[0];
-  g.sw = stride[1];
-  g.ph = padding[0];
-  g.pw = padding[1];
-  g.dh = dilation[0];
-  g.dw = dilation[1];
-  g.OH = (g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
-  g.OW = (g.W + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
-  TORCH_CHECK(g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1 >= 0 &&
-                  g.W + 2 * g.pw - g.dw * (g.kw - 1) - 1 >= 0 && g.OH > 0 && g.OW > 0,
-              op, ": input (", g.H, "x", g.W, ") with padding ", padding, " is smaller than the ",
-              "dilated kernel (", g.kh, "x", g.kw, ", dilation ", dilation, ")");
-  g.P = g.OH * g.OW;
+  const Geom g = shc::conv_geometry(x, weight, m, stride, padding, dilation, groups, op);
   TORCH_CHECK(g.K < INT_MAX && g.C < INT_MAX && g.P * std::max<int64_t>(1, g.N) < INT_MAX, op,
               ": problem too large for the CPU kernel");
   return g;
