@@ -4,7 +4,7 @@
 // Never materializes per-sample kernels nor the whole batch's im2col. Samples are split into
 // chunks; one thread owns a chunk (so col2im scatters never race). A chunk is either one sample
 // with a block of output rows (large planes: 56x56, 28x28) or several whole samples sharing one
-// GEMM (small planes: 14x14, 7x7), ~1024 GEMM columns either way (SHC_CPU_COLS to tune).
+// GEMM (small planes: 14x14, 7x7), ~512 GEMM columns either way (SHC_CPU_COLS to tune).
 // The reduction K = (D/groups)*T is streamed in blocks of ~256 rows (whole input channels):
 //   cols[(d,t), j] = m[n(j),t] * x_pad[n(j), d, p(j) (+) t]      (the m scaling fused in)
 // is built for one block right before the GEMM consumes it, so it stays in L2:
@@ -346,7 +346,7 @@ Blocking choose_blocking(const Geom& g, size_t elem, bool backward) {
   const int64_t kRows = env_int("SHC_CPU_KROWS", 256);
   const int64_t dblk = std::max<int64_t>(1, std::min(g.Dg, kRows / std::max<int64_t>(1, g.T)));
   // Target number of GEMM columns per block, bounded by a per-thread workspace budget.
-  const int64_t target = env_int(backward ? "SHC_CPU_COLS_BWD" : "SHC_CPU_COLS", 1024);
+  const int64_t target = env_int(backward ? "SHC_CPU_COLS_BWD" : "SHC_CPU_COLS", 512);
   const int64_t budget = env_int("SHC_CPU_WS_BYTES", 4 << 20);
   const int64_t cap = std::max<int64_t>(
       1, budget / static_cast<int64_t>(elem) / std::max<int64_t>(1, std::max(dblk * g.T, g.Cg)));
