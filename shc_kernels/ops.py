@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch._prims_common import suggest_memory_format
 
-from ._checks import stats_dtype
+from ._checks import conv_out_size, stats_dtype
 
 
 def _check_torch_matches_build() -> None:
@@ -54,12 +54,6 @@ def cuda_compiled() -> bool:
     return _C is not None and bool(_C.cuda_compiled())
 
 
-def _conv_out(x, weight, stride, padding, dilation):
-    oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
-    ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
-    return oh, ow
-
-
 def _fake_channel_stats(x, eps):
     shape = (x.shape[0], x.shape[1])
     dt = stats_dtype(x.dtype)
@@ -71,7 +65,7 @@ def _fake_channel_stats_backward(grad_mu, grad_sigma, x, mu, sigma):
 
 
 def _fake_modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups):
-    oh, ow = _conv_out(x, weight, stride, padding, dilation)
+    oh, ow = conv_out_size(x, weight, stride, padding, dilation)
     y = x.new_empty((x.shape[0], weight.shape[0], oh, ow))
     return y.contiguous(memory_format=suggest_memory_format(x))
 

@@ -22,6 +22,7 @@ import triton.language as tl
 import triton.testing
 from torch._prims_common import suggest_memory_format
 
+from .._checks import conv_out_size
 from . import interpreting
 
 __all__ = ["conv_forward", "conv_backward", "FWD_CONFIGS", "DX_CONFIGS", "DW_CONFIGS"]
@@ -296,17 +297,11 @@ def _input_precision(x: torch.Tensor) -> str:
     return "tf32" if (x.is_cuda and torch.backends.cudnn.allow_tf32) else "ieee"
 
 
-def _out_size(x, weight, stride, padding, dilation):
-    oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
-    ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
-    return oh, ow
-
-
 def conv_forward(x, weight, m, bias, stride, padding, dilation, groups):
     """y (N, C, OH, OW) in x's dtype and memory format; m is fp32 (N, kh, kw)."""
     n, _, height, width = x.shape
     c, dg, kh, kw = weight.shape
-    oh, ow = _out_size(x, weight, stride, padding, dilation)
+    oh, ow = conv_out_size(x, weight, stride, padding, dilation)
     y = torch.empty((n, c, oh, ow), device=x.device, dtype=x.dtype, memory_format=suggest_memory_format(x))
     if n == 0:
         return y

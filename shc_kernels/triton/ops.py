@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch._prims_common import suggest_memory_format
 
+from .._checks import conv_out_size
 from . import conv, stats
 
 __all__ = ["statistical_map", "modulated_conv2d"]
@@ -143,8 +144,7 @@ def _conv_op(
 
 @_conv_op.register_fake
 def _(x, weight, m, bias, stride, padding, dilation, groups):
-    oh = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
-    ow = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
+    oh, ow = conv_out_size(x, weight, stride, padding, dilation)
     y = x.new_empty((x.shape[0], weight.shape[0], oh, ow))
     return y.contiguous(memory_format=suggest_memory_format(x))
 
