@@ -117,21 +117,25 @@ def _conv_backward(ctx, grad_y):
     )
 
 
-def _register_autocast_to_autocast_dtype(qualname: str, cast_positions: tuple[int, ...]) -> None:
+_LIB = torch.library.Library("shc", "IMPL")
+
+
+def register_autocast_rule(qualname: str, positions: tuple[int, ...], to_autocast_dtype: bool = True) -> None:
     """Like torch.library.register_autocast, but casts to the *active* autocast dtype (fp16 or
-    bf16), not a fixed one, and only the arguments at ``cast_positions``: the conv runs in the
-    autocast dtype while the map ``m`` stays fp32."""
+    bf16), not a fixed one, and only the floating arguments at ``positions`` (or, with
+    ``to_autocast_dtype=False``, casts those to fp32): the conv runs in the autocast dtype while
+    the map ``m`` and the hypernetwork stay fp32. Used by the compiled and the Triton ops."""
     op = torch._library.utils.lookup_op(qualname)
-    _namespace, opname = qualname.split("::")
+    opname = qualname.split("::")[1]
     for device_type in ("cpu", "cuda"):
         key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
         key = getattr(torch._C.DispatchKey, key_name)
 
         def autocast_impl(*args, _device_type=device_type, _key=key):
-            dt = torch.get_autocast_dtype(_device_type)
+            target = torch.get_autocast_dtype(_device_type) if to_autocast_dtype else torch.float32
             args = tuple(
-                a.to(dt)
-                if i in cast_positions
+                a.to(target)
+                if i in positions
                 and isinstance(a, torch.Tensor)
                 and a.is_floating_point()
                 and a.device.type == _device_type
@@ -148,7 +152,6 @@ def _register_autocast_to_autocast_dtype(qualname: str, cast_positions: tuple[in
 
 
 if _C is not None:
-    _LIB = torch.library.Library("shc", "IMPL")
     torch.library.register_fake("shc::channel_stats", _fake_channel_stats)
     torch.library.register_fake("shc::channel_stats_backward", _fake_channel_stats_backward)
     torch.library.register_fake("shc::modulated_conv2d", _fake_modulated_conv2d)
@@ -158,7 +161,7 @@ if _C is not None:
         "shc::modulated_conv2d", _conv_backward, setup_context=_conv_setup_context
     )
     # x, weight, bias in the autocast dtype; m (position 2) stays fp32.
-    _register_autocast_to_autocast_dtype("shc::modulated_conv2d", (0, 1, 3))
+    register_autocast_rule("shc::modulated_conv2d", (0, 1, 3))
 
 
 def _fake_fused_shc_forward(x, weight, bias, f1w, f1b, f2w, f2b, stride, padding, dilation, groups, eps):

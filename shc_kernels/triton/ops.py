@@ -19,6 +19,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from .._checks import conv_out_size
+from ..ops import register_autocast_rule
 from . import conv, stats
 
 __all__ = ["statistical_map", "modulated_conv2d"]
@@ -214,46 +215,10 @@ _conv_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 # --- autocast: the conv in the autocast dtype, the map in fp32 --------------------------------
 
-_LIB = torch.library.Library("shc", "FRAGMENT")
-
-
-def _register_autocast(qualname: str, cast) -> None:
-    """Run ``qualname`` under autocast with its arguments mapped by ``cast(args, dtype)``."""
-    op = torch._library.utils.lookup_op(qualname)
-    opname = qualname.split("::")[1]
-    for device_type in ("cpu", "cuda"):
-        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
-        key = getattr(torch._C.DispatchKey, key_name)
-
-        def autocast_impl(*args, _device_type=device_type, _key=key):
-            args = cast(args, torch.get_autocast_dtype(_device_type), _device_type)
-            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
-                return op(*args)
-
-        op.py_impl(key)(autocast_impl)
-        _LIB.impl(opname, lambda _keyset, *a, _f=autocast_impl: _f(*a), key_name, with_keyset=True)
-
-
-def _cast_positions(positions, to_autocast_dtype):
-    def cast(args, dtype, device_type):
-        target = dtype if to_autocast_dtype else torch.float32
-        return tuple(
-            a.to(target)
-            if i in positions
-            and isinstance(a, torch.Tensor)
-            and a.is_floating_point()
-            and a.device.type == device_type
-            else a
-            for i, a in enumerate(args)
-        )
-
-    return cast
-
-
 # conv: x, weight, bias in the autocast dtype, m (position 2) stays fp32.
-_register_autocast("shc::triton_modulated_conv2d", _cast_positions((0, 1, 3), True))
+register_autocast_rule("shc::triton_modulated_conv2d", (0, 1, 3))
 # map: x as it is (the statistics accumulate in fp32 anyway), the MLP parameters in fp32.
-_register_autocast("shc::triton_statistical_map", _cast_positions((1, 2, 3, 4), False))
+register_autocast_rule("shc::triton_statistical_map", (1, 2, 3, 4), to_autocast_dtype=False)
 
 
 # --- the interface functional.py calls (arguments already validated) ------------------------
