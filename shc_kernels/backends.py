@@ -4,6 +4,8 @@
 CPU tensors, "triton" then "cuda" for CUDA tensors (float64 goes to "cuda", as Triton has no
 fp64 path), "reference" when nothing compiled is there.
 The environment variable SHC_BACKEND, when set, replaces "auto" (never an explicit choice).
+Where "auto" has two compiled candidates (CUDA tensors with both "triton" and "cuda" built), the
+layer times both once per shape and keeps the faster (``fastest``; functional.choose_backend).
 """
 
 from __future__ import annotations
@@ -52,6 +54,56 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS if unavailable_reason(b) is None]
 
 
+def auto_candidates(x: torch.Tensor) -> list[str]:
+    """The compiled backends "auto" may pick for ``x``, in order of preference."""
+    if x.device.type == "cpu":
+        wanted = ("cpu",)
+    elif x.dtype == torch.float64:
+        wanted = ("cuda",)  # Triton has no fp64 path
+    else:
+        wanted = ("triton", "cuda")
+    return [b for b in wanted if unavailable_reason(b) is None]
+
+
+_FASTEST: dict = {}
+
+
+def fastest(key, candidates: list[str], run) -> str:
+    """The candidate for which ``run(candidate)`` is fastest, timed once per ``key`` (a warm-up
+    call, then the best of three) and cached. A candidate that raises is left out with a warning,
+    so one broken backend cannot take "auto" down with it."""
+    if key in _FASTEST:
+        return _FASTEST[key]
+    import time
+    import warnings
+
+    cuda = any(backend_device(c) == "cuda" for c in candidates) and torch.cuda.is_available()
+
+    def timed(c) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run(c)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    best, best_time = None, float("inf")
+    for c in candidates:
+        try:
+            timed(c)  # warm-up: autotuning, lazy initialisation
+            t = min(timed(c) for _ in range(3))
+        except Exception as exc:  # noqa: BLE001 - any failure disqualifies the candidate
+            warnings.warn(f"shc_kernels: backend {c!r} failed while timing {key}: {exc}", stacklevel=3)
+            continue
+        if t < best_time:
+            best, best_time = c, t
+    if best is None:
+        raise RuntimeError(f"no backend among {candidates} could run {key}")
+    _FASTEST[key] = best
+    return best
+
+
 def resolve(backend: str, x: torch.Tensor) -> str:
     """The concrete backend for a call on tensor ``x``; a clear ValueError when it can't run."""
     if not isinstance(backend, str):
@@ -59,16 +111,8 @@ def resolve(backend: str, x: torch.Tensor) -> str:
     if backend == "auto":
         backend = os.environ.get("SHC_BACKEND", "auto") or "auto"
     if backend == "auto":
-        if x.device.type == "cpu":
-            wanted = ("cpu",)
-        elif x.dtype == torch.float64:
-            wanted = ("cuda",)
-        else:
-            wanted = ("triton", "cuda")
-        for b in wanted:
-            if unavailable_reason(b) is None:
-                return b
-        return "reference"
+        candidates = auto_candidates(x)
+        return candidates[0] if candidates else "reference"
     reason = unavailable_reason(backend)
     if reason is not None:
         raise ValueError(f"backend {backend!r} is not available: {reason}")

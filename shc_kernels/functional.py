@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import backends, reference
@@ -23,6 +25,36 @@ def _layout_ok(x: torch.Tensor) -> torch.Tensor:
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
         return x
     return x.contiguous()
+
+
+def choose_backend(
+    backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route
+):
+    """The concrete backend for one SHC layer call. An explicit name (or SHC_BACKEND) is used as
+    it is; "auto" with more than one compiled candidate for ``x`` (CUDA: "triton" and "cuda") times
+    the layer's forward (+backward when gradients are on) once per shape and keeps the faster."""
+    if backend != "auto" or os.environ.get("SHC_BACKEND") or torch.compiler.is_compiling():
+        return backends.resolve(backend, x)
+    candidates = backends.auto_candidates(x)
+    if len(candidates) < 2:
+        return candidates[0] if candidates else "reference"
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, *hyper_params)
+    )
+    fmt = "cl" if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else "nchw"
+    key = (tuple(x.shape), x.dtype, fmt, tuple(weight.shape), str(stride), str(padding), str(dilation),
+           groups, bias is not None, grad, grad_route)  # fmt: skip
+
+    def run(candidate):
+        leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in
+                  (x, weight, bias, *hyper_params)]  # fmt: skip
+        with torch.set_grad_enabled(grad):
+            y = shc_conv2d(*leaves, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                           eps=eps, grad_route=grad_route, backend=candidate)  # fmt: skip
+            if grad and y.requires_grad:
+                y.backward(torch.ones_like(y))
+
+    return backends.fastest(key, candidates, run)
 
 
 def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, eps=1e-5, *, backend="auto"):
@@ -90,7 +122,8 @@ def shc_conv2d(
     check_tensor(x, "x", 4)
     check_tensor(weight, "weight", 4)
     check_channels(x, weight, groups)
-    be = backends.resolve(backend, x)
+    be = choose_backend(backend, x, weight, bias, (fc1_weight, fc1_bias, fc2_weight, fc2_bias), stride,
+                        padding, dilation, groups, eps, grad_route)  # fmt: skip
     x_stats, x_conv = route_inputs(x, grad_route)
     m = statistical_map(
         x_stats, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]), eps, backend=be

@@ -85,17 +85,6 @@ class SHCConv2d(nn.Conv2d):
         check_tensor(x, "x", 4)
         check_channels(x, self.weight, self.groups)
         x_stats, x_conv = route_inputs(x, self.grad_route)
-        fc1, fc2 = self.hyper.fc1, self.hyper.fc2
-        m = functional.statistical_map(
-            x_stats,
-            fc1.weight,
-            fc1.bias,
-            fc2.weight,
-            fc2.bias,
-            self.kernel_size,
-            self.eps,
-            backend=self.backend,
-        )
         padding = self.padding
         if self.padding_mode != "zeros" or isinstance(padding, str):
             # Non-zero padding modes and "same"/"valid" pad explicitly, as nn.Conv2d does; the
@@ -103,16 +92,14 @@ class SHCConv2d(nn.Conv2d):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x_conv = nn.functional.pad(x_conv, self._reversed_padding_repeated_twice, mode=mode)
             padding = 0
+        hyper = (self.hyper.fc1.weight, self.hyper.fc1.bias, self.hyper.fc2.weight, self.hyper.fc2.bias)
+        be = functional.choose_backend(
+            self.backend, x_conv, self.weight, self.bias, hyper, self.stride, padding, self.dilation,
+            self.groups, self.eps, self.grad_route,
+        )  # fmt: skip
+        m = functional.statistical_map(x_stats, *hyper, self.kernel_size, self.eps, backend=be)
         return functional.modulated_conv2d(
-            x_conv,
-            self.weight,
-            m,
-            self.bias,
-            self.stride,
-            padding,
-            self.dilation,
-            self.groups,
-            backend=self.backend,
+            x_conv, self.weight, m, self.bias, self.stride, padding, self.dilation, self.groups, backend=be
         )
 
 

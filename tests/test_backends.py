@@ -73,3 +73,43 @@ def test_modulated_conv2d_matches_reference_with_given_map(backend):
     m = torch.rand(3, 3, 3, dtype=torch.float64)
     y = shc.modulated_conv2d(x, weight, m, bias, padding=1, backend=backend)
     torch.testing.assert_close(y, shc.reference.modulated_conv2d(x, weight, m, bias, padding=1))
+
+
+def test_fastest_times_once_per_key_and_skips_a_failing_backend(monkeypatch):
+    import time
+
+    monkeypatch.setattr(shc.backends, "_FASTEST", {})
+    calls = []
+
+    def run(name):
+        calls.append(name)
+        if name == "broken":
+            raise RuntimeError("kernel failed")
+        time.sleep({"slow": 0.02, "quick": 0.001}[name])
+
+    with pytest.warns(UserWarning, match="backend 'broken' failed"):
+        assert shc.backends.fastest("k", ["slow", "broken", "quick"], run) == "quick"
+    n = len(calls)
+    assert shc.backends.fastest("k", ["slow", "broken", "quick"], run) == "quick"
+    assert len(calls) == n  # cached: nothing ran again
+    with pytest.raises(RuntimeError, match="no backend"), pytest.warns(UserWarning):
+        shc.backends.fastest("k2", ["broken"], run)
+
+
+def test_auto_with_two_candidates_times_them_and_stays_correct(monkeypatch):
+    # On a GPU "auto" chooses between "triton" and "cuda"; here the same machinery runs with the
+    # two CPU-tensor backends standing in for them.
+    monkeypatch.setattr(shc.backends, "_FASTEST", {})
+    monkeypatch.setattr(shc.backends, "auto_candidates", lambda x: ["cpu", "reference"])
+    monkeypatch.delenv("SHC_BACKEND", raising=False)
+    torch.manual_seed(0)
+    layer = shc.SHCConv2d(4, 6, 3, padding=1)
+    x = torch.randn(2, 4, 7, 7, requires_grad=True)
+    y = layer(x)
+    assert len(shc.backends._FASTEST) == 1
+    assert next(iter(shc.backends._FASTEST.values())) in ("cpu", "reference")
+    layer.backend = "reference"
+    torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
+    layer.backend = "cpu"  # an explicit choice is never timed
+    layer(x)
+    assert len(shc.backends._FASTEST) == 1
