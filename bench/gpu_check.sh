@@ -55,7 +55,14 @@ else
 fi
 
 step "4. benchmark: ResNet-50 3x3 convs, batch 256, bf16, channels_last"
-timeout 300 "$PY" bench/bench_gpu.py --out "$OUTDIR" || failed+=("bench")
+# Results are named by GPU and date (GPU.md); the command line is written into each table.
+stem="$("$PY" -c 'import re, torch; print(re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-"))')_$(date +%F)"
+timeout 300 "$PY" -m shc_kernels bench --device cuda --dtype bfloat16 --channels-last --shapes resnet50 \
+    --json "$OUTDIR/gpu_resnet50_${stem}.json" --markdown "$OUTDIR/gpu_resnet50_${stem}.md" || failed+=("bench")
+step "5. training throughput: SHC-ResNet-50 against ResNet-50, batch 256, bf16, channels_last"
+timeout 200 "$PY" -m shc_kernels bench --device cuda --dtype bfloat16 --channels-last --model resnet50 \
+    --json "$OUTDIR/gpu_train_resnet50_${stem}.json" --markdown "$OUTDIR/gpu_train_resnet50_${stem}.md" \
+    || failed+=("bench-model")
 
 echo
 if [ "${#failed[@]}" -gt 0 ]; then

@@ -108,8 +108,8 @@ def _map(x, params):
     return reference.statistical_map(x, *params[2:], (3, 3))
 
 
-def method_fns(stride):
-    """name -> fn(x, params) returning the layer's output."""
+def method_fns(stride, device="cpu"):
+    """name -> fn(x, params) returning the layer's output, for tensors on ``device``."""
 
     def plain(x, p):
         return F.conv2d(x, p[0], p[1], stride, 1)
@@ -135,7 +135,7 @@ def method_fns(stride):
 
     fns = {"plain": plain, "naive": naive, "groups": groups, "unfold_bmm": unfold_bmm}
     for b in backends.available_backends():
-        if b != "reference":
+        if b != "reference" and backends.backend_device(b) == torch.device(device).type:
             fns[f"shc:{b}"] = lambda x, p, b=b: shc_conv2d(x, *p, stride=stride, padding=1, backend=b)
     return fns
 
@@ -203,7 +203,7 @@ def peak_extra_mb(method, shape, args) -> float | None:
         x, params = make_inputs(
             cin, cout, hw, args.batch, args.device, DTYPES[args.dtype], args.channels_last
         )
-        _fwd, fwdbwd = _fwd_and_fwdbwd(method_fns(stride)[method], x, params)
+        _fwd, fwdbwd = _fwd_and_fwdbwd(method_fns(stride, args.device)[method], x, params)
         fwdbwd()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -312,7 +312,7 @@ def run_layers(args) -> list[Row]:
     for shape in shapes:
         name, cin, cout, hw, stride = shape
         x, params = make_inputs(cin, cout, hw, args.batch, args.device, dtype, args.channels_last)
-        fns = method_fns(stride)
+        fns = method_fns(stride, args.device)
         chosen = [
             m for m in fns if args.methods is None or m in args.methods or m.split(":")[0] in args.methods
         ]

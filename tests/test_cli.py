@@ -56,3 +56,8 @@ def test_bench_methods_compute_the_same_layer():
         for name, fn in fns.items():
             if name not in ("plain", "naive"):
                 bench.torch.testing.assert_close(fn(x, params), ref, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_bench_lists_only_backends_for_the_device():
+    assert "shc:cpu" in bench.method_fns(1, "cpu")
+    assert not any(name.startswith("shc:cpu") for name in bench.method_fns(1, "cuda"))
