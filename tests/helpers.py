@@ -49,7 +49,7 @@ def run_layer(fn, x, params, **kw):
     params = [None if p is None else p.detach().clone().requires_grad_(True) for p in params]
     y = fn(x, *params, **kw)
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    y.backward(gy.to(y.dtype))
+    y.backward(gy.to(y.device, y.dtype))
     grads = [x.grad] + [None if p is None else p.grad for p in params]
     return y.detach(), grads
 

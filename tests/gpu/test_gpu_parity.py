@@ -15,7 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
-from helpers import ROUTES, make_params, rand_x  # noqa: E402
+from helpers import ROUTES, make_params, rand_x, run_layer  # noqa: E402
 
 import shc_kernels as shc  # noqa: E402
 from shc_kernels import reference  # noqa: E402
@@ -62,15 +62,6 @@ def _layer_fns():
 LAYER_FNS = _layer_fns() if torch.cuda.is_available() else {}
 
 
-def _run(fn, x, params, **conf):
-    x = x.detach().clone().requires_grad_(True)
-    params = [None if p is None else p.detach().clone().requires_grad_(True) for p in params]
-    y = fn(x, *params, **conf)
-    gy = torch.randn(y.shape, generator=torch.Generator(device=y.device).manual_seed(7), device=y.device)
-    y.backward(gy.to(y.dtype))
-    return y.detach(), [x.grad] + [None if p is None else p.grad for p in params]
-
-
 def _check(got, want, dtype, what):
     assert (got is None) == (want is None), what
     if got is None:
@@ -89,8 +80,8 @@ def _compare(fn, case, dtype, channels_last, grad_route, bias=True):
                                                                      dtype=dtype)]  # fmt: skip
     x = rand_x(n, d, h, w, dtype=dtype, channels_last=channels_last).cuda()
     conf = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, grad_route=grad_route)
-    y, grads = _run(fn, x, params, **conf)
-    y_ref, grads_ref = _run(reference.shc_conv2d, x.double(), [None if p is None else p.double()
+    y, grads = run_layer(fn, x, params, **conf)
+    y_ref, grads_ref = run_layer(reference.shc_conv2d, x.double(), [None if p is None else p.double()
                                                                 for p in params], **conf)  # fmt: skip
     assert y.dtype == dtype
     if channels_last and min(y.shape[1:]) > 1:
@@ -163,8 +154,8 @@ def test_cuda_float64_matches_reference(case):
     params = [p.cuda() for p in make_params(d, c, k, k, groups=groups, dtype=torch.float64)]
     x = rand_x(n, d, h, w, dtype=torch.float64).cuda()
     conf = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, grad_route="both")
-    y, grads = _run(LAYER_FNS["cuda"], x, params, **conf)
-    y_ref, grads_ref = _run(reference.shc_conv2d, x, params, **conf)
+    y, grads = run_layer(LAYER_FNS["cuda"], x, params, **conf)
+    y_ref, grads_ref = run_layer(reference.shc_conv2d, x, params, **conf)
     for a, b in zip([y, *grads], [y_ref, *grads_ref], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
