@@ -31,14 +31,16 @@ timeout 300 "$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider 2>&1 | tee "
 
 step "3. compute-sanitizer (memcheck) over a small forward+backward of the CUDA backend"
 SANITIZE_PY='
-import torch, shc_kernels as shc
+import os, torch, shc_kernels as shc
 torch.manual_seed(0)
-for cl in (False, True):
-    layer = shc.SHCConv2d(8, 12, 3, stride=2, padding=1, groups=2, backend="cuda").cuda()
-    x = torch.randn(3, 8, 11, 9, device="cuda", requires_grad=True)
-    if cl:
-        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    layer(x).square().sum().backward()
+for form in ("fused", "split"):  # one launch, two launches
+    os.environ["SHC_FORM"] = form
+    for cl in (False, True):
+        layer = shc.SHCConv2d(8, 12, 3, stride=2, padding=1, groups=2, backend="cuda").cuda()
+        x = torch.randn(3, 8, 11, 9, device="cuda", requires_grad=True)
+        if cl:
+            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        layer(x).square().sum().backward()
 torch.cuda.synchronize()
 print("sanitizer run done")
 '
@@ -55,9 +57,11 @@ else
 fi
 
 step "4. benchmark: ResNet-50 3x3 convs, batch 256, bf16, channels_last"
+# --forms also times the cuda backend's one-launch (shc:cuda:fused) and two-launch (shc:cuda:split)
+# forms apart: the trade-off table of the one-launch forward.
 # Results are named by GPU and date (GPU.md); the command line is written into each table.
 stem="$("$PY" -c 'import re, torch; print(re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-"))')_$(date +%F)"
-timeout 300 "$PY" -m shc_kernels bench --device cuda --dtype bfloat16 --channels-last --shapes resnet50 \
+timeout 300 "$PY" -m shc_kernels bench --device cuda --dtype bfloat16 --channels-last --shapes resnet50 --forms \
     --json "$OUTDIR/gpu_resnet50_${stem}.json" --markdown "$OUTDIR/gpu_resnet50_${stem}.md" || failed+=("bench")
 step "5. training throughput: SHC-ResNet-50 against ResNet-50, batch 256, bf16, channels_last"
 timeout 200 "$PY" -m shc_kernels bench --device cuda --dtype bfloat16 --channels-last --model resnet50 \

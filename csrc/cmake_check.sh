@@ -32,7 +32,7 @@ torch.ops.load_library(sys.argv[1])
 assert "shc_kernels" not in sys.modules, "the check must not import shc_kernels"
 ops = torch.ops.shc
 for name in ("channel_stats", "channel_stats_backward", "modulated_conv2d",
-             "modulated_conv2d_backward"):
+             "modulated_conv2d_backward", "shc_conv2d"):
     assert hasattr(ops, name), f"torch.ops.shc.{name} missing"
 
 torch.manual_seed(0)
@@ -48,5 +48,10 @@ assert y.shape == ref.shape and err < 1e-10, f"modulated_conv2d mismatch: {err}"
 mu, sigma = ops.channel_stats(x, 1e-5)
 assert torch.allclose(mu, x.mean((2, 3))), "channel_stats mu mismatch"
 assert torch.allclose(sigma, (x.var((2, 3), unbiased=False) + 1e-5).sqrt()), "sigma mismatch"
+f1w, f2w = torch.randn(2, 8, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)
+y2, m2, z, h = ops.shc_conv2d(x, w, b, f1w, None, f2w, None, *args, 1e-5, "both")
+assert torch.allclose(m2.view(3, 9), torch.sigmoid(torch.relu(torch.cat([mu, sigma], 1) @ f1w.T) @ f2w.T)), "map"
+ref2 = torch.stack([F.conv2d(x[n:n + 1], w * m2[n], b, *args)[0] for n in range(3)])
+assert (y2 - ref2).abs().max().item() < 1e-10, "shc_conv2d mismatch"
 print(f"cmake_check: OK ({sys.argv[1]}, max err {err:.1e})")
 PY

@@ -1,8 +1,12 @@
 // Conv geometry and the argument checks shared by the CPU (csrc/cpu) and CUDA (csrc/cuda) kernels
-// of shc::modulated_conv2d and its backward. Device checks and size limits stay with each backend.
+// of shc::modulated_conv2d, its backward and shc::shc_conv2d. Device checks and size limits stay
+// with each backend.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <optional>
+#include <utility>
 
 namespace shc {
 
@@ -65,6 +69,34 @@ inline ConvGeom conv_geometry(const at::Tensor& x, const at::Tensor& weight, con
   g.OW = span_w / g.sw + 1;
   g.P = g.OH * g.OW;
   return g;
+}
+
+// The hypernetwork's parameters for input channels D and T taps: fc1_weight (K, 2D), fc1_bias (K),
+// fc2_weight (T, K), fc2_bias (T), biases optional. Returns K, the number of hidden units.
+inline int64_t hypernetwork_hidden(int64_t D, int64_t T, const at::Tensor& fc1_weight,
+                                   const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
+                                   const std::optional<at::Tensor>& fc2_bias, const char* op) {
+  TORCH_CHECK(at::isFloatingType(fc1_weight.scalar_type()) && at::isFloatingType(fc2_weight.scalar_type()), op,
+              ": fc1_weight and fc2_weight must be floating point");
+  TORCH_CHECK(fc1_weight.dim() == 2 && fc1_weight.size(1) == 2 * D && fc1_weight.size(0) > 0, op,
+              ": fc1_weight must have shape (K, 2*D) = (K, ", 2 * D, "), got ", fc1_weight.sizes());
+  const int64_t K = fc1_weight.size(0);
+  TORCH_CHECK(fc2_weight.dim() == 2 && fc2_weight.size(0) == T && fc2_weight.size(1) == K, op,
+              ": fc2_weight must have shape (kh*kw, K) = (", T, ", ", K, "), got ", fc2_weight.sizes());
+  const std::pair<const std::optional<at::Tensor>*, int64_t> biases[] = {{&fc1_bias, K}, {&fc2_bias, T}};
+  for (const auto& [b, n] : biases) {
+    if (!b->has_value() || !(*b)->defined()) continue;
+    TORCH_CHECK(at::isFloatingType((*b)->scalar_type()), op, ": fc1_bias and fc2_bias must be floating point");
+    TORCH_CHECK((*b)->dim() == 1 && (*b)->size(0) == n, op, ": ", (b == &fc1_bias ? "fc1_bias" : "fc2_bias"),
+                " must have shape (", n, "), got ", (*b)->sizes());
+  }
+  return K;
+}
+
+// grad_route only shapes shc::shc_conv2d's backward; the kernels check it and ignore it.
+inline void check_grad_route(c10::string_view grad_route, const char* op) {
+  TORCH_CHECK(grad_route == "both" || grad_route == "conv" || grad_route == "hyper", op,
+              ": grad_route must be 'both', 'conv' or 'hyper', got '", grad_route, "'");
 }
 
 }  // namespace shc

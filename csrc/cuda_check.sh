@@ -107,9 +107,9 @@ C = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(C)
 assert C.cuda_compiled(), "_C.cuda_compiled() is False in the CUDA build"
 assert C.built_torch_version() == torch.__version__, (C.built_torch_version(), torch.__version__)
-core = ["channel_stats", "channel_stats_backward", "modulated_conv2d", "modulated_conv2d_backward"]
+core = ["channel_stats", "channel_stats_backward", "modulated_conv2d", "modulated_conv2d_backward", "shc_conv2d"]
 ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("shc::"))
-missing = [f"shc::{n}" for n in core + ["fused_shc_forward"] if f"shc::{n}" not in ops]
+missing = [f"shc::{n}" for n in core if f"shc::{n}" not in ops]
 assert not missing, f"ops not registered: {missing}"
 no_cuda = [n for n in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA")]
 assert not no_cuda, f"shc ops without a CUDA kernel: {no_cuda}"

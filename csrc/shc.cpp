@@ -1,5 +1,5 @@
 // Operator schemas for the SHC kernels (namespace `shc`).
-// Kernels are registered per backend: csrc/cpu/*.cpp (CPU), csrc/cuda/*.cu (CUDA, later).
+// Kernels are registered per backend: csrc/cpu/*.cpp (CPU), csrc/cuda/*.cu (CUDA).
 // The Python side (shc_kernels/) registers fake/meta, autograd and autocast rules for these ops.
 #include <torch/library.h>
 
@@ -15,4 +15,11 @@ TORCH_LIBRARY(shc, m) {
       "modulated_conv2d_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor m, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // The whole layer as one op (one launch on CUDA: csrc/cuda/fused_shc.cu). Besides y it returns
+  // what its backward needs: the map m (N, kh, kw), z = cat(mu, sigma) (N, 2D) and the hidden
+  // units h (N, K). grad_route only changes the backward (like embedding's scale_grad_by_freq).
+  m.def(
+      "shc_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor fc1_weight, Tensor? fc1_bias, "
+      "Tensor fc2_weight, Tensor? fc2_bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+      "float eps, str grad_route) -> (Tensor y, Tensor m, Tensor z, Tensor h)");
 }

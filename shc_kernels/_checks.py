@@ -55,11 +55,21 @@ def conv_out_size(x, weight, stride, padding, dilation) -> tuple[int, int]:
 
 def check_conv_args(x, weight, m, bias, stride, padding, dilation, groups):
     """Validate modulated_conv2d's arguments; returns (stride, padding, dilation) as pairs."""
+    stride, padding, dilation = check_layer_conv_args(x, weight, bias, stride, padding, dilation, groups)
+    check_tensor(m, "m", 3)
+    _same_device(x, m=m)
+    n, kh, kw = x.shape[0], weight.shape[2], weight.shape[3]
+    if tuple(m.shape) != (n, kh, kw):
+        raise ValueError(f"m must have shape (N, kh, kw) = {(n, kh, kw)}, got {tuple(m.shape)}")
+    return stride, padding, dilation
+
+
+def check_layer_conv_args(x, weight, bias, stride, padding, dilation, groups):
+    """Validate the conv's arguments other than the map; returns (stride, padding, dilation)."""
     check_tensor(x, "x", 4)
     check_tensor(weight, "weight", 4)
-    check_tensor(m, "m", 3)
     check_tensor(bias, "bias", 1, optional=True)
-    _same_device(x, weight=weight, m=m, bias=bias)
+    _same_device(x, weight=weight, bias=bias)
     # Under autocast the conv casts x, weight and bias to the autocast dtype itself.
     autocast = torch.is_autocast_enabled(x.device.type)
     if weight.dtype != x.dtype and not autocast:
@@ -73,10 +83,7 @@ def check_conv_args(x, weight, m, bias, stride, padding, dilation, groups):
             f"padding={padding}, dilation={dilation}"
         )
     check_channels(x, weight, groups)
-    n = x.shape[0]
     c, _, kh, kw = weight.shape
-    if tuple(m.shape) != (n, kh, kw):
-        raise ValueError(f"m must have shape (N, kh, kw) = {(n, kh, kw)}, got {tuple(m.shape)}")
     if bias is not None and tuple(bias.shape) != (c,):
         raise ValueError(f"bias must have shape ({c},), got {tuple(bias.shape)}")
     oh, ow = conv_out_size(x, weight, stride, padding, dilation)

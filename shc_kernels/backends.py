@@ -68,16 +68,22 @@ def auto_candidates(x: torch.Tensor) -> list[str]:
 _FASTEST: dict = {}
 
 
-def fastest(key, candidates: list[str], run) -> str:
+def cached_choice(key) -> str | None:
+    """What ``fastest`` chose for ``key``, or None if it has not timed it."""
+    return _FASTEST.get(key)
+
+
+def fastest(key, candidates, run, device_type: str) -> str:
     """The candidate for which ``run(candidate)`` is fastest, timed once per ``key`` (a warm-up
-    call, then the best of three) and cached. A candidate that raises is left out with a warning,
-    so one broken backend cannot take "auto" down with it."""
+    call, then the best of three) and cached; ``device_type`` is where ``run`` computes, so CUDA
+    work is synchronised before the clock is read. A candidate that raises is left out with a
+    warning, so one broken backend (or form) cannot take "auto" down with it."""
     if key in _FASTEST:
         return _FASTEST[key]
     import time
     import warnings
 
-    cuda = any(backend_device(c) == "cuda" for c in candidates) and torch.cuda.is_available()
+    cuda = device_type == "cuda"
 
     def timed(c) -> float:
         if cuda:
@@ -94,12 +100,12 @@ def fastest(key, candidates: list[str], run) -> str:
             timed(c)  # warm-up: autotuning, lazy initialisation
             t = min(timed(c) for _ in range(3))
         except Exception as exc:  # noqa: BLE001 - any failure disqualifies the candidate
-            warnings.warn(f"shc_kernels: backend {c!r} failed while timing {key}: {exc}", stacklevel=3)
+            warnings.warn(f"shc_kernels: {c!r} failed while timing {key}: {exc}", stacklevel=3)
             continue
         if t < best_time:
             best, best_time = c, t
     if best is None:
-        raise RuntimeError(f"no backend among {candidates} could run {key}")
+        raise RuntimeError(f"nothing among {candidates} could run {key}")
     _FASTEST[key] = best
     return best
 

@@ -9,6 +9,8 @@ memory the call needed beyond its inputs. Methods:
   groups      the batch-as-groups trick: per-sample kernels W*m[n] as one grouped conv
   unfold_bmm  F.unfold, scale the columns by m, one batched matmul
   shc:<name>  the SHC layer on each available backend (e.g. shc:cpu, shc:triton)
+  shc:<name>:fused, shc:<name>:split   (with --forms) the compiled backends' two forms of the
+              layer (functional.choose_form): one op (one launch on CUDA) or map op then conv op
 
 Every SHC method computes the whole layer (statistics, map, modulated conv) and, for
 forward+backward, the gradients of x, W, bias and the hypernetwork.
@@ -34,7 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from . import backends, reference
+from . import backends, functional, reference
 from .functional import shc_conv2d
 
 # (name, C_in, C_out, H=W of the input, stride) of the 3x3 convs at 224 px input.
@@ -108,8 +110,9 @@ def _map(x, params):
     return reference.statistical_map(x, *params[2:], (3, 3))
 
 
-def method_fns(stride, device="cpu"):
-    """name -> fn(x, params) returning the layer's output, for tensors on ``device``."""
+def method_fns(stride, device="cpu", forms=False):
+    """name -> fn(x, params) returning the layer's output, for tensors on ``device``; with
+    ``forms``, also each compiled backend's "fused" and "split" form on its own."""
 
     def plain(x, p):
         return F.conv2d(x, p[0], p[1], stride, 1)
@@ -137,6 +140,11 @@ def method_fns(stride, device="cpu"):
     for b in backends.available_backends():
         if b != "reference" and backends.backend_device(b) == torch.device(device).type:
             fns[f"shc:{b}"] = lambda x, p, b=b: shc_conv2d(x, *p, stride=stride, padding=1, backend=b)
+            if forms and b in ("cpu", "cuda"):
+                for form in functional.FORMS:
+                    fns[f"shc:{b}:{form}"] = lambda x, p, b=b, form=form: functional._layer(
+                        x, *p, stride, 1, 1, 1, 1e-5, "both", b, form
+                    )
     return fns
 
 
@@ -203,7 +211,7 @@ def peak_extra_mb(method, shape, args) -> float | None:
         x, params = make_inputs(
             cin, cout, hw, args.batch, args.device, DTYPES[args.dtype], args.channels_last
         )
-        _fwd, fwdbwd = _fwd_and_fwdbwd(method_fns(stride, args.device)[method], x, params)
+        _fwd, fwdbwd = _fwd_and_fwdbwd(method_fns(stride, args.device, forms=True)[method], x, params)
         fwdbwd()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -244,7 +252,7 @@ def _status_mb(field: str) -> float:
 def _memory_child(args) -> None:
     name, cin, cout, hw, stride = json.loads(args._memory_child[1])
     x, params = make_inputs(cin, cout, hw, args.batch, "cpu", DTYPES[args.dtype], args.channels_last)
-    _fwd, fwdbwd = _fwd_and_fwdbwd(method_fns(stride)[args._memory_child[0]], x, params)
+    _fwd, fwdbwd = _fwd_and_fwdbwd(method_fns(stride, forms=True)[args._memory_child[0]], x, params)
     fwdbwd()  # lazy initialisation (oneDNN, BLAS buffers) stays resident: count it in `before`
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark (VmHWM) so the import and warm-up don't count
@@ -312,7 +320,7 @@ def run_layers(args) -> list[Row]:
     for shape in shapes:
         name, cin, cout, hw, stride = shape
         x, params = make_inputs(cin, cout, hw, args.batch, args.device, dtype, args.channels_last)
-        fns = method_fns(stride, args.device)
+        fns = method_fns(stride, args.device, forms=args.forms)
         chosen = [
             m for m in fns if args.methods is None or m in args.methods or m.split(":")[0] in args.methods
         ]
@@ -390,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["resnet18", "resnet50"])
     p.add_argument("--methods", nargs="+", default=None, help="subset, e.g. plain naive shc")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--forms", action="store_true", help="also time the fused and split forms apart")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")

@@ -11,6 +11,7 @@ from ._checks import (
     check_channels,
     check_conv_args,
     check_grad_route,
+    check_layer_conv_args,
     check_map_args,
     check_tensor,
     route_inputs,
@@ -27,6 +28,31 @@ def _layout_ok(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def _timing_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, grad_route):
+    """(whether the call needs gradients, the key under which its timings are cached)."""
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, *hyper_params)
+    )
+    fmt = "cl" if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else "nchw"
+    key = (tuple(x.shape), x.dtype, str(x.device), fmt, tuple(weight.shape), str(stride), str(padding),
+           str(dilation), groups, bias is not None, grad, grad_route)  # fmt: skip
+    return grad, key
+
+
+def _runner(layer, x, weight, bias, hyper_params, grad):
+    """run(choice): the layer's forward (+backward when ``grad``) on fresh leaves, for timing."""
+
+    def run(choice):
+        leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in
+                  (x, weight, bias, *hyper_params)]  # fmt: skip
+        with torch.set_grad_enabled(grad):
+            y = layer(choice, *leaves)
+            if grad and y.requires_grad:
+                y.backward(torch.ones_like(y))
+
+    return run
+
+
 def choose_backend(
     backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route
 ):
@@ -38,23 +64,47 @@ def choose_backend(
     candidates = backends.auto_candidates(x)
     if len(candidates) < 2:
         return candidates[0] if candidates else "reference"
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, *hyper_params)
-    )
-    fmt = "cl" if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else "nchw"
-    key = (tuple(x.shape), x.dtype, fmt, tuple(weight.shape), str(stride), str(padding), str(dilation),
-           groups, bias is not None, grad, grad_route)  # fmt: skip
+    grad, key = _timing_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, grad_route)
 
-    def run(candidate):
-        leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in
-                  (x, weight, bias, *hyper_params)]  # fmt: skip
-        with torch.set_grad_enabled(grad):
-            y = shc_conv2d(*leaves, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                           eps=eps, grad_route=grad_route, backend=candidate)  # fmt: skip
-            if grad and y.requires_grad:
-                y.backward(torch.ones_like(y))
+    def layer(candidate, *leaves):
+        return shc_conv2d(*leaves, stride=stride, padding=padding, dilation=dilation, groups=groups, eps=eps,
+                          grad_route=grad_route, backend=candidate)  # fmt: skip
 
-    return backends.fastest(key, candidates, run)
+    run = _runner(layer, x, weight, bias, hyper_params, grad)
+    return backends.fastest(("backend",) + key, candidates, run, x.device.type)
+
+
+FORMS = ("fused", "split")
+TIMED_FORMS = ("cuda",)  # the backends whose two forms are timed per shape
+
+
+def choose_form(backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route):
+    """How the compiled backend ``backend`` ("cpu" or "cuda") computes the whole layer:
+
+    "fused"  one op, shc::shc_conv2d: statistics, map and conv in one kernel launch on CUDA
+             (csrc/cuda/fused_shc.cu); on CPU the same work as "split" in one dispatcher call;
+    "split"  statistical_map's op, then modulated_conv2d's (two launches on CUDA).
+
+    SHC_FORM ("fused" or "split") overrides. CPU uses "fused" (bench/results: the two forms time
+    the same there). CUDA times both once per shape, forward (+backward when gradients are on),
+    and keeps the faster; under torch.compile it uses that choice if made, else "fused".
+    """
+    forced = os.environ.get("SHC_FORM")
+    if forced:
+        if forced not in FORMS:
+            raise ValueError(f"SHC_FORM must be one of {FORMS}, got {forced!r}")
+        return forced
+    if backend not in TIMED_FORMS:
+        return "fused"
+    grad, key = _timing_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, grad_route)
+    key = ("form", backend) + key
+    if torch.compiler.is_compiling():
+        return backends.cached_choice(key) or "fused"
+
+    def layer(form, *leaves):
+        return _layer(*leaves, stride, padding, dilation, groups, eps, grad_route, backend, form)
+
+    return backends.fastest(key, FORMS, _runner(layer, x, weight, bias, hyper_params, grad), x.device.type)
 
 
 def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, eps=1e-5, *, backend="auto"):
@@ -117,15 +167,32 @@ def shc_conv2d(
 
     ``grad_route``: "both" (exact gradient), "conv" (x's gradient through the convolution only)
     or "hyper" (through the statistics only); parameter gradients are exact under every route.
+    The compiled backends compute it in one of two forms (``choose_form``).
     """
     check_grad_route(grad_route)
     check_tensor(x, "x", 4)
     check_tensor(weight, "weight", 4)
     check_channels(x, weight, groups)
-    be = choose_backend(backend, x, weight, bias, (fc1_weight, fc1_bias, fc2_weight, fc2_bias), stride,
-                        padding, dilation, groups, eps, grad_route)  # fmt: skip
+    hyper_params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    conf = (stride, padding, dilation, groups, eps, grad_route)
+    be = choose_backend(backend, x, weight, bias, hyper_params, *conf)
+    form = choose_form(be, x, weight, bias, hyper_params, *conf) if be in ("cpu", "cuda") else "split"
+    return _layer(x, weight, bias, *hyper_params, *conf, be, form)
+
+
+def _layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation, groups,
+           eps, grad_route, backend, form):  # fmt: skip
+    """The layer on a concrete backend in a concrete form (see choose_form)."""
+    if form == "fused":
+        stride, padding, dilation = check_layer_conv_args(x, weight, bias, stride, padding, dilation, groups)
+        check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]))
+        y, _m, _z, _h = torch.ops.shc.shc_conv2d(
+            _layout_ok(x), weight.contiguous(), bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+            list(stride), list(padding), list(dilation), groups, float(eps), grad_route,
+        )  # fmt: skip
+        return y
     x_stats, x_conv = route_inputs(x, grad_route)
     m = statistical_map(
-        x_stats, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]), eps, backend=be
+        x_stats, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]), eps, backend=backend
     )
-    return modulated_conv2d(x_conv, weight, m, bias, stride, padding, dilation, groups, backend=be)
+    return modulated_conv2d(x_conv, weight, m, bias, stride, padding, dilation, groups, backend=backend)

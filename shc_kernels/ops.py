@@ -8,6 +8,10 @@ Ops (schemas in csrc/shc.cpp):
   shc::modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups) -> y
   shc::modulated_conv2d_backward(gy, x, weight, m, stride, padding, dilation, groups, mask)
       -> (dx conv route, dW, dm); an entry whose mask is False comes back as an empty tensor.
+  shc::shc_conv2d(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding,
+      dilation, groups, eps, grad_route) -> (y, m, z, h)
+      the whole layer as one op (one kernel launch on CUDA); m, z = cat(mu, sigma) and the
+      hidden units h are what its backward needs. grad_route only changes the backward.
 """
 
 from __future__ import annotations
@@ -117,6 +121,68 @@ def _conv_backward(ctx, grad_y):
     )
 
 
+def _fake_shc_conv2d(x, weight, bias, f1w, f1b, f2w, f2b, stride, padding, dilation, groups, eps, grad_route):
+    y = _fake_modulated_conv2d(x, weight, None, bias, stride, padding, dilation, groups)
+    dt = stats_dtype(x.dtype)
+    n = x.shape[0]
+    m = x.new_empty((n, weight.shape[2], weight.shape[3]), dtype=dt)
+    return y, m, x.new_empty((n, 2 * x.shape[1]), dtype=dt), x.new_empty((n, f1w.shape[0]), dtype=dt)
+
+
+def _layer_setup_context(ctx, inputs, output):
+    x, weight, bias, f1w, f1b, f2w, f2b, stride, padding, dilation, groups, _eps, grad_route = inputs
+    _y, m, z, h = output
+    ctx.save_for_backward(x, weight, f1w, f2w, m, z, h)
+    ctx.conf = (stride, padding, dilation, groups)
+    ctx.grad_route = grad_route
+    ctx.has_bias = (bias is not None, f1b is not None, f2b is not None)
+
+
+def _layer_backward(ctx, grad_y, grad_m, grad_z, grad_h):
+    """shc::shc_conv2d's backward: the conv's (dx, dW, dm) from modulated_conv2d_backward, then
+    the hypernetwork by hand (sigmoid, fc2, relu, fc1) in the statistics' dtype, then the
+    statistics' backward for the hypernetwork route of dx (DESIGN.md §3). Gradients that reach
+    the outputs m, z, h directly are added where those values enter the chain."""
+    x, weight, f1w, f2w, m, z, h = ctx.saved_tensors
+    need_x, need_w, need_b, need_f1w, need_f1b, need_f2w, need_f2b = ctx.needs_input_grad[:7]
+    route = ctx.grad_route
+    conv_x = need_x and route != "hyper"
+    hyper_x = need_x and route != "conv"
+    need_map = hyper_x or need_f1w or need_f1b or need_f2w or need_f2b
+    if grad_y is None:
+        grad_y = x.new_zeros(_fake_modulated_conv2d(x, weight, None, None, *ctx.conf).shape)
+    mask = [conv_x, need_w, need_map]
+    gx, gw, gm = torch.ops.shc.modulated_conv2d_backward(grad_y, x, weight, m, *ctx.conf, mask)
+    grads = dict.fromkeys(("x", "weight", "bias", "f1w", "f1b", "f2w", "f2b"))
+    grads["x"] = gx if conv_x else None
+    grads["weight"] = gw if need_w else None
+    if ctx.has_bias[0] and need_b:
+        grads["bias"] = grad_y.sum(dim=(0, 2, 3))
+    if need_map:
+        n, d, taps = x.shape[0], x.shape[1], m.shape[1] * m.shape[2]
+        dt = m.dtype
+        s = m.reshape(n, taps)
+        gl = (gm if grad_m is None else gm + grad_m).reshape(n, taps)
+        gl = gl * s * (1 - s)  # through the sigmoid
+        grads["f2w"] = gl.t() @ h if need_f2w else None
+        grads["f2b"] = gl.sum(0) if ctx.has_bias[2] and need_f2b else None
+        gh = gl @ f2w.to(dt)
+        if grad_h is not None:
+            gh = gh + grad_h
+        gpre = gh * (h > 0)  # through the relu
+        grads["f1w"] = gpre.t() @ z if need_f1w else None
+        grads["f1b"] = gpre.sum(0) if ctx.has_bias[1] and need_f1b else None
+        if hyper_x:
+            gz = gpre @ f1w.to(dt)
+            if grad_z is not None:
+                gz = gz + grad_z
+            mu, sigma = z[:, :d].contiguous(), z[:, d:].contiguous()
+            gmu, gsigma = gz[:, :d].contiguous(), gz[:, d:].contiguous()
+            dx_hyper = torch.ops.shc.channel_stats_backward(gmu, gsigma, x, mu, sigma)
+            grads["x"] = dx_hyper if grads["x"] is None else grads["x"] + dx_hyper
+    return (*grads.values(), None, None, None, None, None, None)
+
+
 _LIB = torch.library.Library("shc", "IMPL")
 
 
@@ -162,15 +228,7 @@ if _C is not None:
     )
     # x, weight, bias in the autocast dtype; m (position 2) stays fp32.
     register_autocast_rule("shc::modulated_conv2d", (0, 1, 3))
-
-
-def _fake_fused_shc_forward(x, weight, bias, f1w, f1b, f2w, f2b, stride, padding, dilation, groups, eps):
-    y = _fake_modulated_conv2d(x, weight, None, bias, stride, padding, dilation, groups)
-    m = x.new_empty((x.shape[0], weight.shape[2], weight.shape[3]), dtype=stats_dtype(x.dtype))
-    return y, m
-
-
-if cuda_compiled():
-    # shc::fused_shc_forward (csrc/cuda/fused_shc.cu, CUDA builds only): statistics, map and conv in
-    # one launch, forward only (no autograd); not yet chosen by any backend: unmeasured on a GPU.
-    torch.library.register_fake("shc::fused_shc_forward", _fake_fused_shc_forward)
+    torch.library.register_fake("shc::shc_conv2d", _fake_shc_conv2d)
+    torch.library.register_autograd("shc::shc_conv2d", _layer_backward, setup_context=_layer_setup_context)
+    # x, weight, bias in the autocast dtype; the hypernetwork's parameters are used in fp32.
+    register_autocast_rule("shc::shc_conv2d", (0, 1, 2))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 from hypothesis import strategies as st
 
@@ -10,6 +13,21 @@ import shc_kernels as shc
 # Compiled backends that run on CPU tensors here (the GPU ones are tested in tests/gpu).
 CPU_BACKENDS = [b for b in shc.available_backends() if b == "cpu"]
 ROUTES = ("both", "conv", "hyper")
+FORMS = ("fused", "split")  # how a compiled backend computes the layer (functional.choose_form)
+
+
+@contextlib.contextmanager
+def forced_form(form):
+    """SHC_FORM=form inside the block (usable where pytest's monkeypatch is not: hypothesis)."""
+    old = os.environ.get("SHC_FORM")
+    os.environ["SHC_FORM"] = form
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SHC_FORM"]
+        else:
+            os.environ["SHC_FORM"] = old
 
 
 def make_params(d, c, kh, kw, groups=1, bias=True, hidden=None, dtype=torch.float64, seed=0):

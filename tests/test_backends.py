@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CPU_BACKENDS, ROUTES, compare_with_reference, fits, layer_shapes, make_params, rand_x
+from helpers import (
+    CPU_BACKENDS,
+    FORMS,
+    ROUTES,
+    compare_with_reference,
+    fits,
+    forced_form,
+    layer_shapes,
+    make_params,
+    rand_x,
+)
 from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import shc_kernels as shc
 
@@ -18,10 +29,11 @@ def test_cpu_backend_is_built():
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(s=layer_shapes())
-def test_backend_matches_reference_fp64_hypothesis(backend, s):
+@given(s=layer_shapes(), form=st.sampled_from(FORMS))
+def test_backend_matches_reference_fp64_hypothesis(backend, s, form):
     assume(fits(s))
-    compare_with_reference(backend, torch.float64, s)
+    with forced_form(form):
+        compare_with_reference(backend, torch.float64, s)
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -34,7 +46,9 @@ def test_backend_matches_reference_fp64_hypothesis(backend, s):
     ],
 )
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_backend_matches_reference_fp32(backend, route, case, channels_last):
+@pytest.mark.parametrize("form", FORMS)
+def test_backend_matches_reference_fp32(backend, route, case, channels_last, form, monkeypatch):
+    monkeypatch.setenv("SHC_FORM", form)
     n, d, c, h, w, k, stride, padding, dilation, groups, bias = case
     s = dict(n=n, groups=groups, d_per_group=d // groups, c_per_group=c // groups, h=h, w=w, k=k,
              stride=stride, padding=padding, dilation=dilation, bias=bias, route=route,
@@ -87,13 +101,13 @@ def test_fastest_times_once_per_key_and_skips_a_failing_backend(monkeypatch):
             raise RuntimeError("kernel failed")
         time.sleep({"slow": 0.02, "quick": 0.001}[name])
 
-    with pytest.warns(UserWarning, match="backend 'broken' failed"):
-        assert shc.backends.fastest("k", ["slow", "broken", "quick"], run) == "quick"
+    with pytest.warns(UserWarning, match="'broken' failed while timing k: kernel failed"):
+        assert shc.backends.fastest("k", ["slow", "broken", "quick"], run, "cpu") == "quick"
     n = len(calls)
-    assert shc.backends.fastest("k", ["slow", "broken", "quick"], run) == "quick"
+    assert shc.backends.fastest("k", ["slow", "broken", "quick"], run, "cpu") == "quick"
     assert len(calls) == n  # cached: nothing ran again
-    with pytest.raises(RuntimeError, match="no backend"), pytest.warns(UserWarning):
-        shc.backends.fastest("k2", ["broken"], run)
+    with pytest.raises(RuntimeError, match="nothing among"), pytest.warns(UserWarning):
+        shc.backends.fastest("k2", ["broken"], run, "cpu")
 
 
 def test_auto_with_two_candidates_times_them_and_stays_correct(monkeypatch):
@@ -113,3 +127,33 @@ def test_auto_with_two_candidates_times_them_and_stays_correct(monkeypatch):
     layer.backend = "cpu"  # an explicit choice is never timed
     layer(x)
     assert len(shc.backends._FASTEST) == 1
+
+
+def test_cuda_forms_are_timed_once_per_shape_and_agree(monkeypatch):
+    # On a GPU the "cuda" backend times its one-launch and two-launch forms per shape; here the
+    # same machinery runs on the "cpu" backend, whose two forms are the same ops.
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("extension not built")
+    monkeypatch.setattr(shc.backends, "_FASTEST", {})
+    monkeypatch.setattr(shc.functional, "TIMED_FORMS", ("cpu",))
+    monkeypatch.delenv("SHC_FORM", raising=False)
+    params = make_params(4, 6, 3, 3)
+    x = rand_x(2, 4, 7, 7)
+    y = shc.shc_conv2d(x, *params, padding=1, backend="cpu")
+    ((key, form),) = shc.backends._FASTEST.items()
+    assert key[:2] == ("form", "cpu") and form in FORMS
+    shc.shc_conv2d(x, *params, padding=1, backend="cpu")
+    assert len(shc.backends._FASTEST) == 1  # cached: the same shape is not timed again
+    shc.shc_conv2d(x[:1], *params, padding=1, backend="cpu")
+    assert len(shc.backends._FASTEST) == 2
+    for other in FORMS:
+        monkeypatch.setenv("SHC_FORM", other)
+        torch.testing.assert_close(shc.shc_conv2d(x, *params, padding=1, backend="cpu"), y)
+
+
+def test_unknown_shc_form_is_a_clear_error(monkeypatch):
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("extension not built")
+    monkeypatch.setenv("SHC_FORM", "both")
+    with pytest.raises(ValueError, match="SHC_FORM must be one of"):
+        shc.shc_conv2d(rand_x(1, 4, 5, 5), *make_params(4, 6, 3, 3), padding=1, backend="cpu")

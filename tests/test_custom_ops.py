@@ -93,3 +93,55 @@ def test_autocast_runs_conv_in_autocast_dtype_and_map_in_fp32():
         x.detach(), expected.weight, expected.bias, f1.weight, f1.bias, f2.weight, f2.bias, padding=1
     )
     torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=3e-2)
+
+
+def _layer_args(dtype=torch.float64, channels_last=False, groups=1, bias=True, n=2):
+    params = make_params(4, 6, 3, 3, groups=groups, bias=bias, dtype=dtype)
+    x = rand_x(n, 4, 7, 6, dtype=dtype, channels_last=channels_last)
+    return [x, *params]
+
+
+@pytest.mark.parametrize("route", ["both", "conv", "hyper"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_shc_conv2d(dtype, channels_last, route):
+    args = [t if t is None else t.requires_grad_(True) for t in _layer_args(dtype, channels_last)]
+    torch.library.opcheck(torch.ops.shc.shc_conv2d.default, (*args, [1, 1], [1, 1], [1, 1], 1, 1e-5, route))
+    x, w, _, f1w, _, f2w, _ = _layer_args(dtype, channels_last, groups=2, bias=False)
+    conf = ([2, 1], [0, 2], [1, 2], 2, 1e-5, route)
+    torch.library.opcheck(torch.ops.shc.shc_conv2d.default, (x, w, None, f1w, None, f2w, None, *conf))
+
+
+def test_shc_conv2d_op_gradcheck_through_every_output():
+    # The op's backward is written by hand (ops._layer_backward): check it against finite
+    # differences for all seven inputs, through y and through the m, z, h it also returns.
+    inputs = [t.requires_grad_(True) for t in _layer_args(torch.float64, groups=2)]
+
+    def op(*a):
+        return torch.ops.shc.shc_conv2d(*a, [2, 1], [1, 2], [1, 1], 2, 1e-5, "both")
+
+    assert torch.autograd.gradcheck(op, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_shc_conv2d_op_returns_map_and_statistics():
+    x, w, b, f1w, f1b, f2w, f2b = _layer_args(torch.float64)
+    conf = ([1, 1], [1, 1], [1, 1], 1, 1e-5, "both")
+    y, m, z, h = torch.ops.shc.shc_conv2d(x, w, b, f1w, f1b, f2w, f2b, *conf)
+    mu, sigma = shc.reference.channel_stats(x)
+    torch.testing.assert_close(z, torch.cat([mu, sigma], 1))
+    torch.testing.assert_close(h, torch.relu(z @ f1w.T + f1b))
+    torch.testing.assert_close(m, shc.reference.statistical_map(x, f1w, f1b, f2w, f2b, (3, 3)))
+    torch.testing.assert_close(y, shc.reference.shc_conv2d(x, w, b, f1w, f1b, f2w, f2b, padding=1))
+
+
+def test_shc_conv2d_op_rejects_bad_arguments_with_clear_errors():
+    x, w, b, f1w, f1b, f2w, f2b = _layer_args(torch.float64)
+    conf = ([1, 1], [1, 1], [1, 1], 1, 1e-5)
+    with pytest.raises(RuntimeError, match="grad_route must be"):
+        torch.ops.shc.shc_conv2d(x, w, b, f1w, f1b, f2w, f2b, *conf, "neither")
+    with pytest.raises(RuntimeError, match=r"fc1_weight must have shape \(K, 2\*D\)"):
+        torch.ops.shc.shc_conv2d(x, w, b, f1w[:, :3], f1b, f2w, f2b, *conf, "both")
+    with pytest.raises(RuntimeError, match=r"fc2_bias must have shape \(9\)"):
+        torch.ops.shc.shc_conv2d(x, w, b, f1w, f1b, f2w, f2b[:4], *conf, "both")
+    with pytest.raises(RuntimeError, match="in channels"):
+        torch.ops.shc.shc_conv2d(x, w, b, f1w, f1b, f2w, f2b, *conf[:3], 3, 1e-5, "both")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CPU_BACKENDS, make_params, rand_x, run_layer
+from helpers import CPU_BACKENDS, FORMS, make_params, rand_x, run_layer
 
 import shc_kernels as shc
 
@@ -20,7 +20,11 @@ ALL = ["reference", *CPU_BACKENDS]
         dict(stride=2, padding=2, dilation=2, groups=2),
     ],
 )
-def test_gradcheck_float64_every_input(backend, conf):
+@pytest.mark.parametrize("form", FORMS)
+def test_gradcheck_float64_every_input(backend, conf, form, monkeypatch):
+    if backend == "reference" and form != FORMS[0]:
+        pytest.skip("the reference has one form")
+    monkeypatch.setenv("SHC_FORM", form)
     params = make_params(4, 6, 3, 3, groups=conf["groups"])
     x = rand_x(2, 4, 6, 5)
     inputs = [t.detach().clone().requires_grad_(True) for t in (x, *params)]

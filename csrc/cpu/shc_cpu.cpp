@@ -751,10 +751,46 @@ at::Tensor channel_stats_backward_cpu(const at::Tensor& grad_mu, const at::Tenso
   return finish(dx, x.scalar_type(), fmt);
 }
 
+// The whole layer (shc::shc_conv2d): statistics, the hypernetwork (a few small GEMMs through
+// ATen), then the modulated conv. Also returns m, z = cat(mu, sigma) and h for the backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& fc1_weight, const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
+    const std::optional<at::Tensor>& fc2_bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, double eps, c10::string_view grad_route) {
+  const char* op = "shc::shc_conv2d";
+  shc::check_grad_route(grad_route, op);
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, op, ": x and weight must be 4-D, got ", x.sizes(), " and ",
+              weight.sizes());
+  const std::pair<const at::Tensor*, const char*> dense[] = {
+      {&x, "x"}, {&weight, "weight"}, {&fc1_weight, "fc1_weight"}, {&fc2_weight, "fc2_weight"}};
+  for (const auto& [t, name] : dense) check_cpu(*t, name);
+  const std::pair<const std::optional<at::Tensor>*, const char*> optional[] = {
+      {&bias, "bias"}, {&fc1_bias, "fc1_bias"}, {&fc2_bias, "fc2_bias"}};
+  for (const auto& [t, name] : optional)
+    if (t->has_value() && (*t)->defined()) check_cpu(**t, name);
+  const int64_t kh = weight.size(2), kw = weight.size(3);
+  // Geometry first (a map of the right shape stands in for m), so a bad conv fails before any work.
+  make_geom(x, weight, at::empty({x.size(0), kh, kw}, x.options()), stride, padding, dilation, groups, op);
+  shc::hypernetwork_hidden(x.size(1), kh * kw, fc1_weight, fc1_bias, fc2_weight, fc2_bias, op);
+  const auto [mu, sigma] = channel_stats_cpu(x, eps);
+  const at::ScalarType ct = mu.scalar_type();
+  const auto as_ct = [ct](const std::optional<at::Tensor>& b) -> std::optional<at::Tensor> {
+    if (!b.has_value() || !b->defined()) return std::nullopt;
+    return b->to(ct);
+  };
+  at::Tensor z = at::cat({mu, sigma}, 1);
+  at::Tensor h = at::relu(at::linear(z, fc1_weight.to(ct), as_ct(fc1_bias)));
+  at::Tensor m = at::sigmoid(at::linear(h, fc2_weight.to(ct), as_ct(fc2_bias))).view({x.size(0), kh, kw});
+  at::Tensor y = modulated_conv2d_cpu(x, weight, m, bias, stride, padding, dilation, groups);
+  return std::make_tuple(y, m, z, h);
+}
+
 }  // namespace
 }  // namespace shc_cpu
 
 TORCH_LIBRARY_IMPL(shc, CPU, m) {
+  m.impl("shc_conv2d", &shc_cpu::shc_conv2d_cpu);
   m.impl("channel_stats", &shc_cpu::channel_stats_cpu);
   m.impl("channel_stats_backward", &shc_cpu::channel_stats_backward_cpu);
   m.impl("modulated_conv2d", &shc_cpu::modulated_conv2d_cpu);

@@ -1,7 +1,8 @@
-// One-launch SHC forward: shc::fused_shc_forward (CUDA only, forward only; no autograd formula).
+// One-launch SHC forward: the CUDA kernel of shc::shc_conv2d (schema in csrc/shc.cpp; its
+// backward is shc_kernels/ops.py's, from the m, z and h this returns).
 //
-//   y, m = fused_shc_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-//                            stride, padding, dilation, groups, eps)
+//   y, m, z, h = shc_conv2d(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+//                           stride, padding, dilation, groups, eps, grad_route)
 // computes what statistical_map + modulated_conv2d compute (DESIGN.md §1) in one persistent
 // kernel. Work items come from one global counter, in order: items [0, N) are samples (channel
 // statistics, then the two-layer hypernetwork; the block publishes m[n] and sets ready[n] after a
@@ -36,8 +37,8 @@ struct FusedArgs {
   const A* fc1b;  // (K) or nullptr
   const A* fc2w;  // (T, K)
   const A* fc2b;  // (T) or nullptr
-  A* z;           // (N, 2D) workspace: mu then sigma
-  A* h;           // (N, K) workspace
+  A* z;           // (N, 2D) output: mu then sigma
+  A* h;           // (N, K) output: the hidden units
   A* m;           // (N, T) output
   int* counter;   // work-item counter, zeroed
   int* ready;     // (N) flags, zeroed
@@ -118,21 +119,20 @@ __global__ void __maxnreg__(168)
   }
 }
 
-at::Tensor mlp_arg(const std::optional<at::Tensor>& t, const at::Tensor& x, at::ScalarType ct, int64_t n,
-                   const char* op, const char* name) {
+at::Tensor mlp_arg(const std::optional<at::Tensor>& t, const at::Tensor& x, at::ScalarType ct, const char* op,
+                   const char* name) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
   check_cuda(*t, x, op, name);
-  TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating point");
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == n, op, ": ", name, " must have shape (", n, "), got ", t->sizes());
   return t->to(ct).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor> fused_shc_forward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cuda(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& fc1_weight, const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
     const std::optional<at::Tensor>& fc2_bias, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups, double eps) {
-  const char* op = "shc::fused_shc_forward";
+    at::IntArrayRef dilation, int64_t groups, double eps, c10::string_view grad_route) {
+  const char* op = "shc::shc_conv2d";
+  shc::check_grad_route(grad_route, op);
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, op, ": x and weight must be 4-D, got ", x.sizes(), " and ",
               weight.sizes());
   check_cuda(x, x, op, "x");
@@ -142,23 +142,18 @@ std::tuple<at::Tensor, at::Tensor> fused_shc_forward_cuda(
   const Geom g = make_geom(x, weight, m, stride, padding, dilation, groups, op);
   TORCH_CHECK(g.H * g.W > 0, op, ": x must have a non-empty H x W plane, got ", x.sizes());
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t K = fc1_weight.dim() == 2 ? fc1_weight.size(0) : -1;
   check_cuda(fc1_weight, x, op, "fc1_weight");
   check_cuda(fc2_weight, x, op, "fc2_weight");
-  TORCH_CHECK(at::isFloatingType(fc1_weight.scalar_type()) && at::isFloatingType(fc2_weight.scalar_type()), op,
-              ": fc1_weight and fc2_weight must be floating point");
-  TORCH_CHECK(fc1_weight.dim() == 2 && fc1_weight.size(1) == 2 * g.D && K > 0, op,
-              ": fc1_weight must have shape (K, 2*D) = (K, ", 2 * g.D, "), got ", fc1_weight.sizes());
-  TORCH_CHECK(fc2_weight.dim() == 2 && fc2_weight.size(0) == g.T && fc2_weight.size(1) == K, op,
-              ": fc2_weight must have shape (kh*kw, K) = (", g.T, ", ", K, "), got ", fc2_weight.sizes());
+  const int64_t K = shc::hypernetwork_hidden(g.D, g.T, fc1_weight, fc1_bias, fc2_weight, fc2_bias, op);
   const at::Tensor b = bias_arg(bias, x, g, ct, op);
-  const at::Tensor b1 = mlp_arg(fc1_bias, x, ct, K, op, "fc1_bias");
-  const at::Tensor b2 = mlp_arg(fc2_bias, x, ct, g.T, op, "fc2_bias");
+  const at::Tensor b1 = mlp_arg(fc1_bias, x, ct, op, "fc1_bias");
+  const at::Tensor b2 = mlp_arg(fc2_bias, x, ct, op, "fc2_bias");
   at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(x.suggest_memory_format()));
-  if (g.N == 0) return std::make_tuple(y, m);
+  at::Tensor z = at::empty({g.N, 2 * g.D}, x.options().dtype(ct));
+  at::Tensor h = at::empty({g.N, K}, x.options().dtype(ct));
+  if (g.N == 0) return std::make_tuple(y, m, z, h);
   const at::Tensor w1 = fc1_weight.to(ct).contiguous(), w2 = fc2_weight.to(ct).contiguous();
   const at::Tensor bt = weight_operand(weight, g, false);
-  at::Tensor ws = at::empty({g.N, 2 * g.D + K}, x.options().dtype(ct));
   at::Tensor flags = at::zeros({g.N + 1}, x.options().dtype(at::kInt));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_fused_forward_cuda", [&] {
@@ -182,8 +177,8 @@ std::tuple<at::Tensor, at::Tensor> fused_shc_forward_cuda(
     f.fc1b = b1.defined() ? b1.const_data_ptr<A>() : nullptr;
     f.fc2w = w2.const_data_ptr<A>();
     f.fc2b = b2.defined() ? b2.const_data_ptr<A>() : nullptr;
-    f.z = ws.mutable_data_ptr<A>();
-    f.h = f.z + g.N * 2 * g.D;
+    f.z = z.mutable_data_ptr<A>();
+    f.h = h.mutable_data_ptr<A>();
     f.m = m.mutable_data_ptr<A>();
     f.counter = flags.mutable_data_ptr<int>();
     f.ready = f.counter + 1;
@@ -199,17 +194,10 @@ std::tuple<at::Tensor, at::Tensor> fused_shc_forward_cuda(
     fused_shc_kernel<scalar_t, Cfg><<<static_cast<unsigned>(blocks), Cfg::NT, 0, stream>>>(f, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return std::make_tuple(y, m);
+  return std::make_tuple(y, m, z, h);
 }
 
 }  // namespace
 }  // namespace shc_cuda
 
-TORCH_LIBRARY_FRAGMENT(shc, m) {
-  m.def(
-      "fused_shc_forward(Tensor x, Tensor weight, Tensor? bias, Tensor fc1_weight, Tensor? fc1_bias, "
-      "Tensor fc2_weight, Tensor? fc2_bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
-      "float eps) -> (Tensor y, Tensor m)");
-}
-
-TORCH_LIBRARY_IMPL(shc, CUDA, m) { m.impl("fused_shc_forward", &shc_cuda::fused_shc_forward_cuda); }
+TORCH_LIBRARY_IMPL(shc, CUDA, m) { m.impl("shc_conv2d", &shc_cuda::shc_conv2d_cuda); }

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
-from helpers import ROUTES, make_params, rand_x, run_layer  # noqa: E402
+from helpers import FORMS, ROUTES, forced_form, make_params, rand_x, run_layer  # noqa: E402
 
 import shc_kernels as shc  # noqa: E402
 from shc_kernels import reference  # noqa: E402
@@ -55,8 +55,23 @@ def _no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def _in_form(backend, form):
+    def fn(*a, **k):
+        with forced_form(form):
+            return shc.shc_conv2d(*a, **k, backend=backend)
+
+    return fn
+
+
 def _layer_fns():
-    return {b: (lambda *a, _b=b, **k: shc.shc_conv2d(*a, **k, backend=_b)) for b in GPU_BACKENDS}
+    """The "triton" backend, and the "cuda" backend in each form: "cuda:fused" (one launch), "cuda:split"."""
+    fns = {}
+    for b in GPU_BACKENDS:
+        if b == "cuda":
+            fns.update({f"cuda:{form}": _in_form("cuda", form) for form in FORMS})
+        else:
+            fns[b] = lambda *a, _b=b, **k: shc.shc_conv2d(*a, **k, backend=_b)
+    return fns
 
 
 LAYER_FNS = _layer_fns() if torch.cuda.is_available() else {}
@@ -148,13 +163,14 @@ needs_cuda_backend = pytest.mark.skipif("cuda" not in GPU_BACKENDS, reason="CUDA
 
 
 @needs_cuda_backend
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("case", SMALL.values(), ids=SMALL.keys())
-def test_cuda_float64_matches_reference(case):
+def test_cuda_float64_matches_reference(case, form):
     n, d, c, h, w, k, stride, padding, dilation, groups = case
     params = [p.cuda() for p in make_params(d, c, k, k, groups=groups, dtype=torch.float64)]
     x = rand_x(n, d, h, w, dtype=torch.float64).cuda()
     conf = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, grad_route="both")
-    y, grads = run_layer(LAYER_FNS["cuda"], x, params, **conf)
+    y, grads = run_layer(LAYER_FNS[f"cuda:{form}"], x, params, **conf)
     y_ref, grads_ref = run_layer(reference.shc_conv2d, x, params, **conf)
     for a, b in zip([y, *grads], [y_ref, *grads_ref], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
@@ -187,7 +203,7 @@ def test_one_launch_forward_matches_reference(case, dtype, channels_last):
     n, d, c, h, w, k, stride, padding, dilation, groups = case
     weight, bias, f1w, f1b, f2w, f2b = [p.cuda() for p in make_params(d, c, k, k, groups=groups, dtype=dtype)]
     x = rand_x(n, d, h, w, dtype=dtype, channels_last=channels_last).cuda()
-    y, m = torch.ops.shc.fused_shc_forward(
+    y, m, z, h = torch.ops.shc.shc_conv2d(
         x,
         weight,
         bias,
@@ -200,13 +216,33 @@ def test_one_launch_forward_matches_reference(case, dtype, channels_last):
         list(pair(dilation)),
         groups,
         1e-5,
+        "both",
     )
     dbl = [t.double() for t in (x, weight, bias, f1w, f1b, f2w, f2b)]
     y_ref = reference.shc_conv2d(*dbl, stride=stride, padding=padding, dilation=dilation, groups=groups)
     m_ref = reference.statistical_map(dbl[0], *dbl[3:], (k, k))
+    mu, sigma = reference.channel_stats(dbl[0])
+    z_ref = torch.cat([mu, sigma], 1)
     _check(m, m_ref, torch.float32, "m")
+    _check(z, z_ref, torch.float32, "z")
+    _check(h, torch.relu(z_ref @ dbl[3].T + dbl[4]), torch.float32, "h")
     _check(y, y_ref, dtype, "y")
 
 
 def pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@needs_cuda_backend
+def test_cuda_backend_times_its_two_forms_once_per_shape(monkeypatch):
+    monkeypatch.delenv("SHC_FORM", raising=False)
+    monkeypatch.setattr(shc.backends, "_FASTEST", {})
+    params = [p.cuda() for p in make_params(8, 8, 3, 3, dtype=torch.float16)]
+    x = rand_x(4, 8, 12, 12, dtype=torch.float16).cuda()
+    y = shc.shc_conv2d(x, *params, padding=1, backend="cuda")
+    chosen = {k: v for k, v in shc.backends._FASTEST.items() if k[:2] == ("form", "cuda")}
+    assert len(chosen) == 1 and next(iter(chosen.values())) in FORMS
+    shc.shc_conv2d(x, *params, padding=1, backend="cuda")
+    assert len(shc.backends._FASTEST) == len(chosen)  # not timed again
+    y_ref = reference.shc_conv2d(x.double(), *[p.double() for p in params], padding=1)
+    _check(y, y_ref, torch.float16, "y")
