@@ -76,9 +76,12 @@ __device__ __forceinline__ void sample_map(const FusedArgs<scalar_t, typename Cf
     s = warp_sum(s);
     if (lane == 0) f.m[static_cast<int64_t>(n) * f.T + t] = A(1) / (A(1) + exp(-(s + (f.fc2b != nullptr ? f.fc2b[t] : A(0)))));
   }
-  __threadfence();  // every writer's m is visible device-wide before the flag
-  __syncthreads();
-  if (tid == 0) atomicExch(f.ready + n, 1);
+  __threadfence();  // each writer's m is visible device-wide ...
+  __syncthreads();  // ... every writer is done ...
+  if (tid == 0) {
+    __threadfence();  // ... and the release is ordered after the barrier, then the flag
+    atomicExch(f.ready + n, 1);
+  }
 }
 
 template <typename scalar_t, typename Cfg>

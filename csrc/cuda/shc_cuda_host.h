@@ -37,8 +37,9 @@ inline Geom make_geom(const at::Tensor& x, const at::Tensor& weight, const at::T
   check_cuda(m, x, op, "m");
   const Geom g = shc::conv_geometry(x, weight, m, stride, padding, dilation, groups, op);
   // Row indices and in-sample offsets are int; element offsets are int64.
+  // Strides too: the dx kernel divides by them as int.
   const int64_t big = std::max({g.N * g.P, g.N * g.H * g.W, g.C * g.Dg * g.T, g.H + g.ph + g.dh * g.kh,
-                                g.W + g.pw + g.dw * g.kw});
+                                g.W + g.pw + g.dw * g.kw, g.sh, g.sw});
   TORCH_CHECK(big < INT_MAX, op, ": problem too large for the CUDA kernel");
   TORCH_CHECK(groups <= 65535, op, ": at most 65535 groups are supported by the CUDA kernel");
   return g;
