@@ -143,7 +143,7 @@ def method_fns(stride, device="cpu", forms=False):
             if forms and b in ("cpu", "cuda"):
                 for form in functional.FORMS:
                     fns[f"shc:{b}:{form}"] = lambda x, p, b=b, form=form: functional._layer(
-                        x, *p, stride, 1, 1, 1, 1e-5, "both", b, form
+                        x, *p, (stride, stride), (1, 1), (1, 1), 1, 1e-5, "both", b, form
                     )
     return fns
 

@@ -8,12 +8,10 @@ import torch
 
 from . import backends, reference
 from ._checks import (
-    check_channels,
     check_conv_args,
     check_grad_route,
     check_layer_conv_args,
     check_map_args,
-    check_tensor,
     route_inputs,
     stats_dtype,
 )
@@ -170,9 +168,10 @@ def shc_conv2d(
     The compiled backends compute it in one of two forms (``choose_form``).
     """
     check_grad_route(grad_route)
-    check_tensor(x, "x", 4)
-    check_tensor(weight, "weight", 4)
-    check_channels(x, weight, groups)
+    # Every argument is checked before a backend or form is timed, so bad input is a clear
+    # ValueError/TypeError, never a candidate that "failed" while timing.
+    stride, padding, dilation = check_layer_conv_args(x, weight, bias, stride, padding, dilation, groups)
+    check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]))
     hyper_params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     conf = (stride, padding, dilation, groups, eps, grad_route)
     be = choose_backend(backend, x, weight, bias, hyper_params, *conf)
@@ -182,10 +181,9 @@ def shc_conv2d(
 
 def _layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation, groups,
            eps, grad_route, backend, form):  # fmt: skip
-    """The layer on a concrete backend in a concrete form (see choose_form)."""
+    """The layer on a concrete backend in a concrete form (see choose_form), on checked arguments
+    with stride, padding and dilation as pairs."""
     if form == "fused":
-        stride, padding, dilation = check_layer_conv_args(x, weight, bias, stride, padding, dilation, groups)
-        check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]))
         y, _m, _z, _h = torch.ops.shc.shc_conv2d(
             _layout_ok(x), weight.contiguous(), bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
             list(stride), list(padding), list(dilation), groups, float(eps), grad_route,

@@ -157,3 +157,21 @@ def test_unknown_shc_form_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("SHC_FORM", "both")
     with pytest.raises(ValueError, match="SHC_FORM must be one of"):
         shc.shc_conv2d(rand_x(1, 4, 5, 5), *make_params(4, 6, 3, 3), padding=1, backend="cpu")
+
+
+def test_bad_input_is_a_clear_error_even_when_auto_would_time_backends(monkeypatch):
+    # Arguments are checked before any timing: a bad shape must not surface as every candidate
+    # "failing" while timed.
+    monkeypatch.setattr(shc.backends, "_FASTEST", {})
+    monkeypatch.setattr(shc.backends, "auto_candidates", lambda x: ["cpu", "reference"])
+    monkeypatch.setattr(shc.functional, "TIMED_FORMS", ("cpu",))
+    monkeypatch.delenv("SHC_BACKEND", raising=False)
+    monkeypatch.delenv("SHC_FORM", raising=False)
+    weight, bias, f1w, f1b, f2w, f2b = make_params(4, 6, 3, 3)
+    x = rand_x(2, 4, 7, 7)
+    for backend in ("auto", "cpu"):
+        with pytest.raises(ValueError, match="fc1_weight must have shape"):
+            shc.shc_conv2d(x, weight, bias, f1w[:, :5], f1b, f2w, f2b, padding=1, backend=backend)
+        with pytest.raises(ValueError, match="too small for kernel"):
+            shc.shc_conv2d(x[:, :, :1, :1], weight, bias, f1w, f1b, f2w, f2b, backend=backend)
+    assert shc.backends._FASTEST == {}
