@@ -1,4 +1,4 @@
-"""The ``shc`` command: ``shc info``, ``shc demo``, ``shc train``, ``shc attack``, ``shc bench``."""
+"""The ``shc`` command: ``shc info``, ``demo``, ``train``, ``attack``, ``bench``, ``check``, ``study``."""
 
 from __future__ import annotations
 
@@ -84,6 +84,8 @@ SUBCOMMANDS = {
     "train": "shc_kernels.train",
     "attack": "shc_kernels.evaluate",
     "bench": "shc_kernels.bench",
+    "check": "shc_kernels.check",
+    "study": "shc_kernels.study",
 }
 
 
