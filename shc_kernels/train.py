@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
+from . import cli_args, models
 from . import data as data_mod
-from . import models
 from .modules import convert
 
 CHECKPOINT = "checkpoint.pt"
@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shc", action="store_true", help="SHC layers in place of the 3x3 convs")
     p.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, no max-pool")
     p.add_argument(
-        "--data", default=None, help="ImageNet-style folder with train/ and val/ (default: digits)"
+        "--data",
+        type=data_arg,
+        default=None,
+        help="fashion-mnist, or an ImageNet-style folder with train/ and val/ (default: digits)",
     )
     p.add_argument("--paper-eval", action="store_true", help="evaluate with resize 299, centre crop 256")
     p.add_argument("--image-size", type=int, default=224, help="crop size for --data")
@@ -63,7 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: off)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (0: all)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--width", type=cli_args.positive_float, default=1.0, help="channel width multiplier")
     return p
+
+
+def data_arg(text: str) -> str:
+    """--data: the literal ``fashion-mnist`` or an existing folder (data.load reads it)."""
+    return text if text == "fashion-mnist" else cli_args.existing_dir(text)
+
+
+def _width_kwargs(args) -> dict:
+    # Only a non-default width reaches models.build and the checkpoint, so old checkpoints load.
+    return {"width": args.width} if args.width != 1 else {}
 
 
 # ---------------------------------------------------------------- distributed set-up
@@ -96,7 +110,8 @@ def _all_sum(values: list[float], device) -> list[float]:
 
 
 def _model_meta(args, num_classes) -> dict:
-    return {"arch": args.arch, "shc": args.shc, "small_input": args.small_input, "num_classes": num_classes}
+    meta = {"arch": args.arch, "shc": args.shc, "small_input": args.small_input, "num_classes": num_classes}
+    return meta | _width_kwargs(args)
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -137,7 +152,9 @@ def init_weights(path: str, args, num_classes: int) -> torch.nn.Module:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state:
         state = state["model"]
-    plain = models.build(args.arch, num_classes, shc=False, small_input=args.small_input)
+    plain = models.build(
+        args.arch, num_classes, shc=False, small_input=args.small_input, **_width_kwargs(args)
+    )
     try:
         plain.load_state_dict(state)
     except RuntimeError as exc:
@@ -198,6 +215,7 @@ def run(args) -> list[dict]:
             num_classes,
             shc=args.shc,
             small_input=args.small_input,
+            **_width_kwargs(args),
             **({"grad_route": args.grad_route, "backend": args.backend} if args.shc else {}),
         )
     model.to(device)
