@@ -50,30 +50,62 @@ triton-check: setup
 cmake-check: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH bash csrc/cmake_check.sh
 
-# The wheel is built from a clean copy of the tracked sources (its build tree is deleted with
-# the copy) and holds the compiled extension. wheel-test installs it into a new virtual
-# environment and runs the test suite from outside the checkout against the installed package.
+# The wheel holds the compiled extension, built from a copy of the tracked sources. With nvcc and
+# a CUDA build of torch it is the release wheel: the CUDA kernels as sm_80 and sm_90 cubins plus
+# compute_90 PTX (WHEEL_CUDA_ARCHS; the driver JITs the PTX for newer GPUs); it still imports
+# without a GPU or driver. SHC_SKIP_CUDA=1 given by the caller (not this file's no-GPU default,
+# which is for the in-place build) makes a CPU-only wheel, in a temporary folder. The CUDA wheel
+# is built where and as `make cuda-check` builds (build/cuda-check/src, its flags): when
+# TORCH_CUDA_ARCH_LIST equals WHEEL_CUDA_ARCHS (.ci/run sets it) ninja reuses cuda-check's
+# objects and the wheel costs a link, not a second CUDA build.
+WHEEL_CUDA_ARCHS ?= 8.0;9.0+PTX
+WHEEL_CUDA_SRC := build/cuda-check/src
+WHEEL_SKIP_CUDA := $(if $(filter environment command line,$(origin SHC_SKIP_CUDA)),$(SHC_SKIP_CUDA),0)
+WHEEL_WANTS_CUDA = [ "$(WHEEL_SKIP_CUDA)" != 1 ] && \
+	$(PY) -c 'import sys, torch; sys.exit(not torch.version.cuda)' && \
+	{ command -v nvcc > /dev/null || [ -x "$${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; }
+
+wheel: setup
+	@set -e; rm -rf dist; mkdir -p dist; \
+	if $(WHEEL_WANTS_CUDA); then cuda=1; src=$(abspath $(WHEEL_CUDA_SRC)); mkdir -p $$src; \
+		rm -rf $$src/csrc $$src/shc_kernels $$src/*.egg-info $$src/build/lib.* $$src/build/bdist.*; \
+		echo "wheel: CUDA kernels for TORCH_CUDA_ARCH_LIST=$(WHEEL_CUDA_ARCHS), built in $$src"; \
+	else cuda=0; src=$$(mktemp -d /tmp/shc-src-XXXXXX); \
+		echo "wheel: CPU-only (SHC_SKIP_CUDA=1, no nvcc, or a CPU-only torch)"; fi; \
+	git ls-files -z | tar --null --ignore-failed-read -T - -cf - | tar -C $$src -xf -; \
+	start=$$(date +%s); \
+	(cd $$src && env SHC_SKIP_CUDA=$$((1 - cuda)) FORCE_CUDA=$$cuda SHC_PTXAS_VERBOSE=$$cuda \
+		TORCH_CUDA_ARCH_LIST="$(WHEEL_CUDA_ARCHS)" \
+		$(abspath $(PY)) -m pip wheel -q --no-build-isolation --no-deps -w $(abspath dist) .); \
+	[ $$cuda = 1 ] || rm -rf $$src; \
+	echo "wheel: built in $$(( $$(date +%s) - start )) s"; ls -l dist
+
+# wheel-test installs the wheel into a new virtual environment and runs the test suite from
+# outside the checkout against the installed package; with SHC_EXPECT_CUDA_ARCHS set,
+# tests/test_packaging.py requires the CUDA kernels, a CUDA kernel for every shc:: op and exactly
+# those cubins and PTX (listed here with cuobjdump, which ships in the triton package).
 # The new environment reuses .venv's site-packages (torch is 5 GB) through a .pth line, which
 # adds that folder to sys.path without running its .pth files: the checkout's editable install
 # stays out.
-wheel: setup
-	@set -e; src=$$(mktemp -d /tmp/shc-src-XXXXXX); \
-	git ls-files -z | xargs -0 -I{} cp --parents {} $$src/; \
-	rm -rf dist; mkdir -p dist; \
-	(cd $$src && SHC_SKIP_CUDA=$${SHC_SKIP_CUDA:-1} $(abspath $(PY)) -m pip wheel -q --no-build-isolation --no-deps -w $(abspath dist) .); \
-	rm -rf $$src; ls dist
-
 wheel-test: wheel
 	@set -e; tmp=$$(mktemp -d /tmp/shc-wheel-XXXXXX); \
+	if $(WHEEL_WANTS_CUDA); then archs="$(WHEEL_CUDA_ARCHS)"; else archs=; fi; \
 	$(PYTHON) -m venv $$tmp/venv; \
 	site=$$($$tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > $$site/_shc_base.pth; \
 	$$tmp/venv/bin/python -m pip install -q --no-deps --no-index dist/*.whl; \
+	echo "wheel-test: $$(ls dist/*.whl) is $$(du -k dist/*.whl | cut -f1) KiB"; \
 	cp -r tests $$tmp/tests; cd $$tmp; \
 	$$tmp/venv/bin/python -c 'import shc_kernels as s; assert "/venv/" in s.__file__, s.__file__; \
 	assert "cpu" in s.available_backends(); print("testing the installed wheel:", s.__file__)'; \
-	set +e; $$tmp/venv/bin/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
-	rm -rf $$tmp; exit $$rc
+	if [ -n "$$archs" ]; then \
+		so=$$($$tmp/venv/bin/python -c 'from shc_kernels import ops; print(ops._C.__file__)'); \
+		cuobjdump=$$($$tmp/venv/bin/python -c 'import os, triton; \
+		print(os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump"))'); \
+		echo "wheel-test: device code in $$(basename $$so):"; \
+		$$cuobjdump --list-elf $$so | sed 's/^/  /'; $$cuobjdump --list-ptx $$so | sed 's/^/  /'; fi; \
+	set +e; SHC_EXPECT_CUDA_ARCHS="$$archs" $$tmp/venv/bin/python -m pytest -q -p no:cacheprovider tests; \
+	rc=$$?; rm -rf $$tmp; exit $$rc
 
 # The CUDA sources built for sm_80 and sm_90 with -Xptxas -v (registers, shared memory, spills),
 # loaded without a GPU, every shc:: op checked for a CUDA kernel.
