@@ -39,6 +39,11 @@ def info_lines() -> list[str]:
     for name in backends.BACKENDS:
         reason = backends.unavailable_reason(name)
         lines.append(f"  {name:<10} {'available' if reason is None else 'unavailable: ' + reason}")
+    # Candidates that `auto` left out because they failed or disagreed with the reference.
+    excluded = getattr(backends, "excluded_candidates", lambda: [])()
+    if excluded:
+        lines.append("excluded:")
+        lines.extend(f"  {line}" for line in excluded)
     return lines
 
 
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
-    parser = argparse.ArgumentParser(prog="shc", description=__doc__)
+    parser = argparse.ArgumentParser(prog="shc", description=__doc__.replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and available backends")
     for name, module in SUBCOMMANDS.items():
