@@ -319,3 +319,128 @@ def test_rcd_on_a_hand_computed_example():
 def test_rcd_is_finite_for_a_saturated_softmax():
     p = F.softmax(torch.tensor([[200.0, 0.0, 0.0, 1.0]]), 1)
     assert torch.isfinite(attacks.relative_confidence(p, torch.tensor([1]))).all()
+
+
+# ---------------------------------------------------------------- argument checks, in one place
+
+
+class MustNotRun(nn.Module):
+    def forward(self, x):
+        raise AssertionError("the model ran before the arguments were checked")
+
+
+def _x(**kw):
+    return images(**kw)[0]
+
+
+def _y():
+    return images()[1]
+
+
+BAD_CALLS = {
+    # counts: whole numbers in range
+    "ifgsm steps=-1": (lambda m: attacks.ifgsm(m, _x(), _y(), EPS, 0.01, -1), ValueError, "steps"),
+    "ifgsm steps=2.7": (lambda m: attacks.ifgsm(m, _x(), _y(), EPS, 0.01, 2.7), TypeError, "steps"),
+    "ifgsm steps=True": (lambda m: attacks.ifgsm(m, _x(), _y(), EPS, 0.01, True), TypeError, "steps"),
+    "local_search pixels_per_step=0": (
+        lambda m: attacks.local_search(m, _x(), _y(), pixels_per_step=0),
+        ValueError,
+        "pixels_per_step",
+    ),
+    "local_search steps=1.5": (lambda m: attacks.local_search(m, _x(), _y(), steps=1.5), TypeError, "steps"),
+    "local_search radius=-1": (
+        lambda m: attacks.local_search(m, _x(), _y(), radius=-1),
+        ValueError,
+        "radius",
+    ),
+    "local_search candidates=0": (
+        lambda m: attacks.local_search(m, _x(), _y(), candidates=0),
+        ValueError,
+        "candidates",
+    ),
+    # sizes of steps: finite numbers >= 0
+    "fgsm eps=-0.1": (lambda m: attacks.fgsm(m, _x(), _y(), -0.1), ValueError, "eps"),
+    "fgsm eps=nan": (lambda m: attacks.fgsm(m, _x(), _y(), math.nan), ValueError, "eps"),
+    "fgsm eps='0.1'": (lambda m: attacks.fgsm(m, _x(), _y(), "0.1"), ValueError, "eps"),
+    "ifgsm alpha=-1": (lambda m: attacks.ifgsm(m, _x(), _y(), EPS, -1, 3), ValueError, "alpha"),
+    "rand_fgsm alpha=inf": (lambda m: attacks.rand_fgsm(m, _x(), _y(), EPS, math.inf), ValueError, "alpha"),
+    "gaussian sigma=-1": (lambda m: attacks.gaussian_noise(_x(), -1.0), ValueError, "sigma"),
+    "gaussian eps=-1": (lambda m: attacks.gaussian_noise(_x(), 0.1, -1.0), ValueError, "eps"),
+    # images: floating point, (N, C, H, W), in [0, 1]
+    "fgsm x in [0, 2]": (lambda m: attacks.fgsm(m, _x(hi=2.0), _y(), EPS), ValueError, r"\[0, 1\]"),
+    "fgsm x with NaN": (
+        lambda m: attacks.fgsm(m, _x().index_fill(0, torch.tensor([0]), math.nan), _y(), EPS),
+        ValueError,
+        r"\[0, 1\]",
+    ),
+    "fgsm x uint8": (lambda m: attacks.fgsm(m, (_x() * 255).byte(), _y(), EPS), TypeError, "floating-point"),
+    "fgsm x 3-D": (lambda m: attacks.fgsm(m, _x()[0], _y(), EPS), ValueError, r"\(N, C, H, W\)"),
+    "local_search x in [-1, 1]": (
+        lambda m: attacks.local_search(m, _x(lo=-1.0), _y()),
+        ValueError,
+        r"\[0, 1\]",
+    ),
+    # labels and targets: integer class indices, one per image
+    "fgsm y float": (lambda m: attacks.fgsm(m, _x(), _y().float(), EPS, target=None), TypeError, "dtype"),
+    "fgsm y bool": (lambda m: attacks.fgsm(m, _x(), _y() > 4, EPS, target=None), TypeError, "dtype"),
+    "fgsm y shape": (lambda m: attacks.fgsm(m, _x(), _y()[:3], EPS, target=None), ValueError, "shape"),
+    "fgsm y list": (lambda m: attacks.fgsm(m, _x(), [1, 2], EPS, target=None), TypeError, "y must be"),
+    "fgsm target float": (
+        lambda m: attacks.fgsm(m, _x(), _y(), EPS, target=_y().float()),
+        TypeError,
+        "target",
+    ),
+    "fgsm target 'most'": (lambda m: attacks.fgsm(m, _x(), _y(), EPS, target="most"), ValueError, "target"),
+    "local_search y int64 (2, N)": (
+        lambda m: attacks.local_search(m, _x(), _y()[None].expand(2, -1)),
+        ValueError,
+        "shape",
+    ),
+    # routes
+    "fgsm grad_route='foo'": (
+        lambda m: attacks.fgsm(m, _x(), _y(), EPS, grad_route="foo"),
+        ValueError,
+        "grad_route",
+    ),
+    "ifgsm steps=0 grad_route='foo'": (
+        lambda m: attacks.ifgsm(m, _x(), _y(), EPS, 0.01, 0, grad_route="foo"),
+        ValueError,
+        "grad_route",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CALLS))
+def test_every_attack_checks_its_arguments_before_any_work(name):
+    call, error, message = BAD_CALLS[name]
+    with pytest.raises(error, match=message):
+        call(MustNotRun())
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_any_integer_label_dtype_gives_the_result_of_int64(dtype):
+    model, (x, y) = linear_model(), images()
+    expected = attacks.fgsm(model, x, y, EPS, target=None)
+    torch.testing.assert_close(
+        attacks.fgsm(model, x, y.to(dtype), EPS, target=None), expected, rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        attacks.fgsm(model, x, y, EPS, target=y.to(dtype)), attacks.fgsm(model, x, y, EPS, target=y)
+    )
+
+
+@pytest.mark.parametrize("name", ["fgsm", "fgsm_untargeted", "ifgsm", "rand_fgsm_tramer"])
+def test_gradient_attacks_under_inference_mode_say_they_need_gradients(name):
+    model, (x, y) = linear_model(), images()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="needs gradients.*inference_mode"):
+        ALL_ATTACKS[name](model, x, y)
+
+
+def test_gradient_attacks_work_under_no_grad_and_the_others_under_inference_mode():
+    model, (x, y) = linear_model(), images()
+    expected = attacks.fgsm(model, x, y, EPS)
+    with torch.no_grad():
+        torch.testing.assert_close(attacks.fgsm(model, x, y, EPS), expected)
+    with torch.inference_mode():
+        attacks.gaussian_noise(x, 0.1, generator=gen())
+        attacks.local_search(model, x, y, steps=1)

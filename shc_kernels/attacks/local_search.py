@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._common import check_images, check_labels, eval_mode
+from ._common import check_count, check_images, check_labels, eval_mode
 from .metrics import rcd
 
 __all__ = ["LocalSearchResult", "local_search"]
@@ -69,12 +69,14 @@ def local_search(
     ``progress`` is an optional callable run after each step (e.g. a tqdm bar's update)."""
     check_images(x)
     y = check_labels(y, x)
-    sizes = {"pixels_per_step": pixels_per_step, "candidates": candidates, "batch_size": batch_size}
-    for name, v in sizes.items():
-        if not (isinstance(v, int) and v >= 1):
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    if not (isinstance(steps, int) and steps >= 0) or not (isinstance(radius, int) and radius >= 0):
-        raise ValueError(f"steps and radius must be ints >= 0, got steps={steps!r}, radius={radius!r}")
+    for name, value in {
+        "pixels_per_step": pixels_per_step,
+        "candidates": candidates,
+        "batch_size": batch_size,
+    }.items():
+        check_count(name, value, 1)
+    check_count("steps", steps, 0)
+    check_count("radius", radius, 0)
     n, c, h, w = x.shape
     hw = h * w
     k = min(candidates, hw)
