@@ -337,6 +337,13 @@ def machine_line(device: str) -> str:
     return f"shc check on {device}{gpu}: torch {torch.__version__}, TRITON_INTERPRET={interpret!r}"
 
 
+def select_device(device: str) -> None:
+    """Make cuda:N the current GPU, so machine_line names it (plain "cuda" keeps the current one)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev.index)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shc check",
@@ -367,8 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         notes = "".join(f"; {n}" for n in plan.notes)
         fail(parser, f"nothing to check: no backend among {plan.runnable or 'those named'} computes "
                      f"{', '.join(args.dtypes or DTYPES)} on {kind}{notes}")  # fmt: skip
-    if kind == "cuda":
-        torch.cuda.set_device(torch.device(device))
+    select_device(device)
     print(machine_line(kind), flush=True)
     tols = ", ".join(f"{name} {tolerance(d, kind):.0e}" for name, d in DTYPES.items())
     print(f"error = max|got - ref| / max|ref| per tensor, ref = shc_kernels.reference in float64 on the CPU; "

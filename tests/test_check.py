@@ -139,6 +139,14 @@ def test_fp32_on_a_gpu_with_tf32_allowed_gets_fp16s_tolerance(monkeypatch):
     assert check.tolerance(torch.float32, "cpu") == check.TOLERANCE[torch.float32]
 
 
+def test_only_an_explicit_gpu_index_changes_the_current_gpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    for device in ("cpu", "cuda", "cuda:1"):
+        check.select_device(device)
+    assert calls == [1]
+
+
 BAD = [
     (["--device", "tpu"], "argument --device: 'tpu' is not a device name"),
     (["--seed", "-1"], "argument --seed: must be a whole number >= 0"),
