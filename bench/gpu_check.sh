@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole GPU verification on one GPU machine (GPU.md): build, pytest -m gpu, compute-sanitizer,
-# benchmark table. Installs nothing from the network; builds against the torch it finds.
+# The whole GPU verification on one GPU machine (GPU.md): build, `shc check --device cuda` (every
+# backend, form, dtype, layout and route against the reference), pytest -m gpu, compute-sanitizer,
+# benchmark tables. Installs nothing from the network; builds against the torch it finds.
 #   bash bench/gpu_check.sh            # results under $OUT if set, else bench/results/
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,15 @@ if ! timeout 300 "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OU
 fi
 tail -n 3 "$OUTDIR/build.log"
 "$PY" -c "import shc_kernels as s; print('available backends:', s.available_backends())" || failed+=("import")
+# Results are named by GPU and date (GPU.md).
+stem="$("$PY" -c 'import re, torch; print(re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-"))')_$(date +%F)"
+
+step "1b. shc check --device cuda: every backend and form x dtype x layout x route against the reference"
+# Forward and every gradient on small odd shapes and ResNet-50's 3x3 shapes (batch 2); the table
+# goes to check_cuda_*.log, every row to check_cuda_*.json; a FAIL row fails this script.
+timeout 300 "$PY" -m shc_kernels check --device cuda --json "$OUTDIR/check_cuda_${stem}.json" \
+    > "$OUTDIR/check_cuda_${stem}.log" 2>&1 || failed+=("shc-check")
+grep -E "FAIL|^shc check" "$OUTDIR/check_cuda_${stem}.log" | tail -n 20
 
 step "2. pytest -m gpu tests/gpu"
 timeout 300 "$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider 2>&1 | tee "$OUTDIR/pytest_gpu.log" | tail -n 25
@@ -59,8 +69,7 @@ fi
 step "4. benchmark: ResNet-50 3x3 convs, batch 256, bf16, channels_last"
 # --forms also times the cuda backend's one-launch (shc:cuda:fused) and two-launch (shc:cuda:split)
 # forms apart: the trade-off table of the one-launch forward.
-# Results are named by GPU and date (GPU.md); the command line is written into each table.
-stem="$("$PY" -c 'import re, torch; print(re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-"))')_$(date +%F)"
+# The command line is written into each table.
 timeout 300 "$PY" -m shc_kernels bench --device cuda --dtype bfloat16 --channels-last --shapes resnet50 --forms \
     --json "$OUTDIR/gpu_resnet50_${stem}.json" --markdown "$OUTDIR/gpu_resnet50_${stem}.md" || failed+=("bench")
 step "5. training throughput: SHC-ResNet-50 against ResNet-50, batch 256, bf16, channels_last"
