@@ -32,8 +32,8 @@ from .cli_args import device as device_arg
 from .cli_args import fail, nonnegative_int, writable_file
 from .functional import FORMS
 
-# max|got - ref| / max|ref| allowed per dtype. fp32 on a GPU with TF32 allowed rounds the conv's
-# inputs to 10 mantissa bits, as fp16 does, so it gets fp16's tolerance there.
+# max|got - ref| / max|ref| allowed per dtype. Triton's fp32 on a GPU with TF32 allowed rounds the
+# conv's inputs to 10 mantissa bits, as fp16 does, so it gets fp16's tolerance (tf32_rounding).
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 DTYPES = {str(d).replace("torch.", ""): d for d in TOLERANCE}
 ROUTES = ("both", "conv", "hyper")
@@ -84,10 +84,16 @@ def backend_dtypes(name: str, device: str) -> tuple:
     return (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def tolerance(dtype: torch.dtype, device: str) -> float:
-    if dtype == torch.float32 and device == "cuda" and torch.backends.cudnn.allow_tf32:
+def tolerance(dtype: torch.dtype, device: str, backend: str = "cuda") -> float:
+    if dtype == torch.float32 and tf32_rounding(backend, device):
         return TOLERANCE[torch.float16]
     return TOLERANCE[dtype]
+
+
+def tf32_rounding(backend: str, device: str) -> bool:
+    """Whether ``backend`` rounds fp32 conv inputs to TF32 (10 mantissa bits, as fp16): Triton on a
+    GPU does when torch.backends.cudnn.allow_tf32 is on (the default), as nn.Conv2d does."""
+    return backend == "triton" and device == "cuda" and torch.backends.cudnn.allow_tf32
 
 
 @dataclass
@@ -178,7 +184,7 @@ def forced_form(form: str | None):
 def check_row(backend, form, dtype, layout, route, s: Shape, inputs, expected, device) -> Row:
     """One backend run on ``device`` against the reference's (y, gradients)."""
     x, params, gy = inputs
-    tol = tolerance(dtype, torch.device(device).type)
+    tol = tolerance(dtype, torch.device(device).type, backend)
     row = Row(backend, form or "-", str(dtype).replace("torch.", ""), layout, route, s.name, tolerance=tol)
     try:
         with forced_form(form):
@@ -376,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{', '.join(args.dtypes or DTYPES)} on {kind}{notes}")  # fmt: skip
     select_device(device)
     print(machine_line(kind), flush=True)
-    tols = ", ".join(f"{name} {tolerance(d, kind):.0e}" for name, d in DTYPES.items())
+    tols = ", ".join(f"{name} {tolerance(d, kind, 'cuda'):.0e}" for name, d in DTYPES.items())
+    if tf32_rounding("triton", kind):
+        tols += f" (triton float32 {tolerance(torch.float32, kind, 'triton'):.0e}: TF32 is allowed)"
     print(f"error = max|got - ref| / max|ref| per tensor, ref = shc_kernels.reference in float64 on the CPU; "
           f"tolerance: {tols}")  # fmt: skip
     start = time.perf_counter()

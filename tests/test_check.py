@@ -133,10 +133,13 @@ def test_triton_under_the_interpreter_is_checked_in_fp32_and_fp16_on_one_small_s
     assert check.make_plan("cpu", quick=False).shapes_for("triton") == check.SMALL
 
 
-def test_fp32_on_a_gpu_with_tf32_allowed_gets_fp16s_tolerance(monkeypatch):
+def test_only_tritons_fp32_on_a_gpu_with_tf32_allowed_gets_fp16s_tolerance(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    assert check.tolerance(torch.float32, "cuda") == check.TOLERANCE[torch.float16]
-    assert check.tolerance(torch.float32, "cpu") == check.TOLERANCE[torch.float32]
+    assert check.tolerance(torch.float32, "cuda", "triton") == check.TOLERANCE[torch.float16]
+    assert check.tolerance(torch.float32, "cuda", "cuda") == check.TOLERANCE[torch.float32]
+    assert check.tolerance(torch.float32, "cpu", "triton") == check.TOLERANCE[torch.float32]
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert check.tolerance(torch.float32, "cuda", "triton") == check.TOLERANCE[torch.float32]
 
 
 def test_only_an_explicit_gpu_index_changes_the_current_gpu(monkeypatch):
