@@ -190,6 +190,8 @@ def check_row(backend, form, dtype, layout, route, s: Shape, inputs, expected, d
         with forced_form(form):
             y, grads = run_layer(x.to(dtype), [None if p is None else p.to(dtype) for p in params], gy, s,
                                  route, backend, layout, device)  # fmt: skip
+        if y.is_cuda:  # a kernel's asynchronous error belongs to this row
+            torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001 - a crashing backend is a failed row, not a crashed check
         row.problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return row
@@ -197,10 +199,12 @@ def check_row(backend, form, dtype, layout, route, s: Shape, inputs, expected, d
     problems = []
     if y.shape != y_ref.shape or y.dtype != dtype:
         problems.append(f"y is {tuple(y.shape)} {y.dtype}, expected {tuple(y_ref.shape)} {dtype}")
-    elif layout == "channels_last" and not y.is_contiguous(memory_format=torch.channels_last):
-        problems.append("y is not channels_last for a channels_last x")
     else:
         row.errors["y"] = relative_error(y, y_ref)
+    if layout == "channels_last":  # the output and dx come back in the input's memory format
+        for name, t in (("y", y), ("dx", grads[0])):
+            if t is not None and not t.is_contiguous(memory_format=torch.channels_last):
+                problems.append(f"{name} is not channels_last for a channels_last x")
     for name, got, ref in zip(GRADS, grads, grads_ref, strict=True):
         if (got is None) != (ref is None):
             problems.append(f"d{name} is {'missing' if got is None else 'unexpected'}")
@@ -321,11 +325,16 @@ def format_row(row: Row) -> str:
     cells = "".join(f"{row.errors[c]:>9.1e}" if c in row.errors else f"{'-':>9}" for c in COLUMNS)
     verdict = "PASS" if row.passed else "FAIL"
     if not row.passed and row.errors and not row.problem:
-        worst = max(row.errors, key=lambda c: row.errors[c] / row.tolerance)
+        worst = max(row.errors, key=lambda c: badness(row.errors[c], row.tolerance))
         verdict += f" ({LABELS.get(worst, worst)} {row.errors[worst]:.1e} > tol {row.tolerance:.0e})"
     elif row.problem:
         verdict += f" ({row.problem})"
     return head + cells + "  " + verdict
+
+
+def badness(error: float, tolerance: float) -> float:
+    """error / tolerance, with NaN the worst of all."""
+    return error / tolerance if error == error else float("inf")
 
 
 def summary(rows: list[Row]) -> str:

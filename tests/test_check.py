@@ -105,6 +105,28 @@ def test_a_backend_that_raises_is_a_failed_row_not_a_crash(monkeypatch):
     assert len(failed) == 2 * 2 * len(check.QUICK)  # forms x layouts x shapes of the hyper route
 
 
+@needs_cpu_backend
+def test_an_output_in_the_wrong_memory_format_or_nan_fails(monkeypatch):
+    def wrong(x, leaves, y, kwargs):
+        if kwargs["backend"] != "cpu":
+            return y
+        if kwargs["grad_route"] == "conv":
+            return y * float("nan")
+        return y.contiguous()  # NCHW even for a channels_last x
+
+    wrap_public_api(monkeypatch, wrong)
+    code, stdout, _ = run_cli(["check", "--device", "cpu", "--quick", "--dtypes", "float64"])
+    assert code == 1
+    rows = [line for line in stdout.splitlines() if line.startswith("cpu ")]
+    for line in rows:
+        if " conv " in line:
+            assert "FAIL (y nan > tol 1e-09)" in line, line
+        elif "channels_last" in line:
+            assert "FAIL (y is not channels_last for a channels_last x" in line, line
+        else:
+            assert line.endswith("PASS"), line
+
+
 def test_a_backend_named_but_unavailable_is_a_failed_row(monkeypatch):
     monkeypatch.setattr(check.backends, "unavailable_reason", lambda name: "not built here")
     code, stdout, _ = run_cli(["check", "--device", "cpu", "--quick", "--backends", "cpu"])
