@@ -3,6 +3,10 @@ the argument and what was expected, before any kernel runs."""
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
+
 import torch
 
 GRAD_ROUTES = ("both", "conv", "hyper")
@@ -14,18 +18,72 @@ def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, bool):
+def _int(v, name: str, value) -> int:
+    """An int, a numpy integer or anything with __index__, as F.conv2d takes; not a bool."""
+    if isinstance(v, bool) or (hasattr(v, "dtype") and str(getattr(v, "dtype", "")) == "bool"):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return (value, value)
-    if (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return (int(value[0]), int(value[1]))
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+
+
+def pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return (_int(value[0], name, value), _int(value[1], name, value))
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be an int or a pair of ints, got a tensor")
+    v = _int(value, name, value)
+    return (v, v)
+
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def conv_padding(padding, padding_mode, weight, stride, dilation):
+    """(padding the op applies, explicit F.pad amounts or None) for F.conv2d's ``padding`` (an
+    int, a pair, "valid" or "same") and nn.Conv2d's ``padding_mode``. The op pads with zeros,
+    symmetrically; anything else ("same" with an even kernel, a non-zero mode) is padded
+    explicitly beforehand, as nn.Conv2d does (the extra row/column of "same" goes last)."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    explicit = None
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            check_tensor(weight, "weight", 4)
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' is not supported for strided convolutions: stride={stride}")
+            totals = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:], strict=True)]
+            if any(t % 2 for t in totals):
+                (th, tw) = totals
+                explicit = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+                padding = (0, 0)
+            else:
+                padding = (totals[0] // 2, totals[1] // 2)
+        else:
+            raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+    else:
+        padding = pair(padding, "padding")
+    if padding_mode != "zeros" and explicit is None and padding != (0, 0):
+        if min(padding) < 0:
+            raise ValueError(f"padding must be >= 0, got {padding}")
+        explicit = (padding[1], padding[1], padding[0], padding[0])
+        padding = (0, 0)
+    return padding, explicit
+
+
+def check_eps(eps) -> float:
+    """eps, added to the variance: a finite number > 0 (sigma = sqrt(eps) for a constant plane)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    eps = float(eps)
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    return eps
 
 
 def check_tensor(t, name: str, ndim: int | None = None, optional: bool = False):
@@ -71,7 +129,8 @@ def check_layer_conv_args(x, weight, bias, stride, padding, dilation, groups):
     check_tensor(bias, "bias", 1, optional=True)
     _same_device(x, weight=weight, bias=bias)
     # Under autocast the conv casts x, weight and bias to the autocast dtype itself.
-    autocast = torch.is_autocast_enabled(x.device.type)
+    device = x.device.type
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
     if weight.dtype != x.dtype and not autocast:
         raise TypeError(f"weight dtype {weight.dtype} differs from x dtype {x.dtype}")
     if bias is not None and bias.dtype != x.dtype and not autocast:

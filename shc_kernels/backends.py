@@ -18,6 +18,9 @@ import torch
 from . import ops
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
+# Test-only: the CUDA kernels of csrc/cuda compiled for and run on the CPU (``make cuda-sim``).
+# Never in available_backends(), never chosen by "auto".
+HIDDEN_BACKENDS = ("cuda_sim",)
 
 
 def backend_device(name: str) -> str | None:
@@ -26,7 +29,7 @@ def backend_device(name: str) -> str | None:
         from .triton import interpreting
 
         return "cpu" if interpreting() else "cuda"  # the interpreter runs on CPU tensors
-    return {"cpu": "cpu", "cuda": "cuda"}.get(name)
+    return {"cpu": "cpu", "cuda": "cuda", "cuda_sim": "cpu"}.get(name)
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -39,15 +42,29 @@ def unavailable_reason(name: str) -> str | None:
         if ops.LOAD_ERROR:
             return ops.LOAD_ERROR
         if not ops.cuda_compiled():
-            return "shc_kernels was not compiled with CUDA support (no CUDA kernels in csrc/cuda yet)"
+            return (
+                "shc_kernels was built without its CUDA kernels (csrc/cuda): install the wheel built with "
+                "them, or rebuild on a machine with nvcc and a CUDA build of torch"
+            )
         if not torch.cuda.is_available():
             return "no CUDA device is available"
         return None
+    if name == "cuda_sim":
+        return ops.LOAD_ERROR or ops.load_sim()
     if name == "triton":
         from .triton import unavailable_reason as triton_reason
 
         return triton_reason()
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS + ('auto',)}")
+
+
+def check_name(backend) -> str:
+    """``backend`` when it names a backend (or "auto"), else a clear error."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend != "auto" and backend not in BACKENDS + HIDDEN_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS + ('auto',)}")
+    return backend
 
 
 def available_backends() -> list[str]:
@@ -67,6 +84,11 @@ def auto_candidates(x: torch.Tensor) -> list[str]:
 
 
 _FASTEST: dict = {}
+_EXCLUDED: dict = {}  # timing key -> {candidate: why it was left out}
+
+# Largest error, relative to the larger output's scale, at which two computations of the layer
+# count as the same (fp32 accumulates in a different order; fp16/bf16 round the output).
+TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
 
 def cached_choice(key) -> str | None:
@@ -74,11 +96,49 @@ def cached_choice(key) -> str | None:
     return _FASTEST.get(key)
 
 
-def fastest(key, candidates, run, device_type: str) -> str:
+def excluded_candidates() -> list[str]:
+    """One line per candidate that ``fastest`` left out of a shape since start-up, and why."""
+    return [f"{c} for {describe(key)}: {why}" for key, found in _EXCLUDED.items() for c, why in found.items()]
+
+
+def describe(key) -> str:
+    """A timing key in words: what was chosen (backend, or a backend's form) and for which call."""
+    if not (isinstance(key, tuple) and len(key) in (13, 14) and key[0] in ("backend", "form")):
+        return str(key)
+    what, rest = (("backend", key[1:]) if key[0] == "backend" else (f"{key[1]} form", key[2:]))
+    shape, dtype, device, fmt, wshape, stride, padding, dilation, groups, _bias, grad, route = rest
+    return (f"the {what} of x {tuple(shape)} {str(dtype).replace('torch.', '')} {fmt} on {device}, weight "
+            f"{tuple(wshape)}, stride {stride}, padding {padding}, dilation {dilation}, groups {groups}, "
+            f"{'forward+backward, route ' + route if grad else 'forward'}")  # fmt: skip
+
+
+def max_error(outputs, expected) -> float:
+    """max |a - b| / max |b| over paired tensors (inf where shapes differ or values are not finite)."""
+    if len(outputs) != len(expected):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(outputs, expected, strict=True):
+        if a.shape != b.shape:
+            return float("inf")
+        if b.numel() == 0:
+            continue
+        a, b = a.double(), b.double()
+        err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+        worst = max(worst, err if err == err else float("inf"))  # NaN counts as wrong
+    return worst
+
+
+def fastest(key, candidates, run, device_type: str, reference=None, fallback: str | None = None) -> str:
     """The candidate for which ``run(candidate)`` is fastest, timed once per ``key`` (a warm-up
     call, then the best of three) and cached; ``device_type`` is where ``run`` computes, so CUDA
     work is synchronised before the clock is read. A candidate that raises is left out with a
-    warning, so one broken backend (or form) cannot take "auto" down with it."""
+    warning, so one broken backend (or form) cannot take "auto" down with it.
+
+    Check before trust: ``run`` returns what it computed (y and the gradients); where two
+    candidates disagree beyond the dtype's tolerance, ``reference(batch)`` (the reference on the
+    first samples) decides, against ``run(candidate, batch)`` on the same samples, and a wrong
+    candidate is left out for this key with a warning (``excluded_candidates`` lists it). When
+    nothing is left, ``fallback`` is returned if given, else RuntimeError."""
     if key in _FASTEST:
         return _FASTEST[key]
     import time
@@ -86,35 +146,60 @@ def fastest(key, candidates, run, device_type: str) -> str:
 
     cuda = device_type == "cuda"
 
-    def timed(c) -> float:
+    def timed(c):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        run(c)
+        out = run(c)
         if cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, out
 
-    best, best_time = None, float("inf")
+    times, outputs = {}, {}
     for c in candidates:
         try:
             timed(c)  # warm-up: autotuning, lazy initialisation
-            t = min(timed(c) for _ in range(3))
+            runs = [timed(c) for _ in range(3)]
         except Exception as exc:  # noqa: BLE001 - any failure disqualifies the candidate
-            warnings.warn(f"shc_kernels: {c!r} failed while timing {key}: {exc}", stacklevel=3)
+            warnings.warn(f"shc_kernels: {c!r} failed while timing {describe(key)}: {exc}", stacklevel=3)
             continue
-        if t < best_time:
-            best, best_time = c, t
-    if best is None:
-        raise RuntimeError(f"nothing among {candidates} could run {key}")
+        times[c], outputs[c] = min(t for t, _ in runs), runs[-1][1]
+    if reference is not None and len(outputs) >= 2:
+        for c, why in _wrong_candidates(outputs, run, reference).items():
+            warnings.warn(f"shc_kernels: excluded {c!r} for {describe(key)}: {why}", stacklevel=3)
+            _EXCLUDED.setdefault(key, {})[c] = why
+            del times[c]
+    if not times:
+        if fallback is None:
+            raise RuntimeError(f"nothing among {candidates} could compute {describe(key)}")
+        warnings.warn(f"shc_kernels: using {fallback!r} for {describe(key)}", stacklevel=3)
+        best = fallback
+    else:
+        best = min(times, key=times.get)
     _FASTEST[key] = best
     return best
 
 
+def _wrong_candidates(outputs: dict, run, reference) -> dict:
+    """{candidate: why} for the candidates that disagree with the reference, checked only when
+    they disagree among themselves (the reference is slow: it runs on the first samples)."""
+    first = next(iter(outputs.values()))
+    tol = TOLERANCE.get(first[0].dtype, 1e-3)
+    if all(max_error(o, first) <= tol for o in outputs.values()) or first[0].shape[0] == 0:
+        return {}
+    batch = min(2, first[0].shape[0])
+    expected = reference(batch)
+    wrong = {}
+    for c in outputs:
+        err = max_error(run(c, batch), expected)
+        if err > tol:
+            wrong[c] = f"max error {err:.2e} against the reference (tolerance {tol:.0e})"
+    return wrong
+
+
 def resolve(backend: str, x: torch.Tensor) -> str:
     """The concrete backend for a call on tensor ``x``; a clear ValueError when it can't run."""
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    check_name(backend)
     if backend == "auto":
         backend = os.environ.get("SHC_BACKEND", "auto") or "auto"
     if backend == "auto":

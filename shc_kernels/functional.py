@@ -1,22 +1,40 @@
-"""The functional API: validate, pick a backend, call it. The math is in reference.py."""
+"""The functional API: validate, plan (backend and form), call. The math is in reference.py.
+
+Every caller of the layer, ``SHCConv2d`` and through it ``convert`` and the models, comes through
+``shc_conv2d`` here, and ``plan`` is the one place that decides which backend and which form
+computes a call (``SHC_BACKEND`` and ``SHC_FORM`` act on every caller alike).
+"""
 
 from __future__ import annotations
 
 import os
 
 import torch
+import torch.nn.functional as F
 
 from . import backends, reference
 from ._checks import (
     check_conv_args,
+    check_eps,
     check_grad_route,
     check_layer_conv_args,
     check_map_args,
+    conv_padding,
+    pair,
     route_inputs,
     stats_dtype,
 )
 
 __all__ = ["statistical_map", "modulated_conv2d", "shc_conv2d"]
+
+FORMS = ("fused", "split")
+TIMED_FORMS = ("cuda",)  # the backends whose two forms are timed per shape
+
+
+def _lib(backend: str):
+    """The custom ops a compiled backend runs: ``shc::``, or ``shc_sim::`` for the CUDA kernels
+    run on the CPU (the test-only "cuda_sim" backend)."""
+    return torch.ops.shc_sim if backend == "cuda_sim" else torch.ops.shc
 
 
 def _layout_ok(x: torch.Tensor) -> torch.Tensor:
@@ -24,6 +42,31 @@ def _layout_ok(x: torch.Tensor) -> torch.Tensor:
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
         return x
     return x.contiguous()
+
+
+def forced_form() -> str | None:
+    """The form SHC_FORM forces, or None; an unknown value is an error on every call."""
+    forced = os.environ.get("SHC_FORM")
+    if forced and forced not in FORMS:
+        raise ValueError(f"SHC_FORM must be one of {FORMS}, got {forced!r}")
+    return forced or None
+
+
+def _transform_active(tensors) -> str | None:
+    """The name of the autograd mode the custom ops cannot serve, if one is active: a torch.func
+    transform (grad, vjp, jacrev, vmap, jvp, jacfwd...) or forward-mode AD on an input."""
+    if torch.compiler.is_compiling():
+        return None
+    if torch._C._are_functorch_transforms_active():
+        return "a torch.func transform"
+    if torch.autograd.forward_ad._current_level >= 0:
+        for t in tensors:
+            if t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+                return "forward-mode AD"
+    return None
+
+
+# ---------------------------------------------------------------- backend and form
 
 
 def _timing_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, grad_route):
@@ -38,102 +81,141 @@ def _timing_key(x, weight, bias, hyper_params, stride, padding, dilation, groups
 
 
 def _runner(layer, x, weight, bias, hyper_params, grad):
-    """run(choice): the layer's forward (+backward when ``grad``) on fresh leaves, for timing."""
+    """run(choice) -> what the layer computed in ``choice``: y, then (when ``grad``) the
+    gradients of x and of every parameter for one fixed upstream gradient. Fresh leaves, so the
+    caller's tensors are untouched; the outputs are what ``backends.fastest`` compares."""
+    tensors = (x, weight, bias, *hyper_params)
+    upstream = {}
 
-    def run(choice):
-        leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in
-                  (x, weight, bias, *hyper_params)]  # fmt: skip
+    def run(choice, batch=None):
+        leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in tensors]
+        if batch is not None:  # the first ``batch`` samples (the reference's check runs on those)
+            leaves[0] = leaves[0][:batch].detach().requires_grad_(x.requires_grad)
         with torch.set_grad_enabled(grad):
             y = layer(choice, *leaves)
-            if grad and y.requires_grad:
-                y.backward(torch.ones_like(y))
+        outs = [y.detach()]
+        if grad and y.requires_grad:
+            if y.shape not in upstream:
+                g = torch.Generator(device="cpu").manual_seed(0)
+                upstream[y.shape] = torch.randn(y.shape, generator=g).to(y.device, y.dtype)
+            y.backward(upstream[y.shape])
+            outs += [t.grad for t in leaves if t is not None and t.grad is not None]
+        return outs
 
     return run
 
 
-def choose_backend(
-    backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route
-):
-    """The concrete backend for one SHC layer call. An explicit name (or SHC_BACKEND) is used as
-    it is; "auto" with more than one compiled candidate for ``x`` (CUDA: "triton" and "cuda") times
-    the layer's forward (+backward when gradients are on) once per shape and keeps the faster."""
+def plan(backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route):
+    """(backend, form) for one call of the layer: the one decision every caller goes through.
+
+    Backend: an explicit name (or SHC_BACKEND) is used as it is; "auto" takes the compiled
+    backend for x's device, and where there are two (CUDA: "triton" and "cuda") times the layer
+    once per shape, checks that they agree, and keeps the faster (``backends.fastest``).
+    Form, for "cpu", "cuda" and "cuda_sim" (the others have one):
+      "fused"  one op, shc::shc_conv2d: statistics, map and conv in one kernel launch on CUDA
+               (csrc/cuda/fused_shc.cu); on CPU the same work as "split" in one dispatcher call;
+      "split"  statistical_map's op, then modulated_conv2d's (two launches on CUDA).
+    SHC_FORM ("fused" or "split") forces one. CPU uses "fused" (bench/results: the two forms
+    time the same there). CUDA times both once per shape, like the backends, and keeps the
+    faster; under torch.compile it uses that choice if made, else "fused".
+    """
+    form_env = forced_form()
+    conf = (stride, padding, dilation, groups, eps, grad_route)
+    be = _choose_backend(backend, x, weight, bias, hyper_params, *conf)
+    if be not in ("cpu", "cuda", "cuda_sim"):
+        return be, "split"
+    if form_env:
+        return be, form_env
+    if be not in TIMED_FORMS:
+        return be, "fused"
+    grad, key = _timing_key(x, weight, bias, hyper_params, *conf[:4], grad_route)
+    key = ("form", be) + key
+    if torch.compiler.is_compiling():
+        return be, backends.cached_choice(key) or "fused"
+
+    def layer(form, *leaves):
+        return _layer(*leaves, stride, padding, dilation, groups, eps, grad_route, be, form)
+
+    run = _runner(layer, x, weight, bias, hyper_params, grad)
+    reference_run = _reference_run(x, weight, bias, hyper_params, conf, grad)
+    return be, backends.fastest(key, FORMS, run, x.device.type, reference=reference_run)
+
+
+def _reference_run(x, weight, bias, hyper_params, conf, grad):
+    """run(batch) for the reference on the first ``batch`` samples: what decides between
+    timed candidates that disagree."""
+    stride, padding, dilation, groups, eps, grad_route = conf
+
+    def layer(_choice, *leaves):
+        return _reference_layer(*leaves, stride, padding, dilation, groups, eps, grad_route)
+
+    run = _runner(layer, x, weight, bias, hyper_params, grad)
+    return lambda batch: run("reference", batch)
+
+
+def _choose_backend(backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps,
+                    grad_route):  # fmt: skip
     if backend != "auto" or os.environ.get("SHC_BACKEND") or torch.compiler.is_compiling():
         return backends.resolve(backend, x)
     candidates = backends.auto_candidates(x)
     if len(candidates) < 2:
         return candidates[0] if candidates else "reference"
-    grad, key = _timing_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, grad_route)
+    conf = (stride, padding, dilation, groups, eps, grad_route)
+    grad, key = _timing_key(x, weight, bias, hyper_params, *conf[:4], grad_route)
 
     def layer(candidate, *leaves):
-        return shc_conv2d(*leaves, stride=stride, padding=padding, dilation=dilation, groups=groups, eps=eps,
-                          grad_route=grad_route, backend=candidate)  # fmt: skip
+        be, form = plan(candidate, *leaves[:3], leaves[3:], *conf)
+        return _layer(*leaves, *conf, be, form)
 
     run = _runner(layer, x, weight, bias, hyper_params, grad)
-    return backends.fastest(("backend",) + key, candidates, run, x.device.type)
+    reference_run = _reference_run(x, weight, bias, hyper_params, conf, grad)
+    return backends.fastest(
+        ("backend",) + key, candidates, run, x.device.type, reference=reference_run, fallback="reference"
+    )
 
 
-FORMS = ("fused", "split")
-TIMED_FORMS = ("cuda",)  # the backends whose two forms are timed per shape
-
-
-def choose_form(backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route):
-    """How the compiled backend ``backend`` ("cpu" or "cuda") computes the whole layer:
-
-    "fused"  one op, shc::shc_conv2d: statistics, map and conv in one kernel launch on CUDA
-             (csrc/cuda/fused_shc.cu); on CPU the same work as "split" in one dispatcher call;
-    "split"  statistical_map's op, then modulated_conv2d's (two launches on CUDA).
-
-    SHC_FORM ("fused" or "split") overrides. CPU uses "fused" (bench/results: the two forms time
-    the same there). CUDA times both once per shape, forward (+backward when gradients are on),
-    and keeps the faster; under torch.compile it uses that choice if made, else "fused".
-    """
-    forced = os.environ.get("SHC_FORM")
-    if forced:
-        if forced not in FORMS:
-            raise ValueError(f"SHC_FORM must be one of {FORMS}, got {forced!r}")
-        return forced
-    if backend not in TIMED_FORMS:
-        return "fused"
-    grad, key = _timing_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, grad_route)
-    key = ("form", backend) + key
-    if torch.compiler.is_compiling():
-        return backends.cached_choice(key) or "fused"
-
-    def layer(form, *leaves):
-        return _layer(*leaves, stride, padding, dilation, groups, eps, grad_route, backend, form)
-
-    return backends.fastest(key, FORMS, _runner(layer, x, weight, bias, hyper_params, grad), x.device.type)
+# ---------------------------------------------------------------- the three functions
 
 
 def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, eps=1e-5, *, backend="auto"):
     """The statistical map m = T_theta(mu(x), sigma(x)) of shape (N, kh, kw), every element in
     (0, 1), float32 (float64 for float64 x). See reference.py for the exact math."""
     kernel_size = check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size)
+    eps = check_eps(eps)
     be = backends.resolve(backend, x)
+    if _transform_active((x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)):
+        be = "reference"
     if be == "triton":  # statistics and hypernetwork in one kernel
         from .triton.ops import statistical_map as triton_map
 
-        return triton_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, float(eps))
+        return triton_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, eps)
     if be == "reference":
         mu, sigma = reference.channel_stats(x, eps)
     else:
-        mu, sigma = torch.ops.shc.channel_stats(_layout_ok(x), float(eps))
+        mu, sigma = _lib(be).channel_stats(_layout_ok(x), eps)
     return reference.hypernetwork(mu, sigma, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size)
 
 
 def modulated_conv2d(x, weight, m, bias=None, stride=1, padding=0, dilation=1, groups=1, backend="auto"):
     """y[n] = conv2d(x[n], weight * m[n], bias, ...) without building the per-sample kernels.
 
-    ``m`` has shape (N, kh, kw); it is used in float32 (float64 for float64 x)."""
+    ``m`` has shape (N, kh, kw); it is used in float32 (float64 for float64 x). ``padding``
+    takes what F.conv2d takes: an int, a pair, "valid" or "same"."""
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    padding, explicit = conv_padding(padding, "zeros", weight, stride, dilation)
+    if explicit is not None:
+        x = F.pad(x, explicit)
     stride, padding, dilation = check_conv_args(x, weight, m, bias, stride, padding, dilation, groups)
     be = backends.resolve(backend, x)
+    if _transform_active((x, weight, m, bias)):
+        be = "reference"
     if be == "reference":
         return reference.modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups)
     if be == "triton":
         from .triton.ops import modulated_conv2d as triton_conv
 
         return triton_conv(_layout_ok(x), weight, m, bias, stride, padding, dilation, groups)
-    return torch.ops.shc.modulated_conv2d(
+    return _lib(be).modulated_conv2d(
         _layout_ok(x),
         weight.contiguous(),
         m.to(stats_dtype(x.dtype)).contiguous(),
@@ -160,31 +242,75 @@ def shc_conv2d(
     eps=1e-5,
     grad_route="both",
     backend="auto",
+    *,
+    padding_mode="zeros",
 ):
     """The Statistical Hyper-Convolution: statistical_map then modulated_conv2d.
 
+    ``x`` is (N, D, H, W), or (D, H, W) for one unbatched sample (as F.conv2d). ``padding`` is
+    an int, a pair, "valid" or "same"; ``padding_mode`` ("zeros", "reflect", "replicate",
+    "circular") is nn.Conv2d's. The statistics are always those of the unpadded input.
     ``grad_route``: "both" (exact gradient), "conv" (x's gradient through the convolution only)
     or "hyper" (through the statistics only); parameter gradients are exact under every route.
-    The compiled backends compute it in one of two forms (``choose_form``).
+
+    Which code computes it: ``plan``. Where the one-launch op cannot express the call (padding
+    it cannot do symmetrically with zeros: reflect/replicate/circular, or "same" with an even
+    kernel), the input is padded explicitly and the layer runs in the "split" form, the map
+    from the unpadded input. Under torch.func transforms and forward-mode AD, which the custom
+    ops do not support, the layer runs the reference implementation (pure PyTorch, every
+    transform works; slower).
     """
     check_grad_route(grad_route)
+    eps = check_eps(eps)
+    unbatched = isinstance(x, torch.Tensor) and x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    padding, explicit = conv_padding(padding, padding_mode, weight, stride, dilation)
+    x_conv = x if explicit is None else _pad(x, explicit, padding_mode)
     # Every argument is checked before a backend or form is timed, so bad input is a clear
     # ValueError/TypeError, never a candidate that "failed" while timing.
-    stride, padding, dilation = check_layer_conv_args(x, weight, bias, stride, padding, dilation, groups)
+    stride, padding, dilation = check_layer_conv_args(x_conv, weight, bias, stride, padding, dilation, groups)
     check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]))
     hyper_params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     conf = (stride, padding, dilation, groups, eps, grad_route)
-    be = choose_backend(backend, x, weight, bias, hyper_params, *conf)
-    form = choose_form(be, x, weight, bias, hyper_params, *conf) if be in ("cpu", "cuda") else "split"
-    return _layer(x, weight, bias, *hyper_params, *conf, be, form)
+    if _transform_active((x, weight, bias, *hyper_params)):
+        y = _reference_layer(x, weight, bias, *hyper_params, *conf, explicit, padding_mode)
+    elif explicit is None:
+        be, form = plan(backend, x, weight, bias, hyper_params, *conf)
+        y = _layer(x, weight, bias, *hyper_params, *conf, be, form)
+    else:  # one documented route: pad explicitly, map from the unpadded input, "split" form
+        forced_form()
+        be = _choose_backend(backend, x_conv, weight, bias, hyper_params, *conf)
+        x_stats, x_conv = route_inputs(x, grad_route)
+        x_conv = _pad(x_conv, explicit, padding_mode)
+        m = statistical_map(x_stats, *hyper_params, tuple(weight.shape[2:]), eps, backend=be)
+        y = modulated_conv2d(x_conv, weight, m, bias, stride, padding, dilation, groups, backend=be)
+    return y.squeeze(0) if unbatched else y
+
+
+def _pad(x, explicit, padding_mode):
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    return F.pad(x, explicit, mode=mode)
+
+
+def _reference_layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation,
+                     groups, eps, grad_route, explicit=None, padding_mode="zeros"):  # fmt: skip
+    """The layer in plain PyTorch (reference.py), with shc_conv2d's explicit padding."""
+    x_stats, x_conv = route_inputs(x, grad_route)
+    if explicit is not None:
+        x_conv = _pad(x_conv, explicit, padding_mode)
+    kernel_size = tuple(weight.shape[2:])
+    m = reference.statistical_map(x_stats, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, eps)
+    return reference.modulated_conv2d(x_conv, weight, m, bias, stride, padding, dilation, groups)
 
 
 def _layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation, groups,
            eps, grad_route, backend, form):  # fmt: skip
-    """The layer on a concrete backend in a concrete form (see choose_form), on checked arguments
+    """The layer on a concrete backend in a concrete form (see ``plan``), on checked arguments
     with stride, padding and dilation as pairs."""
     if form == "fused":
-        y, _m, _z, _h = torch.ops.shc.shc_conv2d(
+        y, _m, _z, _h = _lib(backend).shc_conv2d(
             _layout_ok(x), weight.contiguous(), bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
             list(stride), list(padding), list(dilation), groups, float(eps), grad_route,
         )  # fmt: skip

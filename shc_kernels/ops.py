@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch._prims_common import suggest_memory_format
 
-from ._checks import conv_out_size, stats_dtype
+from ._checks import conv_out_size, route_inputs, stats_dtype
 
 
 def _check_torch_matches_build() -> None:
@@ -81,6 +81,25 @@ def _fake_modulated_conv2d_backward(grad_y, x, weight, m, stride, padding, dilat
     return gx, gw, gm
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """NCHW-contiguous or channels_last as it is; anything else copied (the kernels take both)."""
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return t
+    return t.contiguous()
+
+
+def _given(grad, ref: torch.Tensor):
+    """An incoming gradient that carries something: None for a missing or empty one."""
+    return grad if grad is not None and grad.numel() and grad.shape == ref.shape else None
+
+
+def _add(total, term):
+    return term if total is None else total + term
+
+
+# ---------------------------------------------------------------- shc::channel_stats
+
+
 def _stats_setup_context(ctx, inputs, output):
     x, _eps = inputs
     mu, sigma = output
@@ -91,8 +110,36 @@ def _stats_backward(ctx, grad_mu, grad_sigma):
     x, mu, sigma = ctx.saved_tensors
     grad_mu = torch.zeros_like(mu) if grad_mu is None else grad_mu
     grad_sigma = torch.zeros_like(sigma) if grad_sigma is None else grad_sigma
-    dx = torch.ops.shc.channel_stats_backward(grad_mu, grad_sigma, x, mu, sigma)
+    dx = ctx.lib.channel_stats_backward(grad_mu.contiguous(), grad_sigma.contiguous(), x, mu, sigma)
     return dx, None
+
+
+def _stats_backward_setup_context(ctx, inputs, output):
+    _grad_mu, grad_sigma, x, mu, sigma = inputs
+    ctx.save_for_backward(grad_sigma, x, mu, sigma)
+
+
+def _stats_backward_backward(ctx, ggx):
+    """Derivative of dx = grad_mu/HW + grad_sigma * (x - mu) / (HW * sigma) (per (n, d), over
+    the plane) with respect to each of its five inputs, in plain (differentiable) torch ops."""
+    grad_sigma, x, mu, sigma = ctx.saved_tensors
+    need_gmu, need_gsigma, need_x, need_mu, need_sigma = ctx.needs_input_grad
+    dt = mu.dtype
+    hw = x.shape[2] * x.shape[3]
+    g = ggx.to(dt)
+    scale = grad_sigma / (hw * sigma)  # (N, D)
+    g_sum = g.sum(dim=(2, 3))
+    gc_sum = (g * (x.to(dt) - mu[:, :, None, None])).sum(dim=(2, 3)) if need_gsigma or need_sigma else None
+    return (
+        g_sum / hw if need_gmu else None,
+        gc_sum / (hw * sigma) if need_gsigma else None,
+        (g * scale[:, :, None, None]).to(x.dtype) if need_x else None,
+        -g_sum * scale if need_mu else None,
+        -gc_sum * scale / sigma if need_sigma else None,
+    )
+
+
+# ---------------------------------------------------------------- shc::modulated_conv2d
 
 
 def _conv_setup_context(ctx, inputs, output):
@@ -105,8 +152,8 @@ def _conv_setup_context(ctx, inputs, output):
 def _conv_backward(ctx, grad_y):
     x, weight, m = ctx.saved_tensors
     need_x, need_w, need_m, need_b = ctx.needs_input_grad[:4]
-    gx, gw, gm = torch.ops.shc.modulated_conv2d_backward(
-        grad_y, x, weight, m, *ctx.conf, [need_x, need_w, need_m]
+    gx, gw, gm = ctx.lib.modulated_conv2d_backward(
+        grad_y.contiguous(), x, weight, m, *ctx.conf, [need_x, need_w, need_m]
     )
     gb = grad_y.sum(dim=(0, 2, 3)) if (ctx.has_bias and need_b) else None
     return (
@@ -119,6 +166,46 @@ def _conv_backward(ctx, grad_y):
         None,
         None,
     )
+
+
+def _conv_backward_setup_context(ctx, inputs, output):
+    grad_y, x, weight, m, stride, padding, dilation, groups, mask = inputs
+    ctx.save_for_backward(grad_y, x, weight, m)
+    ctx.conf = (stride, padding, dilation, groups)
+    ctx.mask = tuple(mask)
+
+
+def _conv_backward_backward(ctx, ggx, ggw, ggm):
+    """Derivative of modulated_conv2d_backward. With A(x, W, m) the modulated conv (linear in
+    each of x, W and m), its outputs are dx = A(., W, m)^T gy, dW = A(x, ., m)^T gy and
+    dm = A(x, W, .)^T gy, so <ggx, dx> + <ggW, dW> + <ggm, dm> equals
+    <A(ggx, W, m) + A(x, ggW, m) + A(x, W, ggm), gy>: its gradient with respect to gy is those
+    three forward calls, and with respect to x, W, m the backward op applied to gy with one
+    argument replaced. Both ops are differentiable in turn, so every order works."""
+    grad_y, x, weight, m = ctx.saved_tensors
+    need = dict(zip(("gy", "x", "w", "m"), ctx.needs_input_grad[:4], strict=True))
+    lib, conf = ctx.lib, ctx.conf
+    incoming = zip((ggx, ggw, ggm), (x, weight, m), ctx.mask, strict=True)
+    given = [_given(g, ref) if on else None for g, ref, on in incoming]
+    out = dict.fromkeys(("gy", "x", "w", "m"))
+    # Term i replaces argument i of (x, W, m) by its incoming gradient.
+    for i, gg in enumerate(given):
+        if gg is None:
+            continue
+        args = [x, weight, m]
+        args[i] = _dense(gg)
+        if need["gy"]:
+            out["gy"] = _add(out["gy"], lib.modulated_conv2d(*args, None, *conf))
+        mask = [need[k] and j != i for j, k in enumerate(("x", "w", "m"))]
+        if any(mask):
+            parts = lib.modulated_conv2d_backward(grad_y, *args, *conf, mask)
+            for j, k in enumerate(("x", "w", "m")):
+                if mask[j]:
+                    out[k] = _add(out[k], parts[j])
+    return out["gy"], out["x"], out["w"], out["m"], None, None, None, None, None
+
+
+# ---------------------------------------------------------------- shc::shc_conv2d (the layer)
 
 
 def _fake_shc_conv2d(x, weight, bias, f1w, f1b, f2w, f2b, stride, padding, dilation, groups, eps, grad_route):
@@ -142,17 +229,20 @@ def _layer_backward(ctx, grad_y, grad_m, grad_z, grad_h):
     """shc::shc_conv2d's backward: the conv's (dx, dW, dm) from modulated_conv2d_backward, then
     the hypernetwork by hand (sigmoid, fc2, relu, fc1) in the statistics' dtype, then the
     statistics' backward for the hypernetwork route of dx (DESIGN.md §3). Gradients that reach
-    the outputs m, z, h directly are added where those values enter the chain."""
+    the outputs m, z, h directly (from a double backward, say) are added where those values
+    enter the chain. Every step is a differentiable op, so create_graph=True gives second order;
+    the route not taken sees x detached, as the reference's route_inputs does."""
     x, weight, f1w, f2w, m, z, h = ctx.saved_tensors
     need_x, need_w, need_b, need_f1w, need_f1b, need_f2w, need_f2b = ctx.needs_input_grad[:7]
     route = ctx.grad_route
+    x_stats, x_conv = route_inputs(x, route)
     conv_x = need_x and route != "hyper"
     hyper_x = need_x and route != "conv"
     need_map = hyper_x or need_f1w or need_f1b or need_f2w or need_f2b
     if grad_y is None:
         grad_y = x.new_zeros(_fake_modulated_conv2d(x, weight, None, None, *ctx.conf).shape)
     mask = [conv_x, need_w, need_map]
-    gx, gw, gm = torch.ops.shc.modulated_conv2d_backward(grad_y, x, weight, m, *ctx.conf, mask)
+    gx, gw, gm = ctx.lib.modulated_conv2d_backward(grad_y.contiguous(), x_conv, weight, m, *ctx.conf, mask)
     grads = dict.fromkeys(("x", "weight", "bias", "f1w", "f1b", "f2w", "f2b"))
     grads["x"] = gx if conv_x else None
     grads["weight"] = gw if need_w else None
@@ -164,26 +254,32 @@ def _layer_backward(ctx, grad_y, grad_m, grad_z, grad_h):
         s = m.reshape(n, taps)
         gl = (gm if grad_m is None else gm + grad_m).reshape(n, taps)
         gl = gl * s * (1 - s)  # through the sigmoid
-        grads["f2w"] = gl.t() @ h if need_f2w else None
-        grads["f2b"] = gl.sum(0) if ctx.has_bias[2] and need_f2b else None
+        grads["f2w"] = (gl.t() @ h).to(f2w.dtype) if need_f2w else None
+        grads["f2b"] = gl.sum(0).to(f2w.dtype) if ctx.has_bias[2] and need_f2b else None
         gh = gl @ f2w.to(dt)
         if grad_h is not None:
             gh = gh + grad_h
         gpre = gh * (h > 0)  # through the relu
-        grads["f1w"] = gpre.t() @ z if need_f1w else None
-        grads["f1b"] = gpre.sum(0) if ctx.has_bias[1] and need_f1b else None
+        grads["f1w"] = (gpre.t() @ z).to(f1w.dtype) if need_f1w else None
+        grads["f1b"] = gpre.sum(0).to(f1w.dtype) if ctx.has_bias[1] and need_f1b else None
         if hyper_x:
             gz = gpre @ f1w.to(dt)
             if grad_z is not None:
                 gz = gz + grad_z
             mu, sigma = z[:, :d].contiguous(), z[:, d:].contiguous()
             gmu, gsigma = gz[:, :d].contiguous(), gz[:, d:].contiguous()
-            dx_hyper = torch.ops.shc.channel_stats_backward(gmu, gsigma, x, mu, sigma)
+            dx_hyper = ctx.lib.channel_stats_backward(gmu, gsigma, x_stats, mu, sigma)
             grads["x"] = dx_hyper if grads["x"] is None else grads["x"] + dx_hyper
     return (*grads.values(), None, None, None, None, None, None)
 
 
-_LIB = torch.library.Library("shc", "IMPL")
+_IMPL_LIBS: dict[str, torch.library.Library] = {}
+
+
+def _impl_lib(namespace: str) -> torch.library.Library:
+    if namespace not in _IMPL_LIBS:
+        _IMPL_LIBS[namespace] = torch.library.Library(namespace, "IMPL")
+    return _IMPL_LIBS[namespace]
 
 
 def register_autocast_rule(qualname: str, positions: tuple[int, ...], to_autocast_dtype: bool = True) -> None:
@@ -192,7 +288,7 @@ def register_autocast_rule(qualname: str, positions: tuple[int, ...], to_autocas
     ``to_autocast_dtype=False``, casts those to fp32): the conv runs in the autocast dtype while
     the map ``m`` and the hypernetwork stay fp32. Used by the compiled and the Triton ops."""
     op = torch._library.utils.lookup_op(qualname)
-    opname = qualname.split("::")[1]
+    namespace, opname = qualname.split("::")
     for device_type in ("cpu", "cuda"):
         key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
         key = getattr(torch._C.DispatchKey, key_name)
@@ -214,21 +310,68 @@ def register_autocast_rule(qualname: str, positions: tuple[int, ...], to_autocas
         if op.has_kernel_for_dispatch_key(key):
             op.py_kernels.pop(key, None)
         op.py_impl(key)(autocast_impl)
-        _LIB.impl(opname, lambda _keyset, *a, _f=autocast_impl: _f(*a), key_name, with_keyset=True)
+        lib = _impl_lib(namespace)
+        lib.impl(opname, lambda _keyset, *a, _f=autocast_impl: _f(*a), key_name, with_keyset=True)
+
+
+def _register_autograd(namespace: str, opname: str, backward, setup_context) -> None:
+    """register_autograd whose ctx also carries the namespace's ops (``ctx.lib``), so one set of
+    formulas serves ``shc::`` and the CUDA-on-CPU build's ``shc_sim::``."""
+    lib = getattr(torch.ops, namespace)
+
+    def setup(ctx, inputs, output):
+        ctx.lib = lib
+        setup_context(ctx, inputs, output)
+
+    torch.library.register_autograd(f"{namespace}::{opname}", backward, setup_context=setup)
+
+
+def register_namespace(namespace: str) -> None:
+    """Fake functions, autograd formulas (every order) and autocast rules for the five ops of
+    ``namespace`` (schemas in csrc/shc.cpp): "shc", or "shc_sim" for the CUDA kernels run on the
+    CPU (csrc/simt/)."""
+    fakes = {
+        "channel_stats": _fake_channel_stats,
+        "channel_stats_backward": _fake_channel_stats_backward,
+        "modulated_conv2d": _fake_modulated_conv2d,
+        "modulated_conv2d_backward": _fake_modulated_conv2d_backward,
+        "shc_conv2d": _fake_shc_conv2d,
+    }
+    for opname, fake in fakes.items():
+        torch.library.register_fake(f"{namespace}::{opname}", fake)
+    _register_autograd(namespace, "channel_stats", _stats_backward, _stats_setup_context)
+    _register_autograd(
+        namespace, "channel_stats_backward", _stats_backward_backward, _stats_backward_setup_context
+    )
+    _register_autograd(namespace, "modulated_conv2d", _conv_backward, _conv_setup_context)
+    _register_autograd(
+        namespace, "modulated_conv2d_backward", _conv_backward_backward, _conv_backward_setup_context
+    )
+    _register_autograd(namespace, "shc_conv2d", _layer_backward, _layer_setup_context)
+    # x, weight, bias in the autocast dtype; m (position 2) and the hypernetwork stay fp32.
+    register_autocast_rule(f"{namespace}::modulated_conv2d", (0, 1, 3))
+    register_autocast_rule(f"{namespace}::shc_conv2d", (0, 1, 2))
 
 
 if _C is not None:
-    torch.library.register_fake("shc::channel_stats", _fake_channel_stats)
-    torch.library.register_fake("shc::channel_stats_backward", _fake_channel_stats_backward)
-    torch.library.register_fake("shc::modulated_conv2d", _fake_modulated_conv2d)
-    torch.library.register_fake("shc::modulated_conv2d_backward", _fake_modulated_conv2d_backward)
-    torch.library.register_autograd("shc::channel_stats", _stats_backward, setup_context=_stats_setup_context)
-    torch.library.register_autograd(
-        "shc::modulated_conv2d", _conv_backward, setup_context=_conv_setup_context
-    )
-    # x, weight, bias in the autocast dtype; m (position 2) stays fp32.
-    register_autocast_rule("shc::modulated_conv2d", (0, 1, 3))
-    torch.library.register_fake("shc::shc_conv2d", _fake_shc_conv2d)
-    torch.library.register_autograd("shc::shc_conv2d", _layer_backward, setup_context=_layer_setup_context)
-    # x, weight, bias in the autocast dtype; the hypernetwork's parameters are used in fp32.
-    register_autocast_rule("shc::shc_conv2d", (0, 1, 2))
+    register_namespace("shc")
+
+
+SIM_LOAD_ERROR: str | None = "not loaded yet"
+
+
+def load_sim() -> str | None:
+    """Load the CUDA kernels built to run on the CPU (``shc_kernels._C_sim``, ops ``shc_sim::``,
+    built by ``make cuda-sim``; never in the wheel) and register their Python side once. Returns
+    why it cannot be loaded, or None."""
+    global SIM_LOAD_ERROR
+    if SIM_LOAD_ERROR != "not loaded yet":
+        return SIM_LOAD_ERROR
+    try:
+        from . import _C_sim  # noqa: F401
+    except ImportError as exc:
+        SIM_LOAD_ERROR = f"the CUDA-on-CPU build shc_kernels._C_sim is not built (`make cuda-sim`): {exc}"
+        return SIM_LOAD_ERROR
+    register_namespace("shc_sim")
+    SIM_LOAD_ERROR = None
+    return None

@@ -16,6 +16,8 @@ on purpose: it is what the fused backends are compared against.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -25,11 +27,15 @@ __all__ = ["channel_stats", "statistical_map", "modulated_conv2d", "shc_conv2d"]
 
 
 def channel_stats(x: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(sample, channel) mean and population standard deviation (+eps) over H×W."""
-    xs = x.to(_checks.stats_dtype(x.dtype))
+    """Per-(sample, channel) mean and population standard deviation (+eps) over H×W.
+
+    Accumulated in float64 and rounded to the statistics' dtype (as the CPU kernel does), so a
+    float32 plane of |x| ~ 1e30, whose variance overflows float32, still has a finite sigma."""
+    xs = x.to(torch.float64)
     mu = xs.mean(dim=(2, 3))
     var = (xs - mu[:, :, None, None]).square().mean(dim=(2, 3))
-    return mu, torch.sqrt(var + eps)
+    dt = _checks.stats_dtype(x.dtype)
+    return mu.to(dt), torch.sqrt(var + eps).to(dt)
 
 
 def hypernetwork(mu, sigma, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size):
@@ -39,7 +45,9 @@ def hypernetwork(mu, sigma, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_s
     """
     kh, kw = kernel_size
     dt = mu.dtype
-    with torch.autocast(mu.device.type, enabled=False):
+    device = mu.device.type
+    off = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
+    with off:
         z = torch.cat([mu, sigma], dim=1)
         h = torch.relu(F.linear(z, fc1_weight.to(dt), None if fc1_bias is None else fc1_bias.to(dt)))
         logits = F.linear(h, fc2_weight.to(dt), None if fc2_bias is None else fc2_bias.to(dt))

@@ -20,7 +20,7 @@ def args():
 @pytest.mark.parametrize(
     "mutate, exc, match",
     [
-        (lambda x, p: (x[0], p), ValueError, "x must have 4 dimensions"),
+        (lambda x, p: (x[0, 0], p), ValueError, "x must have 4 dimensions"),
         (lambda x, p: (x[:, :3], p), ValueError, "fc1_weight must have shape|3 channels"),
         (lambda x, p: (x.int(), p), TypeError, "x must be a floating-point"),
         (lambda x, p: ([1.0], p), TypeError, "x must be a torch.Tensor"),

@@ -1,0 +1,165 @@
+"""What the layer's Python path costs, on the CPU (issue: one layer, one path).
+
+1. Per-call overhead at N=1, 32 ch @ 14² (a size where the kernel is cheap and the overhead
+   shows): SHCConv2d vs functional.shc_conv2d vs F.conv2d, forward and forward+backward.
+2. Second order: a gradient-penalty step (create_graph=True, then the gradient of the gradient)
+   against a first-order step, on the cpu backend (the backward ops differentiated by the
+   same ops) and on the reference.
+3. auto's check before trust: the first call of a new shape with two timed candidates that agree
+   (their outputs compared), against the same call with the comparison switched off.
+
+Round-robin timing, the minimum over repetitions, ratios within one run.
+Run: python bench/layer_overhead.py [--json F] [--markdown F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+import shc_kernels as shc
+from shc_kernels import backends
+
+
+def _min_time(fns: dict, reps: int, warmup: int = 3) -> dict:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def per_call(reps: int) -> dict:
+    torch.manual_seed(0)
+    layer = shc.SHCConv2d(32, 32, 3, padding=1)
+    f1, f2 = layer.hyper.fc1, layer.hyper.fc2
+    params = (layer.weight, layer.bias, f1.weight, f1.bias, f2.weight, f2.bias)
+    x = torch.randn(1, 32, 14, 14, requires_grad=True)
+
+    def fwd(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+
+        return run
+
+    def fwdbwd(fn):
+        return lambda: fn().sum().backward()
+
+    calls = {
+        "F.conv2d": lambda: F.conv2d(x, layer.weight, layer.bias, padding=1),
+        "functional": lambda: shc.shc_conv2d(x, *params, padding=1),
+        "module": lambda: layer(x),
+    }
+    out = {}
+    for mode, wrap in (("forward", fwd), ("forward+backward", fwdbwd)):
+        t = _min_time({k: wrap(v) for k, v in calls.items()}, reps)
+        out[mode] = {k: v * 1e6 for k, v in t.items()}  # microseconds
+    return out
+
+
+def second_order(reps: int) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(8, 32, 14, 14, requires_grad=True)
+    layer = shc.SHCConv2d(32, 32, 3, padding=1)
+
+    def first(backend):
+        def run():
+            layer.backend = backend
+            layer(x).square().sum().backward()
+
+        return run
+
+    def penalty(backend):
+        def run():
+            layer.backend = backend
+            (gx,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+            gx.square().sum().backward()
+
+        return run
+
+    t = _min_time({f"{kind}:{b}": fn(b) for b in ("cpu", "reference") for kind, fn in
+                   (("first order", first), ("gradient penalty", penalty))}, reps)  # fmt: skip
+    return {k: v * 1e3 for k, v in t.items()}  # milliseconds
+
+
+def auto_check_cost(reps: int) -> dict:
+    """First call of a new shape, two candidates ("cpu" and "reference", which agree), with the
+    outputs compared (as auto does) and without (reference=None)."""
+    x = torch.randn(8, 32, 14, 14, requires_grad=True)
+    layer = shc.SHCConv2d(32, 32, 3, padding=1)
+    real = backends.fastest
+    results = {}
+    for label, check in (("timing + check", True), ("timing only", False)):
+
+        def fastest(key, candidates, run, device_type, reference=None, fallback=None, _check=check):
+            return real(key, candidates, run, device_type, reference if _check else None, fallback)
+
+        backends.fastest = fastest
+        original = backends.auto_candidates
+        backends.auto_candidates = lambda t: ["cpu", "reference"]
+        try:
+            times = []
+            for _ in range(reps):
+                backends._FASTEST.clear()
+                t0 = time.perf_counter()
+                layer(x).sum().backward()
+                times.append(time.perf_counter() - t0)
+        finally:
+            backends.fastest = real
+            backends.auto_candidates = original
+        results[label] = min(times) * 1e3
+    backends._FASTEST.clear()
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None)
+    args = p.parse_args(argv)
+    res = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "per_call_us": per_call(args.reps * 10),
+        "second_order_ms": second_order(args.reps),
+        "auto_first_call_ms": auto_check_cost(max(3, args.reps // 6)),
+    }
+    lines = ["# Layer path overhead (CPU)", "", f"{res['machine']}, torch {res['torch']}. "
+             "Command: `python bench/layer_overhead.py`", "",
+             "## Per call, N=1, 32 ch @ 14², fp32 (µs, minimum)", "", "| | F.conv2d | functional | module |",
+             "|---|---|---|---|"]  # fmt: skip
+    for mode, t in res["per_call_us"].items():
+        lines.append(f"| {mode} | {t['F.conv2d']:.0f} | {t['functional']:.0f} | {t['module']:.0f} |")
+    lines += ["", "## Second order, N=8, 32 ch @ 14² (ms, minimum)", "", "| step | cpu | reference |",
+              "|---|---|---|"]  # fmt: skip
+    so = res["second_order_ms"]
+    for kind in ("first order", "gradient penalty"):
+        lines.append(f"| {kind} | {so[f'{kind}:cpu']:.1f} | {so[f'{kind}:reference']:.1f} |")
+    a = res["auto_first_call_ms"]
+    lines += ["", "## auto's first call of a shape, two agreeing candidates (ms, minimum)", "",
+              f"timing + check {a['timing + check']:.1f}, timing only {a['timing only']:.1f}"]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
