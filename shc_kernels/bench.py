@@ -1,4 +1,4 @@
-"""``shc bench``: what the fused SHC layer is worth, against the plain conv and the naive ways.
+"""shc bench: what the fused SHC layer is worth, against the plain conv and the naive ways.
 
 For each 3×3 conv shape of ResNet-18/50 and each method, forward and forward+backward time,
 the ratio to the plain ``F.conv2d`` of the same shape measured in the same run, and the peak
@@ -15,10 +15,16 @@ memory the call needed beyond its inputs. Methods:
 Every SHC method computes the whole layer (statistics, map, modulated conv) and, for
 forward+backward, the gradients of x, W, bias and the hypernetwork.
 
-``--model resnet50`` instead reports training images/s of the SHC model against the plain one.
-Timing: CPU runs pin the thread count and use perf_counter; CUDA runs synchronise and use CUDA
-events. Methods are timed round-robin, one call of each per repetition. Each figure is the
-median over ``--reps`` repetitions after ``--warmup`` runs, with the spread (min..max) beside it.
+Shapes (--shapes): the families below, or ARCH:WIDTH:SIZE for every distinct 3×3 conv of
+that model at that width multiplier and input size (e.g. plain10:0.25:28; small_input stem at
+64 px or less), read off the model itself.
+
+--model ARCH [--width W] [--image-size S] instead reports the training step time of the SHC
+model against the plain one. Timing: CPU runs pin the thread count and use perf_counter; CUDA
+runs synchronise and use CUDA events. Methods are timed round-robin, one call of each per
+repetition, so a change in the machine's load hits every method alike. Each figure is the
+median over --reps repetitions after --warmup runs, with the minimum and maximum beside it;
+ratios to plain are given for the minima (the least disturbed run of each) and the medians.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from . import backends, functional, reference
+from . import backends, cli_args, functional, reference
 from .functional import shc_conv2d
 
 # (name, C_in, C_out, H=W of the input, stride) of the 3x3 convs at 224 px input.
@@ -68,6 +74,14 @@ SHAPES = {
     ],
     "smoke": [("smoke", 8, 8, 10, 1), ("smoke.s2", 8, 16, 10, 2)],
 }
+# Families of model specs (ARCH:WIDTH:SIZE), resolved by model_shapes: the sizes small images and
+# narrow networks use (issue 16), deduplicated across the specs.
+SPEC_FAMILIES = {
+    "small": [f"{a}:{w}:{s}" for w, s in ((0.25, 28), (0.5, 32)) for a in ("plain10", "resnet50")],
+    "small64": [f"{a}:1:64" for a in ("plain10", "resnet50")],
+    "narrow224": [f"{a}:{w}:224" for w in (0.25, 0.5) for a in ("plain10", "resnet50")],
+}
+ARCH_NAMES = ("plain10", "resnet18", "resnet50")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -75,13 +89,77 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class Row:
     shape: str
     method: str
-    fwd_ms: float
-    fwd_spread: tuple[float, float]
+    fwd_ms: float  # median
+    fwd_spread: tuple[float, float]  # (min, max)
     fwdbwd_ms: float
     fwdbwd_spread: tuple[float, float]
-    fwd_ratio: float = float("nan")
+    fwd_ratio: float = float("nan")  # medians' ratio to plain
     fwdbwd_ratio: float = float("nan")
     peak_extra_mb: float | None = None
+    fwd_min_ratio: float = float("nan")  # minima's ratio to plain
+    fwdbwd_min_ratio: float = float("nan")
+
+
+# ---------------------------------------------------------------- shapes
+
+
+def parse_spec(text: str) -> tuple[str, float, int]:
+    """ARCH:WIDTH:SIZE -> (arch, width, size); argparse.ArgumentTypeError when malformed."""
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in ARCH_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a shape family ({', '.join(sorted(SHAPES) + sorted(SPEC_FAMILIES))}) "
+            f"nor ARCH:WIDTH:SIZE with ARCH one of {', '.join(ARCH_NAMES)}"
+        )
+    return parts[0], cli_args.positive_float(parts[1]), cli_args.positive_int(parts[2])
+
+
+def shape_family(text: str) -> str:
+    """--shapes entry: a family name or ARCH:WIDTH:SIZE (checked here, resolved later)."""
+    if text not in SHAPES and text not in SPEC_FAMILIES:
+        parse_spec(text)
+    return text
+
+
+def model_shapes(arch: str, width: float, size: int) -> list[tuple]:
+    """Every distinct 3×3 conv of ``arch`` at ``width`` on ``size``-px input, as
+    (name, C_in, C_out, H=W of its input, stride), read off the model by a forward pass."""
+    from . import models
+
+    net = models.build(arch, 10, shc=False, small_input=size <= 64, width=width)
+    found: list[tuple] = []
+
+    def hook(mod, inputs, _output):
+        h = inputs[0].shape[-1]
+        name = f"{mod.in_channels}>{mod.out_channels}@{h}" + (
+            f"/{mod.stride[0]}" if mod.stride[0] != 1 else ""
+        )
+        shape = (name, mod.in_channels, mod.out_channels, h, mod.stride[0])
+        if shape not in found:
+            found.append(shape)
+
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (3, 3) and mod.padding == (1, 1):
+            mod.register_forward_hook(hook)
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 3, size, size))
+    return found
+
+
+def resolve_shapes(names) -> list[tuple]:
+    """The shapes of the --shapes entries, in order, each once."""
+    out: list[tuple] = []
+    for name in names:
+        if name in SHAPES:
+            found = SHAPES[name]
+        else:
+            found = []
+            for spec in SPEC_FAMILIES.get(name, [name]):
+                found += model_shapes(*parse_spec(spec))
+        for shape in found:
+            if shape[1:] not in {o[1:] for o in out}:
+                out.append(shape)
+    return out
 
 
 # ---------------------------------------------------------------- the methods
@@ -157,6 +235,7 @@ class Timer:
 
     def __init__(self, device):
         self.cuda = torch.device(device).type == "cuda"
+        self.samples: dict = {}  # name -> every repetition's time (ms) of the last interleaved()
 
     def _once(self, fn) -> float:
         if self.cuda:
@@ -180,6 +259,7 @@ class Timer:
         for _ in range(reps):
             for name, fn in fns.items():
                 times[name].append(self._once(fn))
+        self.samples = times
         return {name: (statistics.median(t), min(t), max(t)) for name, t in times.items()}
 
     def __call__(self, fn, warmup, reps) -> tuple[float, float, float]:
@@ -296,18 +376,21 @@ def markdown(rows: list[Row], info: dict, command: str) -> str:
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
         "",
-        "Times are medians in ms (min..max over the repetitions); ratios are to `plain` of the same "
-        "shape in the same run; peak = memory beyond the inputs for one forward+backward.",
+        "Times are medians in ms (min..max over the repetitions, methods timed round-robin); "
+        "ratios are to `plain` of the same shape in the same run, of the minima / of the medians; "
+        "peak = memory beyond the inputs for one forward+backward.",
         "",
-        "| shape | method | fwd ms | fwd × plain | fwd+bwd ms | fwd+bwd × plain | peak MiB |",
+        "| shape | method | fwd ms | fwd × plain (min / med) | fwd+bwd ms | fwd+bwd × plain (min / med) "
+        "| peak MiB |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         peak = "-" if r.peak_extra_mb is None else f"{r.peak_extra_mb:.0f}"
         lines.append(
             f"| {r.shape} | {r.method} | {r.fwd_ms:.2f} ({r.fwd_spread[0]:.2f}..{r.fwd_spread[1]:.2f}) | "
-            f"{r.fwd_ratio:.2f} | {r.fwdbwd_ms:.2f} ({r.fwdbwd_spread[0]:.2f}..{r.fwdbwd_spread[1]:.2f}) | "
-            f"{r.fwdbwd_ratio:.2f} | {peak} |"
+            f"{r.fwd_min_ratio:.2f} / {r.fwd_ratio:.2f} | "
+            f"{r.fwdbwd_ms:.2f} ({r.fwdbwd_spread[0]:.2f}..{r.fwdbwd_spread[1]:.2f}) | "
+            f"{r.fwdbwd_min_ratio:.2f} / {r.fwdbwd_ratio:.2f} | {peak} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -315,15 +398,13 @@ def markdown(rows: list[Row], info: dict, command: str) -> str:
 def run_layers(args) -> list[Row]:
     dtype = DTYPES[args.dtype]
     timer = Timer(args.device)
-    shapes = [s for key in args.shapes for s in SHAPES[key]]
+    shapes = resolve_shapes(args.shapes)
     rows: list[Row] = []
     for shape in shapes:
         name, cin, cout, hw, stride = shape
         x, params = make_inputs(cin, cout, hw, args.batch, args.device, dtype, args.channels_last)
         fns = method_fns(stride, args.device, forms=args.forms)
-        chosen = [
-            m for m in fns if args.methods is None or m in args.methods or m.split(":")[0] in args.methods
-        ]
+        chosen = [m for m in fns if args.methods is None or _wanted(m, args.methods)]
         closures = {}
         for method in chosen:
             fwd, fwdbwd = _fwd_and_fwdbwd(fns[method], x, params)
@@ -337,32 +418,45 @@ def run_layers(args) -> list[Row]:
                 base = row
             if base is not None:
                 row.fwd_ratio, row.fwdbwd_ratio = row.fwd_ms / base.fwd_ms, row.fwdbwd_ms / base.fwdbwd_ms
+                row.fwd_min_ratio = row.fwd_spread[0] / base.fwd_spread[0]
+                row.fwdbwd_min_ratio = row.fwdbwd_spread[0] / base.fwdbwd_spread[0]
             if not args.no_memory:
                 row.peak_extra_mb = peak_extra_mb(method, shape, args)
             rows.append(row)
             print(
-                f"{name:>10} {method:<11} fwd {row.fwd_ms:9.2f} ms ({row.fwd_ratio:5.2f}x)  "
-                f"fwd+bwd {row.fwdbwd_ms:9.2f} ms ({row.fwdbwd_ratio:5.2f}x)"
+                f"{name:>14} {method:<11} fwd {row.fwd_ms:9.2f} ms ({row.fwd_min_ratio:5.2f}x min, "
+                f"{row.fwd_ratio:5.2f}x med)  fwd+bwd {row.fwdbwd_ms:9.2f} ms "
+                f"({row.fwdbwd_min_ratio:5.2f}x min, "
+                f"{row.fwdbwd_ratio:5.2f}x med)"
                 + ("" if row.peak_extra_mb is None else f"  peak {row.peak_extra_mb:8.1f} MiB"),
                 flush=True,
             )
     return rows
 
 
+def _wanted(method: str, wanted) -> bool:
+    """Does --methods select ``method``? A name selects itself and its forms ("shc" selects
+    every shc:*, "shc:cpu" selects shc:cpu:fused too)."""
+    return any(method == w or method.startswith(w + ":") for w in wanted)
+
+
 def run_model(args) -> list[dict]:
-    """Training images/s of the SHC model against the plain one: same data, same run, the two
+    """Training step time of the SHC model against the plain one: same data, same run, the two
     training steps timed round-robin."""
     from . import models
 
     dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    x = torch.rand(args.batch, 3, args.image_size, args.image_size, device=args.device)
-    y = torch.randint(0, 1000, (args.batch,), device=args.device)
+    size = args.image_size
+    x = torch.rand(args.batch, 3, size, size, device=args.device)
+    y = torch.randint(0, args.num_classes, (args.batch,), device=args.device)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     steps = {}
     for shc_on in (False, True):
         torch.manual_seed(0)
-        net = models.build(args.model, 1000, shc=shc_on, small_input=args.image_size <= 64).to(args.device)
+        width = {} if args.width == 1 else {"width": args.width}
+        net = models.build(args.model, args.num_classes, shc=shc_on, small_input=size <= 64, **width)
+        net = net.to(args.device)
         if args.channels_last:
             net = net.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -384,38 +478,106 @@ def run_model(args) -> list[dict]:
         print(
             f"{name:<14} {results[-1]['images_per_s']:9.1f} images/s (step {med:.1f} ms, {lo:.1f}..{hi:.1f})"
         )
-    ratio = results[1]["images_per_s"] / results[0]["images_per_s"]
-    print(f"SHC / plain training throughput: {ratio:.3f} (step time ratio {1 / ratio:.3f})")
-    results.append({"shc_over_plain": ratio})
+    (plain_med, plain_min, _), (shc_med, shc_min, _) = timed.values()
+    ratio = plain_med / shc_med
+    print(
+        f"SHC / plain training step time: {shc_min / plain_min:.3f} (minima), "
+        f"{shc_med / plain_med:.3f} (medians)"
+    )
+    results.append(
+        {
+            "shc_over_plain": ratio,
+            "step_ratio_min": shc_min / plain_min,
+            "step_ratio_median": shc_med / plain_med,
+        }
+    )
     return results
 
 
+def model_markdown(results: list[dict], info: dict, command: str, args) -> str:
+    width = "" if args.width == 1 else f", width {args.width}"
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
+        "",
+        f"Training step of {args.model}{width} on {args.image_size}-px input, batch {args.batch} "
+        "(forward, cross-entropy, backward, SGD step); the two models timed round-robin in one process.",
+        "",
+        "| model | step ms median (min..max) | images/s (median) |",
+        "|---|---|---|",
+    ]
+    for r in results[:2]:
+        lo, hi = r["spread_ms"]
+        lines.append(f"| {r['model']} | {r['step_ms']:.1f} ({lo:.1f}..{hi:.1f}) | {r['images_per_s']:.1f} |")
+    last = results[2]
+    lines += [
+        "",
+        f"SHC / plain step time: {last['step_ratio_min']:.3f} (minima), "
+        f"{last['step_ratio_median']:.3f} (medians)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    ca = cli_args
     p = argparse.ArgumentParser(prog="shc bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=ca.device, default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    p.add_argument("--batch", type=int, default=None, help="default 32 on CPU, 256 on CUDA")
-    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["resnet18", "resnet50"])
+    p.add_argument("--batch", type=ca.positive_int, default=None, help="default 32 on CPU, 256 on CUDA")
+    p.add_argument(
+        "--shapes", nargs="+", type=shape_family, default=["resnet18", "resnet50"],
+        help=f"families ({', '.join(sorted(SHAPES) + sorted(SPEC_FAMILIES))}) or ARCH:WIDTH:SIZE, "
+        "e.g. plain10:0.25:28",
+    )  # fmt: skip
     p.add_argument("--methods", nargs="+", default=None, help="subset, e.g. plain naive shc")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--forms", action="store_true", help="also time the fused and split forms apart")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--warmup", type=ca.nonnegative_int, default=2)
+    p.add_argument("--reps", type=ca.positive_int, default=5)
+    p.add_argument("--threads", type=ca.positive_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.add_argument("--json", default=None, help="write the results as JSON here")
-    p.add_argument("--markdown", default=None, help="write the table as Markdown here")
-    p.add_argument("--model", default=None, help="plain10|resnet18|resnet50: training throughput instead")
-    p.add_argument("--image-size", type=int, default=224, help="for --model")
+    p.add_argument("--json", type=ca.writable_file, default=None, help="write the results as JSON here")
+    p.add_argument("--markdown", type=ca.writable_file, default=None, help="write the table as Markdown here")
+    p.add_argument(
+        "--model", choices=ARCH_NAMES, default=None, help="time a training step of this model instead"
+    )
+    p.add_argument(
+        "--width", type=ca.positive_float, default=1.0, help="for --model: channel width multiplier"
+    )
+    p.add_argument("--image-size", type=ca.positive_int, default=224, help="for --model")
+    p.add_argument("--num-classes", type=ca.positive_int, default=1000, help="for --model")
     p.add_argument("--_memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
     return p
 
 
+def check_args(parser, args, argv) -> None:
+    """What argparse cannot check alone, before any work: options that only make sense with
+    --model, unknown --methods, outputs that are the same file."""
+    given = set(argv)
+    if args.model is None:
+        for opt in ("--width", "--image-size", "--num-classes"):
+            if opt in given or any(a.startswith(opt + "=") for a in given):
+                cli_args.fail(parser, f"argument {opt}: only applies with --model")
+    if args.methods is not None and args.model is None:
+        known = list(method_fns(1, args.device, forms=True))
+        bad = [w for w in args.methods if not any(_wanted(m, [w]) for m in known)]
+        if bad:
+            cli_args.fail(
+                parser,
+                f"argument --methods: unknown method(s) {', '.join(bad)}; "
+                f"expected some of {', '.join(known)}",
+            )
+    if args.json and args.markdown and os.path.abspath(args.json) == os.path.abspath(args.markdown):
+        cli_args.fail(parser, "arguments --json and --markdown name the same file")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("shc bench: error: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args._memory_child:
+        check_args(parser, args, argv)
     args.threads = args.threads or (os.cpu_count() or 1)
     torch.set_num_threads(args.threads)
     if args.batch is None:
@@ -423,22 +585,25 @@ def main(argv: list[str] | None = None) -> int:
     if args._memory_child:
         _memory_child(args)
         return 0
-    command = "shc bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "shc bench " + " ".join(argv)
     info = machine_info(args)
     print("; ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     if args.model:
-        result = {"info": info, "command": command, "model": run_model(args)}
-        text = "\n".join(f"- {r}" for r in result["model"]) + "\n"
+        info.update(
+            model=args.model, width=args.width, image_size=args.image_size, num_classes=args.num_classes
+        )
+        results = run_model(args)
+        result = {"info": info, "command": command, "model": results}
+        text = model_markdown(results, info, command, args)
     else:
         rows = run_layers(args)
         result = {"info": info, "command": command, "rows": [asdict(r) for r in rows]}
         text = markdown(rows, info, command)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    for path, content in ((args.json, json.dumps(result, indent=1)), (args.markdown, text)):
+        if path:  # checked writable (or creatable) before the run
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(content)
     return 0
 
 

@@ -1,0 +1,93 @@
+"""`shc bench` checks every argument before any work: a bad command line exits with status 2, a
+one-line message naming the argument and nothing written (tests/cli_cases.assert_rejected)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cli_cases import assert_rejected, run_cli
+
+from shc_kernels import bench
+
+
+def _file(tmp_path, name="a_file"):
+    path = tmp_path / name
+    path.write_text("not a folder")
+    return path
+
+
+# (argv after `shc bench`, text the error must contain); "{tmp}" is the test's tmp_path.
+BAD = [
+    (["--batch", "0"], "--batch"),
+    (["--batch", "-4"], "--batch"),
+    (["--batch", "two"], "--batch"),
+    (["--reps", "0"], "--reps"),
+    (["--warmup", "-1"], "--warmup"),
+    (["--threads", "0"], "--threads"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--device", "tpu"], "--device"),
+    (["--device", "cuda:7"], "--device"),
+    (["--model", "bogus"], "--model"),
+    (["--methods", "bogus"], "--methods"),
+    (["--methods", "plain", "shc:nope"], "shc:nope"),
+    (["--shapes", "nope"], "--shapes"),
+    (["--shapes", "vgg:1:28"], "--shapes"),
+    (["--shapes", "plain10:0:28"], "--shapes"),
+    (["--shapes", "plain10:1:x"], "--shapes"),
+    (["--shapes", "plain10:1"], "--shapes"),
+    (["--width", "0.5"], "--width"),
+    (["--image-size", "28"], "--image-size"),
+    (["--num-classes", "10"], "--num-classes"),
+    (["--model", "plain10", "--width", "0"], "--width"),
+    (["--model", "plain10", "--width", "nan"], "--width"),
+    (["--model", "plain10", "--image-size", "0"], "--image-size"),
+    (["--model", "plain10", "--num-classes", "0"], "--num-classes"),
+    (["--json", "{tmp}"], "--json"),
+    (["--markdown", "{tmp}/"], "--markdown"),
+    (["--json", "{tmp}/a_file/out.json"], "--json"),
+    (["--markdown", "{tmp}/a_file/deeper/out.md"], "--markdown"),
+    (["--json", "{tmp}/same", "--markdown", "{tmp}/same"], "--json"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_bench_input_is_rejected_before_any_work(tmp_path, argv, expect):
+    _file(tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert_rejected(["bench", *argv], expect, tmp_path)
+
+
+def test_help_has_no_rst_markup():
+    code, out, _err = run_cli(["bench", "--help"])
+    assert code == 0
+    assert "``" not in out and "shc bench" in out
+
+
+def test_model_shapes_are_the_models_3x3_convs():
+    # Plain-10 at width 1/4 on 28 px: the 3x3 stem (small input), then two convs per stage.
+    names = [s[0] for s in bench.model_shapes("plain10", 0.25, 28)]
+    assert names == [
+        "3>16@28", "16>16@28", "16>32@28/2", "32>32@14", "32>64@14/2", "64>64@7", "64>128@7/2", "128>128@4",
+    ]  # fmt: skip
+    # ResNet-50's bottlenecks put the stride on the 3x3 conv, at the stage's own width.
+    assert ("64>64@14/2", 64, 64, 14, 2) in bench.model_shapes("resnet50", 0.25, 28)
+
+
+def test_shape_families_resolve_without_duplicates():
+    shapes = bench.resolve_shapes(["small"])
+    assert len({s[1:] for s in shapes}) == len(shapes) > 10
+    assert bench.resolve_shapes(["core", "core"]) == bench.SHAPES["core"]
+
+
+def test_model_step_time_is_written(tmp_path):
+    js, md = tmp_path / "out" / "step.json", tmp_path / "step.md"
+    argv = ["bench", "--model", "plain10", "--width", "0.125", "--image-size", "12", "--num-classes", "3"]
+    argv += ["--batch", "2", "--reps", "1", "--warmup", "0", "--json", str(js), "--markdown", str(md)]
+    code, out, err = run_cli(argv)
+    assert code == 0, err
+    result = json.loads(js.read_text())
+    assert [r["model"] for r in result["model"][:2]] == ["plain10", "plain10-shc"]
+    assert result["model"][2]["step_ratio_min"] > 0
+    assert result["info"]["width"] == 0.125
+    assert "plain10-shc" in md.read_text()
