@@ -146,6 +146,43 @@ def test_statistics_are_stable_for_large_means(dtype):
     torch.testing.assert_close(m.double().view(-1), torch.sigmoid(sigma[:, 0]), rtol=1e-5, atol=1e-5)
 
 
+def _stats64(x, eps):
+    """(mu, sqrt(population variance + eps)) per (n, channel), in float64."""
+    x = x.double()
+    return x.mean(dim=(2, 3)), (x.var(dim=(2, 3), correction=0) + eps).sqrt()
+
+
+@pytest.mark.parametrize(
+    "scale, shift",
+    [(1e30, 0.0), (1e30, 3e30), (1e36, -1e37), (1.5e38, 0.0), (1e-30, 0.0), (0.0, 0.0)],
+    ids=lambda v: f"{v:g}",
+)
+def test_statistics_stay_finite_and_right_for_huge_and_tiny_x(scale, shift):
+    # float64 would give these; a one-pass or unscaled fp32 sum of squares overflows at 1e19.
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 3, 9, 7, generator=g, dtype=torch.float64).clamp(-2, 2) * scale + shift).float()
+    assert x.isfinite().all()
+    d = x.shape[1]
+    f1w, f2w = torch.full((4, 2 * d), 1e-38), torch.ones(1, 4)
+    m, mu, sigma, _h = torch.ops.shc.triton_statistical_map(x, f1w, None, f2w, None, 1, 1, 1e-5)
+    want_mu, want_sigma = _stats64(x, 1e-5)
+    assert mu.isfinite().all() and sigma.isfinite().all() and m.isfinite().all()
+    torch.testing.assert_close(mu.double(), want_mu, rtol=1e-5, atol=0)
+    torch.testing.assert_close(sigma.double(), want_sigma, rtol=1e-5, atol=0)
+
+
+def test_bfloat16_is_refused_under_the_interpreter():
+    # The interpreter has no bfloat16: it returned 1.4e10 where the reference gives 0.06.
+    weight, bias, f1w, f1b, f2w, f2b = (p.bfloat16() for p in make_params(4, 6, 3, 3, dtype=torch.float32))
+    x = rand_x(1, 4, 5, 5, dtype=torch.float32)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1 cannot compute bfloat16"):
+        T.statistical_map(x.bfloat16(), f1w, f1b, f2w, f2b, (3, 3), 1e-5)
+    with pytest.raises(ValueError, match="bfloat16"):
+        T.modulated_conv2d(x.bfloat16(), weight, torch.rand(1, 3, 3), bias, (1, 1), (1, 1), (1, 1), 1)
+    with pytest.raises(ValueError, match="bfloat16"), torch.autocast("cpu", dtype=torch.bfloat16):
+        T.modulated_conv2d(x, weight.float(), torch.rand(1, 3, 3), bias.float(), (1, 1), (1, 1), (1, 1), 1)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_modulated_conv2d_gradient_wrt_m_matches_reference(dtype, channels_last):

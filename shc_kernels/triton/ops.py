@@ -20,9 +20,19 @@ from torch._prims_common import suggest_memory_format
 
 from .._checks import conv_out_size
 from ..ops import register_autocast_rule
-from . import conv, stats
+from . import conv, interpreting, stats
 
 __all__ = ["statistical_map", "modulated_conv2d"]
+
+
+def _computable(*tensors: torch.Tensor | None) -> None:
+    """Refuse what the kernels cannot compute right: the interpreter (TRITON_INTERPRET=1) has no
+    bfloat16 and would return garbage. Checked in every op, so autocast's casts are seen too."""
+    if interpreting() and any(t is not None and t.dtype == torch.bfloat16 for t in tensors):
+        raise ValueError(
+            "the triton backend under TRITON_INTERPRET=1 cannot compute bfloat16 (the interpreter "
+            "has no bfloat16): use float32 or float16, or a GPU"
+        )
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -46,6 +56,7 @@ def _map_op(
     kw: int,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _computable(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     return stats.stats_map_forward(_dense(x), fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps)
 
 
@@ -73,6 +84,7 @@ def _map_backward_op(
     h: torch.Tensor,
     need_x: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _computable(dm, x, fc1_weight, fc2_weight)
     return stats.stats_map_backward(dm, _dense(x), fc1_weight, fc2_weight, m, mu, sigma, h, need_x)
 
 
@@ -138,6 +150,7 @@ def _conv_op(
     dilation: Sequence[int],
     groups: int,
 ) -> torch.Tensor:
+    _computable(x, weight, m, bias)
     return conv.conv_forward(
         _dense(x), weight, m.float(), bias, tuple(stride), tuple(padding), tuple(dilation), groups
     )
@@ -164,6 +177,7 @@ def _conv_backward_op(
     need_weight: bool,
     need_m: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _computable(grad_y, x, weight, m)
     return conv.conv_backward(
         _dense(grad_y), _dense(x), weight, m.float(), tuple(stride), tuple(padding), tuple(dilation),
         groups, need_x, need_weight, need_m,
@@ -227,6 +241,7 @@ register_autocast_rule("shc::triton_statistical_map", (1, 2, 3, 4), to_autocast_
 def _check_dtype(x: torch.Tensor) -> None:
     if x.dtype == torch.float64:
         raise TypeError("the triton backend supports float32, float16 and bfloat16 x, not float64")
+    _computable(x)
 
 
 def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, eps):

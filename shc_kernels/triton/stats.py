@@ -1,7 +1,8 @@
 """Statistics and hypernetwork (DESIGN.md §1 steps 1-2) as Triton kernels.
 
 Forward, one program per sample: two-pass mean / population std (+eps) of every channel over
-H×W in fp32, then ``m = sigmoid(fc2(relu(fc1(cat[mu, sigma]))))``. Backward, one program per
+H×W in fp32, scaled so that it stays finite for any finite x (|x| ~ 1e30 included), then
+``m = sigmoid(fc2(relu(fc1(cat[mu, sigma]))))``. Backward, one program per
 sample: the MLP backward from ``dm`` to ``dmu``, ``dsigma`` (the batch-reduced parameter
 gradients are two small matmuls in torch); then one elementwise kernel for the
 hypernetwork-route ``dx``.
@@ -34,26 +35,39 @@ def _stats_map_fwd_kernel(
 ):  # fmt: skip
     n = tl.program_id(0)
     x_base = x_ptr + n.to(tl.int64) * stride_xn
-    # 1. statistics, two passes per channel block (numerically stable for large means).
+    # 1. statistics, two passes per channel block, finite for any finite fp32 x: the mean sums
+    # x/HW (never above max|x|), and the spread is summed in units of a power of two >= max|x|
+    # (so (x - mu)^2 cannot overflow, and the scaling itself rounds nothing).
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         s = tl.zeros([BLOCK_D], dtype=tl.float32)
+        amax = tl.zeros([BLOCK_D], dtype=tl.float32)
         for q0 in range(0, HW, BLOCK_Q):
             offs_q = q0 + tl.arange(0, BLOCK_Q)
             mask = dmask[:, None] & (offs_q < HW)[None, :]
             ptrs = x_base + offs_d[:, None] * stride_xd + offs_q[None, :] * stride_xq
-            s += tl.sum(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), axis=1)
-        mu = s * inv_hw
+            v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+            s += tl.sum(v * inv_hw, axis=1)
+            amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
+        mu = s
+        # 2^-126 <= scale <= 2^127: a normal power of two, and log2 never sees 0.
+        exponent = tl.minimum(tl.ceil(tl.log2(tl.maximum(amax, 1.1754943508222875e-38))), 127.0)
+        scale = tl.exp2(exponent)
+        inv_scale = tl.exp2(-exponent)
+        mu_s = mu * inv_scale
         ss = tl.zeros([BLOCK_D], dtype=tl.float32)
         for q0 in range(0, HW, BLOCK_Q):
             offs_q = q0 + tl.arange(0, BLOCK_Q)
             mask = dmask[:, None] & (offs_q < HW)[None, :]
             ptrs = x_base + offs_d[:, None] * stride_xd + offs_q[None, :] * stride_xq
             v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-            dv = tl.where(mask, v - mu[:, None], 0.0)
+            dv = tl.where(mask, v * inv_scale[:, None] - mu_s[:, None], 0.0)
             ss += tl.sum(dv * dv, axis=1)
-        sigma = tl.sqrt(ss * inv_hw + eps)
+        spread = scale * tl.sqrt(ss * inv_hw)  # the population std without eps
+        # sqrt(spread^2 + eps); above 1e18 eps is below fp32's resolution and spread^2 could overflow
+        capped = tl.minimum(spread, 1e18)
+        sigma = tl.where(spread > 1e18, spread, tl.sqrt(capped * capped + eps))
         tl.store(mu_ptr + n * D + offs_d, mu, mask=dmask)
         tl.store(sigma_ptr + n * D + offs_d, sigma, mask=dmask)
     tl.debug_barrier()  # mu/sigma written by other threads of this program are read below
