@@ -12,7 +12,7 @@ export MAX_JOBS ?= 2
 # CUDA sources separately. On a machine with a GPU, setup.py's own rule applies.
 export SHC_SKIP_CUDA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),0,1)
 
-.PHONY: setup build test lint pytest triton-test triton-check cmake-check cuda-check wheel wheel-test demo info clean
+.PHONY: setup build test lint pytest triton-test triton-check cmake-check cuda-check cuda-sim cuda-sim-sanitize wheel wheel-test demo info clean
 
 setup: $(VENV)/.stamp-deps build
 
@@ -112,7 +112,18 @@ wheel-test: wheel
 cuda-check: setup
 	bash csrc/cuda_check.sh
 
-test: setup lint pytest triton-test triton-check cmake-check cuda-check
+# The same CUDA sources compiled as host C++ against csrc/simt's SIMT layer (shc_kernels._C_sim,
+# test-only, never in the wheel) and tests/sim run on the CPU: the GPU parity cases against the
+# reference under several emulated machines, and the emulator's own tests.
+cuda-sim: setup
+	$(PY) csrc/simt/build.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/sim
+
+# A subset of tests/sim under ThreadSanitizer (2 blocks live at once) and AddressSanitizer + UBSan.
+cuda-sim-sanitize: setup
+	bash csrc/simt/sanitize.sh
+
+test: setup lint pytest triton-test triton-check cmake-check cuda-check cuda-sim
 
 info: setup
 	$(VENV)/bin/shc info

@@ -1,9 +1,11 @@
 // Operator schemas for the SHC kernels (namespace `shc`).
 // Kernels are registered per backend: csrc/cpu/*.cpp (CPU), csrc/cuda/*.cu (CUDA).
 // The Python side (shc_kernels/) registers fake/meta, autograd and autocast rules for these ops.
+// The CPU-run build of csrc/cuda (SHC_SIMT, csrc/simt) defines the same schemas under `shc_sim`.
 #include <torch/library.h>
 
-TORCH_LIBRARY(shc, m) {
+namespace {
+void define_shc_ops(torch::Library& m) {
   m.def("channel_stats(Tensor x, float eps) -> (Tensor, Tensor)");
   m.def(
       "channel_stats_backward(Tensor grad_mu, Tensor grad_sigma, Tensor x, Tensor mu, "
@@ -23,3 +25,10 @@ TORCH_LIBRARY(shc, m) {
       "Tensor fc2_weight, Tensor? fc2_bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
       "float eps, str grad_route) -> (Tensor y, Tensor m, Tensor z, Tensor h)");
 }
+}  // namespace
+
+#ifdef SHC_SIMT
+TORCH_LIBRARY(shc_sim, m) { define_shc_ops(m); }
+#else
+TORCH_LIBRARY(shc, m) { define_shc_ops(m); }
+#endif

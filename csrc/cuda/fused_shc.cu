@@ -14,9 +14,6 @@
 // the zeroing of the counter and flags (a memset) and the small dtype casts of the MLP weights.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -47,7 +44,7 @@ struct FusedArgs {
 
 template <typename scalar_t, typename Cfg>
 __device__ __forceinline__ void sample_map(const FusedArgs<scalar_t, typename Cfg::A>& f, int n,
-                                           typename Cfg::A* red) {
+                                           double* red) {
   using A = typename Cfg::A;
   constexpr int NT = Cfg::NT;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid / 32;
@@ -78,10 +75,7 @@ __device__ __forceinline__ void sample_map(const FusedArgs<scalar_t, typename Cf
   }
   __threadfence();  // each writer's m is visible device-wide ...
   __syncthreads();  // ... every writer is done ...
-  if (tid == 0) {
-    __threadfence();  // ... and the release is ordered after the barrier, then the flag
-    atomicExch(f.ready + n, 1);
-  }
+  if (tid == 0) store_release(f.ready + n, 1);  // ... then the flag, ordered after the barrier
 }
 
 template <typename scalar_t, typename Cfg>
@@ -93,8 +87,8 @@ __global__ void __maxnreg__(168)
   __shared__ int64_t row_off[2 * Cfg::BM];
   __shared__ A scale[2 * Cfg::BM];
   __shared__ int item_s;
-  static_assert(Cfg::kSmemBytes >= Cfg::NT * sizeof(A), "reduction buffer");
-  A* red = reinterpret_cast<A*>(raw);
+  static_assert(Cfg::kSmemBytes >= Cfg::NT * sizeof(double), "reduction buffer");
+  double* red = reinterpret_cast<double*>(raw);
   const ConvSmem<Cfg> sm{raw, row_off, scale};
   const int per_tm = f.tiles_n * f.groups;
   const int total = f.N + f.tiles_m * per_tm;
@@ -114,7 +108,7 @@ __global__ void __maxnreg__(168)
     if (threadIdx.x == 0) {
       const int row_lo = tm * Cfg::BM, row_hi = min(M, row_lo + Cfg::BM) - 1;
       for (int n = row_lo / RP; n <= row_hi / RP; ++n)
-        while (*reinterpret_cast<volatile int*>(f.ready + n) == 0) __nanosleep(64);
+        while (load_acquire(f.ready + n) == 0) __nanosleep(64);
       __threadfence();
     }
     __syncthreads();
@@ -144,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cuda(
   at::Tensor m = at::empty({x.size(0), weight.size(2), weight.size(3)}, x.options().dtype(ct));
   const Geom g = make_geom(x, weight, m, stride, padding, dilation, groups, op);
   TORCH_CHECK(g.H * g.W > 0, op, ": x must have a non-empty H x W plane, got ", x.sizes());
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   check_cuda(fc1_weight, x, op, "fc1_weight");
   check_cuda(fc2_weight, x, op, "fc2_weight");
   const int64_t K = shc::hypernetwork_hidden(g.D, g.T, fc1_weight, fc1_bias, fc2_weight, fc2_bias, op);
@@ -158,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cuda(
   const at::Tensor w1 = fc1_weight.to(ct).contiguous(), w2 = fc2_weight.to(ct).contiguous();
   const at::Tensor bt = weight_operand(weight, g, false);
   at::Tensor flags = at::zeros({g.N + 1}, x.options().dtype(at::kInt));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_fused_forward_cuda", [&] {
     using Cfg = ConvCfg<scalar_t>;
     using A = typename Cfg::A;
@@ -191,11 +185,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cuda(
     f.groups = static_cast<int>(g.groups);
     const int64_t items = g.N + static_cast<int64_t>(f.tiles_m) * f.tiles_n * f.groups;
     TORCH_CHECK(items < INT_MAX, op, ": problem too large for the CUDA kernel");
-    int occ = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fused_shc_kernel<scalar_t, Cfg>, Cfg::NT, 0));
+    const int occ = max_active_blocks(fused_shc_kernel<scalar_t, Cfg>, Cfg::NT, 0);
     const int64_t blocks = std::min<int64_t>(items, static_cast<int64_t>(std::max(occ, 1)) * sm_count(x.get_device()));
-    fused_shc_kernel<scalar_t, Cfg><<<static_cast<unsigned>(blocks), Cfg::NT, 0, stream>>>(f, p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(fused_shc_kernel<scalar_t, Cfg>, static_cast<unsigned>(blocks), Cfg::NT, 0, stream, f, p);
   });
   return std::make_tuple(y, m, z, h);
 }
@@ -203,4 +195,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cuda(
 }  // namespace
 }  // namespace shc_cuda
 
-TORCH_LIBRARY_IMPL(shc, CUDA, m) { m.impl("shc_conv2d", &shc_cuda::shc_conv2d_cuda); }
+SHC_CUDA_LIBRARY_IMPL(m) { m.impl("shc_conv2d", &shc_cuda::shc_conv2d_cuda); }

@@ -1,6 +1,6 @@
 // CUDA kernels for the `shc` ops (schemas in csrc/shc.cpp; same semantics as csrc/cpu/shc_cpu.cpp).
 //
-// channel_stats            one block per (sample, channel block): two-pass mean / variance.
+// channel_stats            one block per (sample, channel block): two-pass mean / variance in double.
 // channel_stats_backward   elementwise, written in x.suggest_memory_format().
 // modulated_conv2d         implicit GEMM (shc_cuda.cuh: conv_tile), the m[n,t] scale applied to the
 //                          staged activation tile, bias fused; fp16/bf16 on tensor cores (WMMA,
@@ -18,9 +18,6 @@
 // weight reordered to (G, kh, kw, Dg, Cg) / (G, kh, kw, Cg, Dg) and the fp32 dW / dm accumulators.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -186,7 +183,7 @@ template <typename scalar_t, typename A>
 __global__ void __launch_bounds__(256)
     stats_kernel(const scalar_t* x, int64_t s0, int64_t s1, int64_t s2, int64_t s3, int N, int D,
                  int H, int W, A eps, int DX, A* mu, A* sigma) {
-  __shared__ A red[256];
+  __shared__ double red[256];
   const int dblocks = (D + DX - 1) / DX;
   const int n = blockIdx.x / dblocks, d0 = (blockIdx.x - n * dblocks) * DX;
   block_stats<scalar_t, A, 256>(x, s0, s1, s2, s3, n, d0, D, H, W, eps, DX, red, mu, sigma);
@@ -222,8 +219,7 @@ void launch_conv(const ConvArgs<scalar_t, typename ConvCfg<scalar_t>::A>& a, int
   const dim3 grid(static_cast<unsigned>((M + Cfg::BM - 1) / Cfg::BM),
                   static_cast<unsigned>((a.Ncols + Cfg::BN - 1) / Cfg::BN), static_cast<unsigned>(groups));
   TORCH_CHECK(grid.y <= 65535, "shc: too many output channels per group for the CUDA kernel");
-  conv_kernel<scalar_t, Cfg><<<grid, Cfg::NT, 0, stream>>>(a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(conv_kernel<scalar_t, Cfg>, grid, Cfg::NT, 0, stream, a);
 }
 
 at::Tensor modulated_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& m,
@@ -231,14 +227,14 @@ at::Tensor modulated_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, 
                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "shc::modulated_conv2d";
   const Geom g = make_geom(x, weight, m, stride, padding, dilation, groups, op);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const at::ScalarType ct = compute_type(x.scalar_type());
   const at::Tensor b = bias_arg(bias, x, g, ct, op);
   at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(x.suggest_memory_format()));
   if (y.numel() == 0) return y;
   const at::Tensor mc = m.to(ct).contiguous();
   const at::Tensor bt = weight_operand(weight, g, false);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_modulated_conv2d_cuda", [&] {
     using A = typename ConvCfg<scalar_t>::A;
     launch_conv<scalar_t>(conv_args<scalar_t, A>(g, x, bt, mc, b, y, false), g.groups, stream);
@@ -257,11 +253,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cuda(
                   grad_y.size(3) == g.OW,
               op, ": grad_y must have shape (", g.N, ", ", g.C, ", ", g.OH, ", ", g.OW, "), got ", grad_y.sizes());
   TORCH_CHECK(at::isFloatingType(grad_y.scalar_type()), op, ": grad_y must be floating point");
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const at::ScalarType ct = compute_type(x.scalar_type());
   const bool need_dx = output_mask[0], need_gw = output_mask[1], need_dm = output_mask[2];
   const at::Tensor dy = grad_y.scalar_type() == x.scalar_type() ? grad_y : grad_y.to(x.scalar_type());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   at::Tensor mc;
   if (need_dx || need_gw || need_dm) mc = m.to(ct).contiguous();
 
@@ -333,8 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cuda(
                       static_cast<unsigned>((g.Dg + Cfg::BN - 1) / Cfg::BN),
                       static_cast<unsigned>(g.groups * g.T * splits));
       TORCH_CHECK(grid.y <= 65535, op, ": too many input channels per group for the CUDA kernel");
-      dw_kernel<scalar_t, Cfg><<<grid, Cfg::NT, 0, stream>>>(a);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(dw_kernel<scalar_t, Cfg>, grid, Cfg::NT, 0, stream, a);
     });
   }
   const at::Tensor gw = need_gw ? gw_acc.to(weight.scalar_type()) : at::empty({0}, weight.options());
@@ -350,7 +345,7 @@ std::tuple<at::Tensor, at::Tensor> channel_stats_cuda(const at::Tensor& x, doubl
   TORCH_CHECK(x.size(2) * x.size(3) > 0, op, ": x must have a non-empty H x W plane, got ", x.sizes());
   TORCH_CHECK(x.size(2) * x.size(3) < INT_MAX && x.size(0) * x.size(1) < INT_MAX, op,
               ": problem too large for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const at::ScalarType ct = compute_type(x.scalar_type());
   const int64_t N = x.size(0), D = x.size(1);
   at::Tensor mu = at::empty({N, D}, x.options().dtype(ct));
@@ -358,14 +353,13 @@ std::tuple<at::Tensor, at::Tensor> channel_stats_cuda(const at::Tensor& x, doubl
   if (N * D == 0) return std::make_tuple(mu, sigma);
   const int DX = (x.stride(1) == 1 && D > 1) ? 32 : 1;
   const int64_t blocks = N * ((D + DX - 1) / DX);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_channel_stats_cuda", [&] {
     using A = typename ConvCfg<scalar_t>::A;
-    stats_kernel<scalar_t, A><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3), static_cast<int>(N),
-        static_cast<int>(D), static_cast<int>(x.size(2)), static_cast<int>(x.size(3)), static_cast<A>(eps), DX,
-        mu.mutable_data_ptr<A>(), sigma.mutable_data_ptr<A>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(stats_kernel<scalar_t, A>, static_cast<unsigned>(blocks), 256, 0, stream, x.const_data_ptr<scalar_t>(),
+           x.stride(0), x.stride(1), x.stride(2), x.stride(3), static_cast<int>(N), static_cast<int>(D),
+           static_cast<int>(x.size(2)), static_cast<int>(x.size(3)), static_cast<A>(eps), DX,
+           mu.mutable_data_ptr<A>(), sigma.mutable_data_ptr<A>());
   });
   return std::make_tuple(mu, sigma);
 }
@@ -387,7 +381,7 @@ at::Tensor channel_stats_backward_cuda(const at::Tensor& grad_mu, const at::Tens
     TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": statistics must be floating point");
   }
   TORCH_CHECK(D < INT_MAX && H < INT_MAX && W < INT_MAX, op, ": problem too large for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const at::ScalarType ct = compute_type(x.scalar_type());
   const at::MemoryFormat fmt = x.suggest_memory_format();
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -397,14 +391,13 @@ at::Tensor channel_stats_backward_cuda(const at::Tensor& grad_mu, const at::Tens
   const at::Tensor muc = mu.to(ct).contiguous(), sc = sigma.to(ct).contiguous();
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65536);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_channel_stats_backward_cuda", [&] {
     using A = typename ConvCfg<scalar_t>::A;
-    stats_backward_kernel<scalar_t, A><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-        gm.const_data_ptr<A>(), gs.const_data_ptr<A>(), x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1),
-        x.stride(2), x.stride(3), muc.const_data_ptr<A>(), sc.const_data_ptr<A>(), total, static_cast<int>(D),
-        static_cast<int>(H), static_cast<int>(W), cl, dx.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(stats_backward_kernel<scalar_t, A>, static_cast<unsigned>(blocks), 256, 0, stream, gm.const_data_ptr<A>(),
+           gs.const_data_ptr<A>(), x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+           muc.const_data_ptr<A>(), sc.const_data_ptr<A>(), total, static_cast<int>(D), static_cast<int>(H),
+           static_cast<int>(W), cl, dx.mutable_data_ptr<scalar_t>());
   });
   return dx;
 }
@@ -412,7 +405,7 @@ at::Tensor channel_stats_backward_cuda(const at::Tensor& grad_mu, const at::Tens
 }  // namespace
 }  // namespace shc_cuda
 
-TORCH_LIBRARY_IMPL(shc, CUDA, m) {
+SHC_CUDA_LIBRARY_IMPL(m) {
   m.impl("channel_stats", &shc_cuda::channel_stats_cuda);
   m.impl("channel_stats_backward", &shc_cuda::channel_stats_backward_cuda);
   m.impl("modulated_conv2d", &shc_cuda::modulated_conv2d_cuda);

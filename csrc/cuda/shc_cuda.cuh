@@ -22,6 +22,8 @@
 
 #include <cstdint>
 
+#include "platform.h"
+
 namespace shc_cuda {
 
 // ------------------------------------------------------------------------------------------
@@ -397,45 +399,46 @@ __device__ __forceinline__ void conv_tile(const ConvArgs<scalar_t, typename Cfg:
 // Channel statistics of DX channels [d0, d0 + DX) of sample n, by one block of NT threads laid
 // out as DX channel lanes x (NT / DX) pixel lanes: DX = 1 for NCHW (a plane is contiguous),
 // 32 for channels_last (neighbouring channels are). Two passes (mean, then squared deviations),
-// accumulated in A (fp32, fp64 for fp64 input). red holds NT elements.
+// accumulated in double whatever the input (as the cpu backend): fp32 squares of |x| > ~1e19
+// overflow, and the results are stored in A (fp32, fp64 for fp64 input). red holds NT doubles.
 template <typename scalar_t, typename A, int NT>
 __device__ __forceinline__ void block_stats(const scalar_t* x, int64_t s0, int64_t s1, int64_t s2,
                                             int64_t s3, int n, int d0, int D, int H, int W, A eps,
-                                            int DX, A* red, A* mu, A* sigma) {
+                                            int DX, double* red, A* mu, A* sigma) {
   const int tid = threadIdx.x, PX = NT / DX, dx = tid % DX, px = tid / DX, d = d0 + dx;
   const int HW = H * W;
   const bool flat = s2 == static_cast<int64_t>(W) * s3;  // (h, w) collapse to one stride
   const scalar_t* base = x + n * s0 + static_cast<int64_t>(d < D ? d : 0) * s1;
-  auto at = [&](int q) -> A {
-    if (flat) return to_acc<A>(base[q * s3]);
+  auto at = [&](int q) -> double {
+    if (flat) return static_cast<double>(to_acc<A>(base[q * s3]));
     const int h = q / W, w = q - h * W;
-    return to_acc<A>(base[h * s2 + w * s3]);
+    return static_cast<double>(to_acc<A>(base[h * s2 + w * s3]));
   };
-  auto reduce = [&](A v) -> A {  // sum over the pixel lanes of channel lane dx
+  auto reduce = [&](double v) -> double {  // sum over the pixel lanes of channel lane dx
     red[tid] = v;
     __syncthreads();
     for (int st = PX / 2; st > 0; st >>= 1) {
       if (px < st) red[tid] += red[tid + st * DX];
       __syncthreads();
     }
-    const A r = red[dx];
+    const double r = red[dx];
     __syncthreads();
     return r;
   };
-  A s = A(0);
+  double s = 0.0;
   if (d < D)
     for (int q = px; q < HW; q += PX) s += at(q);
-  const A mean = reduce(s) / static_cast<A>(HW);
-  A v = A(0);
+  const double mean = reduce(s) / static_cast<double>(HW);
+  double v = 0.0;
   if (d < D)
     for (int q = px; q < HW; q += PX) {
-      const A dl = at(q) - mean;
+      const double dl = at(q) - mean;
       v += dl * dl;
     }
-  const A var = reduce(v) / static_cast<A>(HW);
+  const double var = reduce(v) / static_cast<double>(HW);
   if (px == 0 && d < D) {
-    mu[static_cast<int64_t>(n) * D + d] = mean;
-    sigma[static_cast<int64_t>(n) * D + d] = sqrt(var + eps);
+    mu[static_cast<int64_t>(n) * D + d] = static_cast<A>(mean);
+    sigma[static_cast<int64_t>(n) * D + d] = static_cast<A>(sqrt(var + static_cast<double>(eps)));
   }
 }
 

@@ -3,12 +3,12 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
 
 #include <algorithm>
 #include <climits>
 
 #include "../conv_geometry.h"
+#include "platform.h"
 #include "shc_cuda.cuh"
 
 namespace shc_cuda {
@@ -16,15 +16,10 @@ namespace shc_cuda {
 using shc::compute_type;
 
 inline void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor for the CUDA kernel, got ", t.device());
+  TORCH_CHECK(on_kernel_device(t), op, ": ", name, " must be a ", kDeviceName, " tensor for the CUDA kernel, got ",
+              t.device());
   TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but x is on ",
               like.device());
-}
-
-inline int sm_count(int device) {
-  int v = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
-  return std::max(v, 1);
 }
 
 using Geom = shc::ConvGeom;

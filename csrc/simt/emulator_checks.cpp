@@ -1,0 +1,236 @@
+// Small kernels that test the SIMT layer itself (tests/sim/test_emulator.py), each in a correct
+// and a mutated form: a planted missing __syncthreads, a removed ready-flag wait, a code path
+// that assumes one WMMA fragment mapping, and the errors the layer must raise. Written in the
+// CUDA dialect of csrc/cuda, registered as torch.ops.shc_sim_test.*; part of _C_sim only.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <mma.h>
+
+#include <chrono>
+
+namespace shc_sim_test {
+namespace {
+constexpr int NT = 256;
+
+// out[b*NT + i] = in[b*NT + NT-1-i] through shared memory; `barrier` false plants the bug.
+__global__ void reverse_kernel(const float* in, float* out, bool barrier) {
+  __shared__ float s[NT];
+  const int t = threadIdx.x, base = blockIdx.x * NT;
+  s[t] = in[base + t];
+  if (barrier) __syncthreads();
+  out[base + t] = s[NT - 1 - t];
+}
+
+at::Tensor reverse_blocks(const at::Tensor& x, bool barrier) {
+  TORCH_CHECK(x.dim() == 1 && x.numel() % NT == 0 && x.scalar_type() == at::kFloat, "x: float, a multiple of 256");
+  const at::Tensor in = x.contiguous();
+  at::Tensor out = at::empty_like(in);
+  shc_cuda::launch(reverse_kernel, static_cast<unsigned>(in.numel() / NT), NT, 0, nullptr, in.const_data_ptr<float>(),
+                   out.mutable_data_ptr<float>(), barrier);
+  return out;
+}
+
+// Reads shared memory nobody wrote (write = false): the layer poisons it (NaN), as a GPU leaves
+// garbage. (The write keeps the compiler from folding reads of a never-written static to 0.)
+__global__ void uninitialised_kernel(float* out, bool write) {
+  __shared__ float s[NT];
+  if (write) s[threadIdx.x] = 2.f;
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
+at::Tensor read_shared(bool write) {
+  at::Tensor out = at::zeros({NT}, at::kFloat);
+  shc_cuda::launch(uninitialised_kernel, 1, NT, 0, nullptr, out.mutable_data_ptr<float>(), write);
+  return out;
+}
+
+// Only the first half of the block reaches the barrier: a hang on a GPU, an error here.
+__global__ void divergent_kernel(float* out) {
+  if (threadIdx.x < NT / 2) __syncthreads();
+  out[threadIdx.x] = 1.f;
+}
+
+// Two different barriers: undefined behaviour on a GPU, an error here.
+__global__ void split_barrier_kernel(float* out) {
+  if (threadIdx.x % 2 == 0) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 1.f;
+}
+
+// A spin that is never released: a hang on a GPU, a timeout error here.
+__global__ void hang_kernel(int* flag) {
+  if (threadIdx.x == 0)
+    while (shc_cuda::load_acquire(flag) == 0) __nanosleep(64);
+  __syncthreads();
+}
+
+// Warp sum over a partial mask: not emulated, so an error rather than a silent answer.
+__global__ void partial_mask_kernel(float* out) { out[threadIdx.x] = __shfl_xor_sync(0xffffu, 1.f, 1); }
+
+// Warp reduction, as shc_cuda::warp_sum.
+__global__ void warp_sum_kernel(const float* in, float* out) {
+  float v = in[blockIdx.x * blockDim.x + threadIdx.x];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  out[blockIdx.x * blockDim.x + threadIdx.x] = v;
+}
+
+void run_error_kernel(c10::string_view which, double spin_timeout) {
+  at::Tensor out = at::zeros({NT}, at::kFloat);
+  at::Tensor flag = at::zeros({1}, at::kInt);
+  float* o = out.mutable_data_ptr<float>();
+  if (which == "divergent") {
+    shc_cuda::launch(divergent_kernel, 1, NT, 0, nullptr, o);
+  } else if (which == "split_barrier") {
+    shc_cuda::launch(split_barrier_kernel, 1, NT, 0, nullptr, o);
+  } else if (which == "partial_mask") {
+    shc_cuda::launch(partial_mask_kernel, 1, NT, 0, nullptr, o);
+  } else if (which == "hang") {
+    const double saved = simt::config().spin_timeout_s;
+    simt::config().spin_timeout_s = spin_timeout;
+    try {
+      shc_cuda::launch(hang_kernel, 1, NT, 0, nullptr, flag.mutable_data_ptr<int>());
+    } catch (...) {
+      simt::config().spin_timeout_s = saved;
+      throw;
+    }
+    simt::config().spin_timeout_s = saved;
+  } else {
+    TORCH_CHECK(false, "unknown error kernel ", which);
+  }
+}
+
+at::Tensor warp_sums(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 1 && x.numel() % NT == 0 && x.scalar_type() == at::kFloat, "x: float, a multiple of 256");
+  const at::Tensor in = x.contiguous();
+  at::Tensor out = at::empty_like(in);
+  shc_cuda::launch(warp_sum_kernel, static_cast<unsigned>(in.numel() / NT), NT, 0, nullptr,
+                   in.const_data_ptr<float>(), out.mutable_data_ptr<float>());
+  return out;
+}
+
+// The one-launch kernel's handshake in miniature: items [0, P) are producers (a long stretch of
+// block-wide work, then publish data[i] and set ready[i]), items [P, 2P) consumers that wait for
+// ready[i - P] (unless `wait` is false: the planted bug) and copy data. The producer first waits,
+// up to `grace` seconds, for its consumer to report a read: so without the wait the consumer
+// reads before the write whenever another block is live, and the correct kernel only pays the grace.
+struct HandshakeArgs {
+  int* counter;
+  int* ready;
+  int* consumed;
+  float* data;
+  float* out;
+  int P;
+  bool wait;
+  double grace;
+};
+
+__global__ void handshake_kernel(HandshakeArgs a) {
+  __shared__ int item_s;
+  for (;;) {
+    __syncthreads();
+    if (threadIdx.x == 0) item_s = atomicAdd(a.counter, 1);
+    __syncthreads();
+    const int item = item_s;
+    if (item >= 2 * a.P) break;
+    if (item < a.P) {
+      if (threadIdx.x == 0) {
+        const auto start = std::chrono::steady_clock::now();
+        while (shc_cuda::load_acquire(a.consumed + item) == 0 &&
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < a.grace)
+          __nanosleep(64);
+        a.data[item] = 1000.f + item;
+      }
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0) shc_cuda::store_release(a.ready + item, 1);
+    } else {
+      const int i = item - a.P;
+      if (threadIdx.x == 0) {
+        if (a.wait)
+          while (shc_cuda::load_acquire(a.ready + i) == 0) __nanosleep(64);
+        a.out[i] = a.data[i];
+        shc_cuda::store_release(a.consumed + i, 1);
+      }
+    }
+  }
+}
+
+at::Tensor handshake(int64_t P, bool wait, double grace, int64_t blocks) {
+  at::Tensor ints = at::zeros({1 + 2 * P}, at::kInt);
+  at::Tensor data = at::full({P}, -1.f, at::kFloat);
+  at::Tensor out = at::full({P}, -2.f, at::kFloat);
+  HandshakeArgs a{};
+  a.counter = ints.mutable_data_ptr<int>();
+  a.ready = a.counter + 1;
+  a.consumed = a.ready + P;
+  a.data = data.mutable_data_ptr<float>();
+  a.out = out.mutable_data_ptr<float>();
+  a.P = static_cast<int>(P);
+  a.wait = wait;
+  a.grace = grace;
+  shc_cuda::launch(handshake_kernel, static_cast<unsigned>(blocks), NT, 0, nullptr, a);
+  return out;
+}
+
+// sum(W * (A @ B)) for one 16x16x16 WMMA tile (one warp). `hardwired` reads the accumulator as
+// if element e of lane l sat where sm_80's mma layout puts it, instead of loading W into a
+// fragment of the same mapping (what WmmaEngine::dot does): right only on that mapping.
+__global__ void wmma_dot_kernel(const __half* A, const __half* B, const float* W, float* out, bool hardwired) {
+  using namespace nvcuda;
+  __shared__ __align__(128) __half As[256];
+  __shared__ __align__(128) __half Bs[256];
+  __shared__ __align__(128) float Ws[256];
+  for (int i = threadIdx.x; i < 256; i += 32) {
+    As[i] = A[i];
+    Bs[i] = B[i];
+    Ws[i] = W[i];
+  }
+  __syncthreads();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c, w;
+  wmma::fill_fragment(c, 0.f);
+  wmma::load_matrix_sync(a, As, 16);
+  wmma::load_matrix_sync(b, Bs, 16);
+  wmma::mma_sync(c, a, b, c);
+  float s = 0.f;
+  if (hardwired) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    for (int e = 0; e < c.num_elements; ++e) {
+      const int row = g + 8 * ((e >> 1) & 1), col = 2 * t + (e & 1) + 8 * (e >> 2);
+      s += Ws[row * 16 + col] * c.x[e];
+    }
+  } else {
+    wmma::load_matrix_sync(w, Ws, 16, wmma::mem_row_major);
+    for (int e = 0; e < c.num_elements; ++e) s += w.x[e] * c.x[e];
+  }
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+at::Tensor wmma_dot(const at::Tensor& A, const at::Tensor& B, const at::Tensor& W, bool hardwired) {
+  TORCH_CHECK(A.sizes() == at::IntArrayRef({16, 16}) && B.sizes() == A.sizes() && W.sizes() == A.sizes(),
+              "A, B, W: 16 x 16");
+  const at::Tensor a = A.to(at::kHalf).contiguous(), b = B.to(at::kHalf).contiguous(), w = W.to(at::kFloat).contiguous();
+  at::Tensor out = at::zeros({1}, at::kFloat);
+  shc_cuda::launch(wmma_dot_kernel, 1, 32, 0, nullptr, reinterpret_cast<const __half*>(a.const_data_ptr<at::Half>()),
+                   reinterpret_cast<const __half*>(b.const_data_ptr<at::Half>()), w.const_data_ptr<float>(),
+                   out.mutable_data_ptr<float>(), hardwired);
+  return out;
+}
+}  // namespace
+}  // namespace shc_sim_test
+
+TORCH_LIBRARY(shc_sim_test, m) {
+  m.def("reverse_blocks(Tensor x, bool barrier) -> Tensor", &shc_sim_test::reverse_blocks);
+  m.def("read_shared(bool write) -> Tensor", &shc_sim_test::read_shared);
+  m.def("run_error_kernel(str which, float spin_timeout) -> ()", &shc_sim_test::run_error_kernel);
+  m.def("warp_sums(Tensor x) -> Tensor", &shc_sim_test::warp_sums);
+  m.def("handshake(int P, bool wait, float grace, int blocks) -> Tensor", &shc_sim_test::handshake);
+  m.def("wmma_dot(Tensor A, Tensor B, Tensor W, bool hardwired) -> Tensor", &shc_sim_test::wmma_dot);
+}
