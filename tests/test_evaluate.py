@@ -22,17 +22,17 @@ FAST += ["--no-progress"]
 
 
 def _save(path, model, shc_flag):
-    meta = {"arch": "plain10", "shc": shc_flag, "small_input": True, "num_classes": 10}
+    meta = {"arch": "plain10", "shc": shc_flag, "small_input": True, "num_classes": 10, "width": 0.125}
     torch.save({"meta": meta, "model": model.state_dict(), "epoch": 0}, path)  # train.py's format
     return str(path)
 
 
 def _tiny_checkpoints(tmp):
-    """A random Plain-10 (full width: the meta rebuilds the paper's model; 8×8 digits keep it
-    fast) and its output-preserving SHC conversion: the two agree on every image, so the images
-    both classify correctly are the plain one's correct ones (--confidence 0)."""
+    """A random Plain-10 at width 1/8 (the meta's "width" rebuilds it) and its output-preserving
+    SHC conversion: the two agree on every image, so the images both classify correctly are the
+    plain one's correct ones (--confidence 0)."""
     torch.manual_seed(0)
-    plain = models.plain10(num_classes=10, shc=False, small_input=True)
+    plain = models.plain10(num_classes=10, shc=False, small_input=True, width=0.125)
     plain.eval()
     a = _save(tmp / "plain.pt", plain, False)
     b = _save(tmp / "shc.pt", shc.convert(plain), True)
@@ -70,16 +70,18 @@ def test_shc_attack_end_to_end_writes_tables_and_figures(tmp_path):
 
 
 def test_missing_checkpoint_exits_2_with_a_message(tmp_path, capsys):
-    rc = evaluate.main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path), "--no-progress"])
-    assert rc == 2
-    assert "no checkpoint at" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path), "--no-progress"])
+    assert exc.value.code == 2
+    assert "argument --checkpoint: no file at" in capsys.readouterr().err
 
 
 def test_checkpoint_without_meta_exits_2_with_a_message(tmp_path, capsys):
     path = tmp_path / "bare.pt"
     torch.save(models.plain10(num_classes=10, shc=False, small_input=True).state_dict(), path)
-    rc = evaluate.main(["--checkpoint", str(path), "--out", str(tmp_path), "--no-progress"])
-    assert rc == 2
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--checkpoint", str(path), "--out", str(tmp_path), "--no-progress"])
+    assert exc.value.code == 2
     assert '"meta"' in capsys.readouterr().err
 
 
@@ -113,3 +115,80 @@ def test_run_attacks_and_format_tables_without_files(tmp_path):
     assert "| A |" in md and "| B-SHC-T |" in md
     with pytest.raises(TypeError, match="unknown settings"):
         evaluate.run_attacks({"A": plain}, val, None, lsa_step=3)
+
+
+# ---------------------------------------------------------------- bad command lines (issue 14)
+
+
+def _tiny_model_file(path, num_classes=10, **meta_extra):
+    torch.manual_seed(0)
+    net = models.plain10(num_classes=num_classes, shc=False, small_input=True, width=0.0625)
+    meta = {"arch": "plain10", "shc": False, "small_input": True, "num_classes": num_classes, "width": 0.0625}
+    torch.save({"meta": meta | meta_extra, "model": net.state_dict()}, path)
+    return str(path)
+
+
+def _attack_cases(tmp):
+    good = _tiny_model_file(tmp / "good.pt")
+    two = _tiny_model_file(tmp / "two.pt", num_classes=2)
+    five = _tiny_model_file(tmp / "five.pt", num_classes=5)
+    (tmp / "text.pt").write_text("hello, I am not a checkpoint\n")
+    torch.save({"weights": 1}, tmp / "nometa.pt")
+    (tmp / "afile").write_text("x")
+    (tmp / "noval").mkdir()
+    out = ["--out", str(tmp / "out")]
+    ok = ["--checkpoint", good, *out]
+    return [
+        (["--checkpoint", str(tmp / "missing.pt"), *out], ("--checkpoint", "no file")),
+        (["--checkpoint", str(tmp), *out], ("--checkpoint", "is a folder")),
+        (["--checkpoint", str(tmp / "text.pt"), *out], ("--checkpoint", "not a PyTorch checkpoint")),
+        (["--checkpoint", str(tmp / "nometa.pt"), *out], ("--checkpoint", '"meta"')),
+        (["--checkpoint", two, *out], ("--checkpoint", "at least 3 classes")),
+        (["--checkpoint", five, *out, "--digits-size", "8"], ("--checkpoint", "5 classes")),
+        ([*ok, "--label", "a", "b"], "--label"),
+        ([*ok, "--device", "cuda:7"], "--device"),
+        ([*ok, "--device", "bogus"], "--device"),
+        ([*ok, "--gaussian-images", "0"], "--gaussian-images"),
+        ([*ok, "--max-images", "0"], "--max-images"),
+        ([*ok, "--max-images", "-3"], "--max-images"),
+        ([*ok, "--lsa-images", "0"], "--lsa-images"),
+        ([*ok, "--lsa-steps", "-1"], "--lsa-steps"),
+        ([*ok, "--lsa-pixels", "0"], "--lsa-pixels"),
+        ([*ok, "--lsa-candidates", "0"], "--lsa-candidates"),
+        ([*ok, "--batch-size", "0"], "--batch-size"),
+        ([*ok, "--confidence", "1.5"], "--confidence"),
+        ([*ok, "--image-size", "0"], "--image-size"),
+        ([*ok, "--digits-size", "0"], "--digits-size"),
+        ([*ok, "--seed", "-1"], "--seed"),
+        ([*ok, "--attacks", "bogus"], "--attacks"),
+        (["--checkpoint", good, "--out", str(tmp / "afile")], ("--out", "is a file")),
+        ([*ok, "--data", str(tmp / "nowhere")], "--data"),
+        ([*ok, "--data", str(tmp / "noval")], ("--data", "val/")),
+    ]
+
+
+def test_bad_shc_attack_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    from cli_cases import assert_rejected
+
+    for argv, expect in _attack_cases(tmp_path):
+        assert_rejected(["attack", *argv], expect, tmp_path)
+
+
+def test_shc_attack_on_an_imagefolder_with_only_val(tmp_path):
+    from PIL import Image
+
+    for i, cls in enumerate(("a", "b", "c")):
+        (tmp_path / "d" / "val" / cls).mkdir(parents=True)
+        Image.new("RGB", (30, 20), (80 * i, 10, 200)).save(tmp_path / "d" / "val" / cls / "x.png")
+    ckpt = _tiny_model_file(tmp_path / "three.pt", num_classes=3)
+    out = tmp_path / "out"
+    argv = ["--checkpoint", ckpt, "--data", str(tmp_path / "d"), "--image-size", "12", "--out", str(out)]
+    rc = evaluate.main([*argv, "--attacks", "gaussian", "fgsm", "--confidence", "0", "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["val_images"] == 3 and res["gaussian"]["Plain-10"]["images"] == 3
+
+
+def test_attack_help_has_no_rst_markup():
+    help_text = evaluate.build_parser().format_help()
+    assert "``" not in help_text and ":func:" not in help_text
