@@ -477,6 +477,11 @@ struct Blocking {
   bool brgemm;
 };
 
+// A GEMM width (the row stride of the im2col block, dy and y blocks) that is a multiple of 128
+// floats maps the B-operand rows the micro-kernel walks onto a few L1 sets (4x4 planes of 32
+// samples gave 512 columns: forward 1.6x a plain conv, 1.2x with 500).
+inline bool aliased(int64_t L) { return L >= 128 && L % 128 == 0; }
+
 Blocking choose_blocking(const Geom& g, size_t elem, bool backward) {
   const Knobs knobs = read_knobs(backward);
   // The reduction (K = Dg*T) is streamed in blocks of ~kRows rows: the im2col block for one
@@ -493,9 +498,14 @@ Blocking choose_blocking(const Geom& g, size_t elem, bool backward) {
   const int64_t P = std::max<int64_t>(1, g.P);
   if (P >= want) {
     b.nb = 1;
-    const int64_t rows = std::max<int64_t>(1, std::min(g.OH, want / std::max<int64_t>(1, g.OW)));
-    const int64_t nblocks = (g.OH + rows - 1) / rows;
+    int64_t rows = std::max<int64_t>(1, std::min(g.OH, want / std::max<int64_t>(1, g.OW)));
+    int64_t nblocks = (g.OH + rows - 1) / rows;
     b.rows = (g.OH + nblocks - 1) / nblocks;  // even split: no ragged last block
+    while (aliased(b.rows * g.OW) && b.rows > 1) {
+      rows = b.rows - 1;
+      nblocks = (g.OH + rows - 1) / rows;
+      b.rows = (g.OH + nblocks - 1) / nblocks;
+    }
   } else {
     const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
     // keep a few chunks per thread for balance when the batch allows it
@@ -507,6 +517,11 @@ Blocking choose_blocking(const Geom& g, size_t elem, bool backward) {
     if (nchunks > nthreads && nchunks % nthreads != 0) {
       nchunks = (nchunks + nthreads - 1) / nthreads * nthreads;
       nb = std::max<int64_t>(1, (g.N + nchunks - 1) / nchunks);
+    }
+    // a smaller nb whose GEMM width is not aliased and whose chunks still balance
+    for (int64_t c = nb; c > 1 && aliased(nb * P); --c) {
+      const int64_t nc = (g.N + c - 1) / c;
+      if (!aliased(c * P) && (nc % nthreads == 0 || nc < nthreads)) nb = c;
     }
     b.nb = nb;
     b.rows = g.OH;
