@@ -101,11 +101,23 @@ def _(dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, need_x):
     )
 
 
+def _second_order(fn, inputs, needs, grads_out):
+    """The backward recomputed through a differentiable path (reference.py's plain PyTorch),
+    its graph kept: what create_graph=True (second order) gets from the Triton backend, whose
+    kernels have no derivatives of their own."""
+    with torch.enable_grad():
+        outs = fn(*inputs)
+    wanted = [t for t, n in zip(inputs, needs, strict=True) if n and t is not None]
+    got = iter(torch.autograd.grad(outs, wanted, grads_out, create_graph=True, allow_unused=True))
+    return tuple(next(got) if (n and t is not None) else None for t, n in zip(inputs, needs, strict=True))
+
+
 def _map_setup_context(ctx, inputs, output):
-    x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, _kh, _kw, _eps = inputs
+    x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps = inputs
     m, mu, sigma, h = output
     ctx.mark_non_differentiable(mu, sigma, h)
-    ctx.save_for_backward(x, fc1_weight, fc2_weight, m, mu, sigma, h)
+    ctx.save_for_backward(x, fc1_weight, fc2_weight, m, mu, sigma, h, fc1_bias, fc2_bias)
+    ctx.map_conf = ((kh, kw), eps)
     ctx.bias_dtypes = (
         None if fc1_bias is None else fc1_bias.dtype,
         None if fc2_bias is None else fc2_bias.dtype,
@@ -113,10 +125,19 @@ def _map_setup_context(ctx, inputs, output):
 
 
 def _map_backward(ctx, dm, _dmu, _dsigma, _dh):
-    x, fc1_weight, fc2_weight, m, mu, sigma, h = ctx.saved_tensors
+    x, fc1_weight, fc2_weight, m, mu, sigma, h, fc1_bias, fc2_bias = ctx.saved_tensors
     need = ctx.needs_input_grad
     if dm is None:
         dm = torch.zeros_like(m)
+    if torch.is_grad_enabled():  # create_graph=True
+
+        def fn(*args):
+            from ..reference import statistical_map
+
+            return statistical_map(*args, *ctx.map_conf)
+
+        inputs = (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+        return (*_second_order(fn, inputs, need[:5], dm), None, None, None)
     dx, g_w1, g_b1, g_w2, g_b2 = torch.ops.shc.triton_statistical_map_backward(
         dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, bool(need[0])
     )
@@ -206,6 +227,16 @@ def _conv_setup_context(ctx, inputs, output):
 def _conv_backward(ctx, grad_y):
     x, weight, m = ctx.saved_tensors
     need_x, need_w, need_m, need_b = ctx.needs_input_grad[:4]
+    if torch.is_grad_enabled():  # create_graph=True
+
+        def fn(xx, ww, mm):
+            from ..reference import modulated_conv2d
+
+            return modulated_conv2d(xx, ww, mm, None, *ctx.conf)
+
+        grads = _second_order(fn, (x, weight, m), (need_x, need_w, need_m), grad_y)
+        gb = grad_y.sum(dim=(0, 2, 3)) if (ctx.has_bias and need_b) else None
+        return (*grads, gb, None, None, None, None)
     gx, gw, gm = torch.ops.shc.triton_modulated_conv2d_backward(
         grad_y, x, weight, m, *ctx.conf, bool(need_x), bool(need_w), bool(need_m)
     )
