@@ -146,6 +146,11 @@ def test_model_built_on_meta_then_materialised():
         model = shc.models.build("plain10", num_classes=10, shc=True, small_input=True)
         y = model(torch.rand(2, 3, 16, 16))  # shapes only
     assert y.shape == (2, 10) and y.device.type == "meta"
+    model.to_empty(device="cpu")
+    for mod in model.modules():
+        if hasattr(mod, "reset_parameters"):
+            mod.reset_parameters()
+    assert torch.isfinite(model(torch.rand(2, 3, 16, 16))).all()
     with torch.device("meta"):
         plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                               nn.Conv2d(8, 10, 3, stride=2), nn.AdaptiveAvgPool2d(1),

@@ -45,8 +45,15 @@ class Normalize(nn.Module):
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
+        self._constants = (tuple(mean), tuple(std))
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def reset_parameters(self) -> None:
+        """Refill the constants (a model built on the meta device, then ``to_empty``)."""
+        with torch.no_grad():
+            for buf, values in zip((self.mean, self.std), self._constants, strict=True):
+                buf.copy_(torch.tensor(values, device="cpu").view_as(buf))
 
     def forward(self, x):
         if x.dim() == 4 and x.shape[1] == 1 and self.mean.shape[1] != 1:
