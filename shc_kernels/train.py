@@ -580,7 +580,7 @@ def check_run(args, device) -> None:
         reason = backends.unavailable_reason(args.backend)
         if reason is not None:
             raise ValueError(f"--backend {args.backend} is not available: {reason}")
-        if backends.backend_device(args.backend) != device.type:
+        if backends.backend_device(args.backend) not in (None, device.type):
             raise ValueError(f"--backend {args.backend} does not run on {device.type} (the training device)")
 
 

@@ -33,6 +33,15 @@ def _imagefolder(root, classes=3):
     return root
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The models here are tiny: a second intra-op thread only adds contention on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def files(tmp_path):
     (tmp_path / "notes.txt").write_text("hello, not a checkpoint\n")
@@ -62,6 +71,7 @@ TRAIN_ROWS = [
     (["--epochs", "0"], "argument --epochs: must be a whole number > 0"),
     (["--epochs", "-3"], "argument --epochs"),
     (["--epochs", "2.5"], "argument --epochs: expected a whole number"),
+    (["--epochs", ""], "argument --epochs: expected a whole number, got ''"),
     (["--batch-size", "-2"], "argument --batch-size: must be a whole number > 0"),
     (["--batch-size", "0"], "argument --batch-size"),
     (["--lr", "0"], "argument --lr: must be a number > 0"),
@@ -80,6 +90,8 @@ TRAIN_ROWS = [
     (["--seed", "x"], "argument --seed"),
     (["--width", "0"], "argument --width: must be a number > 0"),
     (["--width", "-1"], "argument --width"),
+    (["--width", "nan"], "argument --width: expected a finite number"),
+    (["--lr", "1e400"], "argument --lr: expected a finite number"),
     # out of range: a batch larger than the data
     (["--batch-size", "100000"], "--batch-size 100000 x 1 processes is larger than the training set"),
     # unknown names
@@ -94,6 +106,7 @@ TRAIN_ROWS = [
     ([f"--device=cuda:{CUDA_COUNT}"], "argument --device"),
     # input paths
     (["--data", "{tmp}/missing"], "argument --data: no folder at"),
+    (["--data", ""], "argument --data: no folder at ''"),
     (["--data", "{tmp}/notes.txt"], "argument --data: '{tmp}/notes.txt' is a file"),
     (["--data", "{tmp}/noval"], "has no val/ subfolder"),
     (["--data", "{tmp}/corrupt", "--batch-size", "2"], "cannot read image {tmp}/corrupt/train/c1/bad.png"),
@@ -111,6 +124,7 @@ TRAIN_ROWS = [
     (["--out", "{tmp}/notes.txt"], "argument --out: '{tmp}/notes.txt' is a file, expected a folder"),
     (["--out", "{tmp}/notes.txt/run"], "argument --out: cannot create folder"),
     (["--out", "{tmp}/has_run"], "already holds a run: add --resume"),
+    (["--out", ""], "argument --out: expected a folder, got an empty path"),
     # resume
     (["--resume"], "--resume: no checkpoint at {tmp}/out/checkpoint.pt"),
     (["--resume", "--out", "{tmp}/text_run"], "--resume: {tmp}/text_run/checkpoint.pt is not a readable"),
@@ -181,3 +195,13 @@ def test_help_shows_no_rst_markup(capsys):
             cli.main(argv)
         assert exc.value.code == 0
         assert "``" not in capsys.readouterr().out, argv
+
+
+def test_train_accepts_every_backend_that_runs_on_the_training_device(tmp_path):
+    names = [b for b in backends.available_backends() if backends.backend_device(b) in (None, "cpu")]
+    assert "reference" in names
+    data = _imagefolder(tmp_path / "data")  # 6 training and 3 validation images: fast
+    for name in names:
+        argv = [*TRAIN, "--data", str(data), "--batch-size", "2", "--shc", "--backend", name]
+        code, _, err = run_cli([*argv, "--device", "cpu", "--out", str(tmp_path / name)])
+        assert code == 0, f"--backend {name}: {err[-2000:]}"
