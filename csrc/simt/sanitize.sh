@@ -29,7 +29,8 @@ for kind in "${kinds[@]}"; do
       preload="$(${CXX:-c++} -print-file-name=libtsan.so)"
       export TSAN_OPTIONS="halt_on_error=1 exitcode=66 report_signal_unsafe=0 ${TSAN_OPTIONS:-}" ;;
     address)
-      preload="$(${CXX:-c++} -print-file-name=libasan.so)"
+      # libstdc++ too: ASan resolves the real __cxa_throw at start-up, before python loads it
+      preload="$(${CXX:-c++} -print-file-name=libasan.so) $(${CXX:-c++} -print-file-name=libstdc++.so)"
       export ASAN_OPTIONS="detect_leaks=0 halt_on_error=1 ${ASAN_OPTIONS:-}"
       export UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1 ${UBSAN_OPTIONS:-}" ;;
     *) echo "sanitize: unknown sanitizer $kind (thread, address)" >&2; exit 2 ;;

@@ -268,7 +268,13 @@ size_t stack_bytes() {
 struct Stacks {
   std::vector<void*> s;
   ~Stacks() {
-    for (void* p : s) munmap(p, stack_bytes());
+    for (void* p : s) {
+#if SIMT_ASAN
+      // ASan's shadow keeps the fibers' stack redzones: clear it before the range is reused.
+      __asan_unpoison_memory_region(p, stack_bytes());
+#endif
+      munmap(p, stack_bytes());
+    }
   }
   void* get(int i) {
     while (static_cast<int>(s.size()) <= i) {
@@ -410,9 +416,12 @@ void run_block(Block& b, Stacks& stacks) {
     if (ran == 0) {  // only spinning threads: wait for another block
       if (!spinning) spin_start = std::chrono::steady_clock::now();
       spinning = true;
-      std::this_thread::yield();
       const double waited =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - spin_start).count();
+      if (waited < 1e-3)
+        std::this_thread::yield();
+      else  // leave the core to the block being waited for
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
       if (waited > cfg.spin_timeout_s) describe_and_fail(b, "spin wait longer than the timeout (a hang on the GPU)");
     } else {
       spinning = false;

@@ -17,6 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
 from helpers import FORMS, ROUTES, forced_form, make_params, rand_x, run_layer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # cases.py, shared with tests/sim
+from cases import LARGE, SMALL  # noqa: E402
+
 import shc_kernels as shc  # noqa: E402
 from shc_kernels import reference  # noqa: E402
 
@@ -29,22 +32,6 @@ GPU_BACKENDS = [b for b in shc.available_backends() if b in ("triton", "cuda")]
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Relative to max |reference|: fp32 is IEEE here (TF32 switched off by the fixture below).
 REL_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
-# (N, D, C, H, W, kernel, stride, padding, dilation, groups)
-SMALL = {
-    "3x3": (2, 4, 6, 7, 6, 3, 1, 1, 1, 1),
-    "3x3-s2-g2-p0": (3, 4, 6, 9, 8, 3, 2, 0, 1, 2),
-    "5x5-p2": (2, 3, 5, 8, 7, 5, 1, 2, 1, 1),
-    "3x3-dil2-s21-g2": (2, 4, 4, 9, 9, 3, (2, 1), 2, 2, 2),
-    "1x1": (2, 6, 4, 5, 7, 1, 1, 0, 1, 1),
-    "hw1": (2, 3, 4, 1, 1, 1, 1, 0, 1, 1),
-}
-LARGE = {
-    "r50-l1": (4, 64, 64, 56, 56, 3, 1, 1, 1, 1),
-    "r50-l3-s2": (4, 256, 256, 28, 28, 3, 2, 1, 1, 1),
-    "r50-l4": (8, 512, 512, 7, 7, 3, 1, 1, 1, 1),
-    "5x5-g4": (4, 64, 96, 33, 31, 5, 1, 2, 1, 4),
-    "1x1-wide": (4, 256, 64, 14, 14, 1, 1, 0, 1, 1),
-}
 
 
 @pytest.fixture(autouse=True)

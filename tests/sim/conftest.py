@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "gpu"))  # tests/gpu/cases.py: the parity cases
 BUILT = importlib.util.find_spec("shc_kernels._C_sim") is not None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import SMALL  # tests/gpu/cases.py
 from helpers import FORMS, ROUTES, fits, forced_form, layer_shapes, make_params, rand_x, run_layer
 from hypothesis import HealthCheck, given, settings
 from sim_helpers import EMULATION_NAMES, EMULATIONS, check_close, emulation, pick
@@ -16,17 +17,9 @@ import shc_kernels as shc
 from shc_kernels import reference
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-# (N, D, C, H, W, kernel, stride, padding, dilation, groups): tests/gpu's small cases, and one
-# that spans several row, column and reduction tiles of every kernel.
-CASES = {
-    "3x3": (2, 4, 6, 7, 6, 3, 1, 1, 1, 1),
-    "3x3-s2-g2-p0": (3, 4, 6, 9, 8, 3, 2, 0, 1, 2),
-    "5x5-p2": (2, 3, 5, 8, 7, 5, 1, 2, 1, 1),
-    "3x3-dil2-s21-g2": (2, 4, 4, 9, 9, 3, (2, 1), 2, 2, 2),
-    "1x1": (2, 6, 4, 5, 7, 1, 1, 0, 1, 1),
-    "hw1": (2, 3, 4, 1, 1, 1, 1, 0, 1, 1),
-    "tiles": (2, 40, 70, 11, 13, 3, 1, 1, 1, 1),
-}
+# tests/gpu's small cases, and one that spans several row, column and reduction tiles of every
+# kernel: (N, D, C, H, W, kernel, stride, padding, dilation, groups).
+CASES = {**SMALL, "tiles": (2, 40, 70, 11, 13, 3, 1, 1, 1, 1)}
 
 
 def layer(form):
