@@ -199,3 +199,14 @@ def test_ops_take_any_strides(sim):
     mu_ref, sigma_ref = reference.channel_stats(x.double())
     check_close(mu, mu_ref, torch.float32, "mu")
     check_close(sigma, sigma_ref, torch.float32, "sigma")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_gradcheck_through_the_emulated_kernels(sim, form):
+    # float64 end to end: the backward of every op (their formulas in ops.py run shc_sim's
+    # backward kernels) against finite differences of the emulated forward.
+    weight, bias, f1w, f1b, f2w, f2b = make_params(2, 2, 3, 3, dtype=torch.float64)
+    x = rand_x(1, 2, 4, 3, dtype=torch.float64)
+    inputs = [t.detach().clone().requires_grad_(True) for t in (x, weight, bias, f1w, f1b, f2w, f2b)]
+    with emulation(sm_count=2):
+        assert torch.autograd.gradcheck(lambda *a: layer(form)(*a, padding=1), inputs, eps=1e-6, atol=1e-6)
