@@ -180,7 +180,7 @@ class SeededSamples(Dataset):
 def _seeded(seed: int):
     python_state = random.getstate()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU one only: CUDA streams are left alone
         random.seed(seed)
         try:
             yield
