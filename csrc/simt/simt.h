@@ -15,7 +15,10 @@
 //             hardware's mapping or a scrambled one
 //   memory    atomics are std::atomic_ref (relaxed), __threadfence a seq_cst fence
 // Under ThreadSanitizer every fiber is a TSan fiber, barriers are release/acquire on one sync
-// object per generation, and the OS-thread switches carry no synchronisation of their own.
+// object per generation, and a switch from the scheduler to a fiber carries no synchronisation
+// of its own (the threads of a block stay concurrent for TSan). Under AddressSanitizer the fiber
+// switches are announced (__sanitizer_start/finish_switch_fiber). Only x86-64 (the switch is
+// written in assembly: glibc's swapcontext makes a system call per switch).
 #pragma once
 
 #include <cuda_bf16.h>

@@ -1,7 +1,6 @@
 // The SIMT layer's scheduler (simt.h says what it emulates and how).
 #include "simt.h"
 
-#include <dlfcn.h>
 #include <link.h>
 #include <sys/mman.h>
 
@@ -11,7 +10,6 @@
 
 #include <chrono>
 #include <mutex>
-#include <random>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -507,7 +505,7 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
   std::mutex mu;
   std::exception_ptr first;
   g_abort.store(false);
-  auto worker = [&](int wid) {
+  auto worker = [&] {
     Stacks stacks;
     Block b;
     b.nthreads = nt;
@@ -553,10 +551,9 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
       std::lock_guard<std::mutex> lock(mu);
       if (!first) first = std::current_exception();
     }
-    (void)wid;
   };
   std::vector<std::thread> threads;
-  for (int w = 0; w < live; ++w) threads.emplace_back(worker, w);
+  for (int w = 0; w < live; ++w) threads.emplace_back(worker);
   for (auto& t : threads) t.join();
   g_abort.store(false);
   if (first) std::rethrow_exception(first);
