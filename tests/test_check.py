@@ -127,6 +127,17 @@ def test_an_output_in_the_wrong_memory_format_or_nan_fails(monkeypatch):
             assert line.endswith("PASS"), line
 
 
+@needs_cpu_backend
+def test_an_x_that_is_both_nchw_and_channels_last_may_give_nchw_as_f_conv2d_does():
+    s = next(s for s in check.SMALL if s.h * s.w == 1)  # F.conv2d gives NCHW for it too
+    x, params = check.make_inputs(s, seed=0)
+    gy = torch.randn(s.n, s.c, 1, 3, dtype=torch.float64)  # y is (n, c, 1, 3)
+    expected = check.run_layer(x, params, gy, s, "both", "reference", "nchw", "cpu")
+    inputs = (x, params, gy)
+    row = check.check_row("cpu", "fused", torch.float64, "channels_last", "both", s, inputs, expected, "cpu")
+    assert row.passed, check.format_row(row)
+
+
 def test_a_backend_named_but_unavailable_is_a_failed_row(monkeypatch):
     monkeypatch.setattr(check.backends, "unavailable_reason", lambda name: "not built here")
     code, stdout, _ = run_cli(["check", "--device", "cpu", "--quick", "--backends", "cpu"])
