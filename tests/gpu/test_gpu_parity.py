@@ -233,3 +233,16 @@ def test_cuda_backend_times_its_two_forms_once_per_shape(monkeypatch):
     assert len(shc.backends._FASTEST) == len(chosen)  # not timed again
     y_ref = reference.shc_conv2d(x.double(), *[p.double() for p in params], padding=1)
     _check(y, y_ref, torch.float16, "y")
+
+
+@needs_cuda_backend
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_cuda_statistics_of_huge_inputs_are_finite(channels_last):
+    # fp32 squares of |x| ~ 1e30 overflow: the kernels accumulate in double (tests/sim checks the
+    # same on the CPU-run build).
+    x = (rand_x(2, 40, 9, 7, dtype=torch.float64, channels_last=channels_last) * 1e30 / 3).float().cuda()
+    mu, sigma = torch.ops.shc.channel_stats(x, 1e-5)
+    mu_ref, sigma_ref = reference.channel_stats(x.double())
+    assert torch.isfinite(mu).all() and torch.isfinite(sigma).all()
+    torch.testing.assert_close(mu.double(), mu_ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(sigma.double(), sigma_ref, rtol=1e-5, atol=0)
