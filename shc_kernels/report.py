@@ -97,6 +97,14 @@ def format_tables(results: dict) -> str:
     }
     parts = []
     for name, (header, rows) in table_rows(results).items():
+        if name != "table1_gaussian" and results.get("selected") == 0:
+            # No table of NaN: say why there is nothing to attack.
+            parts.append(
+                CAPTIONS[name].split(",")[0].split(":")[0] + ": not run: no image is classified correctly "
+                f"with confidence > {fields['confidence']} by every model "
+                "(train longer, or lower --confidence)."
+            )
+            continue
         lines = [CAPTIONS[name].format(**fields), "", "| " + " | ".join(header) + " |"]
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
