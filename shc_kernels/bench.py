@@ -233,8 +233,11 @@ class Timer:
     """Times several functions round-robin (one call of each per repetition), so a change in the
     machine's load hits every method alike and the ratios stay fair."""
 
-    def __init__(self, device):
+    def __init__(self, device, clock="wall"):
         self.cuda = torch.device(device).type == "cuda"
+        # "thread": CPU time of the calling thread (one CPU thread only): on a machine shared with
+        # other jobs it counts the work, not the time slices other processes took.
+        self.clock = time.thread_time if clock == "thread" else time.perf_counter
         self.samples: dict = {}  # name -> every repetition's time (ms) of the last interleaved()
 
     def _once(self, fn) -> float:
@@ -246,9 +249,9 @@ class Timer:
             end.record()
             torch.cuda.synchronize()
             return start.elapsed_time(end)
-        t0 = time.perf_counter()
+        t0 = self.clock()
         fn()
-        return (time.perf_counter() - t0) * 1e3
+        return (self.clock() - t0) * 1e3
 
     def interleaved(self, fns: dict, warmup: int, reps: int) -> dict:
         """name -> (median, min, max) in milliseconds."""
@@ -355,6 +358,7 @@ def machine_info(args) -> dict:
         "channels_last": args.channels_last,
         "warmup": args.warmup,
         "reps": args.reps,
+        "clock": args.clock,
     }
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
@@ -397,7 +401,7 @@ def markdown(rows: list[Row], info: dict, command: str) -> str:
 
 def run_layers(args) -> list[Row]:
     dtype = DTYPES[args.dtype]
-    timer = Timer(args.device)
+    timer = Timer(args.device, args.clock)
     shapes = resolve_shapes(args.shapes)
     rows: list[Row] = []
     for shape in shapes:
@@ -469,7 +473,7 @@ def run_model(args) -> list[dict]:
             opt.step()
 
         steps[f"{args.model}{'-shc' if shc_on else ''}"] = step
-    timed = Timer(args.device).interleaved(steps, args.warmup, args.reps)
+    timed = Timer(args.device, args.clock).interleaved(steps, args.warmup, args.reps)
     results = []
     for name, (med, lo, hi) in timed.items():
         results.append(
@@ -537,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=ca.positive_int, default=5)
     p.add_argument("--threads", type=ca.positive_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument(
+        "--clock", choices=("wall", "thread"), default="wall",
+        help="thread: CPU time of the one thread (CPU, --threads 1), for a machine shared with other jobs",
+    )  # fmt: skip
     p.add_argument("--json", type=ca.writable_file, default=None, help="write the results as JSON here")
     p.add_argument("--markdown", type=ca.writable_file, default=None, help="write the table as Markdown here")
     p.add_argument(
@@ -568,6 +576,8 @@ def check_args(parser, args, argv) -> None:
                 f"argument --methods: unknown method(s) {', '.join(bad)}; "
                 f"expected some of {', '.join(known)}",
             )
+    if args.clock == "thread" and (args.threads != 1 or not args.device.startswith("cpu")):
+        cli_args.fail(parser, "argument --clock: thread needs --device cpu --threads 1")
     if args.json and args.markdown and os.path.abspath(args.json) == os.path.abspath(args.markdown):
         cli_args.fail(parser, "arguments --json and --markdown name the same file")
 

@@ -43,6 +43,8 @@ BAD = [
     (["--model", "plain10", "--width", "nan"], "--width"),
     (["--model", "plain10", "--image-size", "0"], "--image-size"),
     (["--model", "plain10", "--num-classes", "0"], "--num-classes"),
+    (["--clock", "cpu"], "--clock"),
+    (["--clock", "thread", "--threads", "2"], "--clock"),
     (["--json", "{tmp}"], "--json"),
     (["--markdown", "{tmp}/"], "--markdown"),
     (["--json", "{tmp}/a_file/out.json"], "--json"),
