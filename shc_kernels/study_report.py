@@ -85,7 +85,7 @@ def metric_rows(raw: dict, settings: dict) -> list[tuple[str, str, str, float]]:
 
     rows = []
     for key, m in raw["clean"].items():
-        rows.append(("Clean", "accuracy on the full test set (%)", key, 100.0 * m["top1"]))
+        rows.append(("Clean", "accuracy on the test images (%)", key, 100.0 * m["top1"]))
     for key, p in raw["paper"].items():
         g = p["gaussian"]
         rows.append(("Table 1", f"clean acc. ({g['images']} images, %)", key, g["clean_acc"]))
@@ -129,7 +129,11 @@ def metric_rows(raw: dict, settings: dict) -> list[tuple[str, str, str, float]]:
             )
         )
     for key, r in raw["autoattack"].items():
-        rows.append(("Beyond", f"AutoAttack standard, eps={eps:g}, {r['images']} images (%)", key, r["acc"]))
+        n = r["images"]
+        rows.append(
+            ("Beyond", f"clean accuracy on the first {n} test images (AutoAttack's) (%)", key, r["clean"])
+        )
+        rows.append(("Beyond", f"AutoAttack standard, eps={eps:g}, first {n} test images (%)", key, r["acc"]))
     for key, r in raw["curve"].items():
         for e, acc in r["acc"].items():
             rows.append(("Accuracy vs eps", f"PGD eps={e} (%)", key, acc))
@@ -217,7 +221,7 @@ def markdown(aggr, checks, run_info, raw) -> str:
     lines = [
         "# Does SHC make a network more robust? Fashion-MNIST study",
         "",
-        f"Command: `{run_info['command']}`  ",
+        f"Command: `{run_info['command']}` (every result read from or added to the cache of `shc study`)  ",
         f"Data: {run_info['data']}; machine: {run_info['machine']}, {run_info['threads']} torch threads  ",
         f"Versions: {', '.join(f'{k} {v}' for k, v in run_info['versions'].items())}  ",
         f"Compute time (s, summed over every run of the cache): {run_info['seconds_cached']}  ",
@@ -227,7 +231,7 @@ def markdown(aggr, checks, run_info, raw) -> str:
         f"without max-pool, each plain and SHC, seeds {seeds}; trained {s['epochs']} epochs x "
         f"{s['steps_per_epoch']} steps x batch {s['batch_size']} (random images of the 60,000 each "
         f"epoch), SGD lr {s['lr']} (/10 at epochs {s['milestones']}). Test images: "
-        f"{raw['meta']['selected_images']} of the 10,000 test images that every model classifies "
+        f"{raw['meta']['selected_images']} of the {_test_count(s)} test images that every model classifies "
         "correctly with confidence > 0.9 (the same images for every model); Table 1 uses the first "
         f"{s['gaussian_images']} test images.",
         "",
@@ -239,9 +243,10 @@ def markdown(aggr, checks, run_info, raw) -> str:
         f"LSA); beyond the paper, untargeted L-inf at eps {s['eps']}: torchattacks' PGD "
         f"({s['pgd_steps']} steps, step 2.5·eps/steps, random start, {s['pgd_restarts']} restarts, each "
         f"on the images still correct) and FGSM on {s['images']} images, Square ({s['square_queries']} "
-        f"queries) on {s['square_images']}, the PGD curve on {s['curve_images']}, AutoAttack (standard: "
-        f"APGD-CE, APGD-T, FAB-T, Square) on {s['aa_images']} images for the first {s['aa_seeds']} "
-        "seed(s).",
+        f"queries) on {s['square_images']}, the PGD curve on {s['curve_images']}; AutoAttack (torchattacks' "
+        f"'standard' suite: APGD-CE and APGD-T at torchattacks' default 10 steps, FAB-T, Square with 5000 "
+        f"queries) on the first {s['aa_images']} test images (robust accuracy: a "
+        f"clean error counts as a failure) for the first {s['aa_seeds']} seed(s) only (its cost).",
     ]
     if 28 * 28 < s["lsa_pixels"] * s["lsa_steps"]:
         lines += [
@@ -289,6 +294,11 @@ def markdown(aggr, checks, run_info, raw) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _test_count(settings) -> str:
+    n = settings.get("test_images")
+    return "10,000" if n is None else f"first {n:,} (of 10,000)"
 
 
 def _widths(width) -> str:
