@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-# Build the C++ (and, once csrc/cuda has kernels, CUDA) extension for these GPUs.
-export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+# Build the C++ and CUDA extension for these GPUs (sm_80, sm_90 cubins; compute_90 PTX for newer).
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 export MAX_JOBS ?= 2
 # Without a GPU the everyday build is CPU-only (fast); `make cuda-check` builds and checks the
 # CUDA sources separately. On a machine with a GPU, setup.py's own rule applies.

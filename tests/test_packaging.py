@@ -147,3 +147,13 @@ def test_a_cuda_build_imports_without_a_gpu_and_says_why_cuda_cannot_run():
     needs_cuda_build()
     assert backends.unavailable_reason("cuda") == "no CUDA device is available"
     assert "cpu" in shc_kernels.available_backends()
+
+
+def test_the_wheel_holds_no_cuda_on_cpu_build():
+    # _C_sim (make cuda-sim) is test-only: an installed wheel must not carry it.
+    if "site-packages" not in shc_kernels.__file__:
+        pytest.skip("not an installed package")
+    import importlib.util
+
+    assert importlib.util.find_spec("shc_kernels._C_sim") is None
+    assert backends.unavailable_reason("cuda_sim") is not None
