@@ -43,8 +43,9 @@ def unavailable_reason(name: str) -> str | None:
             return ops.LOAD_ERROR
         if not ops.cuda_compiled():
             return (
-                "shc_kernels was built without its CUDA kernels (a CPU-only build: SHC_SKIP_CUDA=1, no nvcc, "
-                "or a CPU-only torch at build time); the wheel `make wheel` builds where nvcc is found has them"
+                "shc_kernels was built without its CUDA kernels (a CPU-only build: SHC_SKIP_CUDA=1, no "
+                "nvcc, or a CPU-only torch at build time); the wheel `make wheel` builds where nvcc is found "
+                "has them"
             )
         if not torch.cuda.is_available():
             return "no CUDA device is available"
