@@ -126,9 +126,13 @@ def auto_check_cost(reps: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=30)
+    # One thread by default: on a machine where anything else runs, a 2-thread OpenMP conv of
+    # this size waits for its descheduled second thread (12 ms instead of 90 µs, measured).
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
@@ -137,7 +141,7 @@ def main(argv=None) -> int:
         "auto_first_call_ms": auto_check_cost(max(3, args.reps // 6)),
     }
     lines = ["# Layer path overhead (CPU)", "", f"{res['machine']}, torch {res['torch']}. "
-             "Command: `python bench/layer_overhead.py`", "",
+             "Command: `python bench/layer_overhead.py --json ... --markdown ...`", "",
              "## Per call, N=1, 32 ch @ 14², fp32 (µs, minimum)", "", "| | F.conv2d | functional | module |",
              "|---|---|---|---|"]  # fmt: skip
     for mode, t in res["per_call_us"].items():
