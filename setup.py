@@ -183,7 +183,9 @@ def main():
         python_requires=">=3.10",
         # torchvision: models; scikit-learn: the embedded digits data; tqdm: progress bars;
         # matplotlib: the attack report's figures.
-        install_requires=[_torch_pin(), "torchvision", "numpy", "scikit-learn", "tqdm", "matplotlib"],
+        install_requires=[
+            _torch_pin(), "torchvision", "numpy", "scikit-learn", "tqdm", "matplotlib", "torchattacks"
+        ],
         entry_points={"console_scripts": ["shc=shc_kernels.cli:main"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,

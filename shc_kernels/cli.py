@@ -9,7 +9,6 @@ import sys
 import torch
 
 from . import __version__, backends, ops
-from .modules import SHCConv2d
 
 
 def info_lines() -> list[str]:
@@ -45,42 +44,6 @@ def info_lines() -> list[str]:
         lines.append("excluded:")
         lines.extend(f"  {line}" for line in excluded)
     return lines
-
-
-def _grads(layer: SHCConv2d, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    layer.zero_grad()
-    x = x.detach().requires_grad_(True)
-    y = layer(x)
-    # A fixed, non-uniform upstream gradient so every parameter sees a real signal.
-    y.backward(torch.linspace(-1.0, 1.0, y.numel(), dtype=y.dtype).view_as(y))
-    out = {"y": y.detach(), "dx": x.grad}
-    out.update({f"d{name}": p.grad for name, p in layer.named_parameters()})
-    return out
-
-
-def demo_check(device: str = "cpu", seed: int = 0) -> bool:
-    """Forward and backward of one SHC layer on every available backend against reference."""
-    torch.manual_seed(seed)
-    layer = SHCConv2d(16, 24, 3, stride=1, padding=1, device=device, dtype=torch.float32)
-    x = torch.randn(4, 16, 12, 12, device=device)
-    layer.backend = "reference"
-    expected = _grads(layer, x)
-    ok = True
-    for name in backends.available_backends():
-        if name == "reference" or backends.backend_device(name) != torch.device(device).type:
-            continue
-        layer.backend = name
-        got = _grads(layer, x)
-        worst = max(
-            ((got[k] - v).abs().max() / v.abs().max().clamp_min(1e-12)).item() for k, v in expected.items()
-        )
-        passed = worst < 1e-4
-        ok &= passed
-        print(
-            f"  {name:<8} y, dx, dweight, dbias, dfc1, dfc2 vs reference: "
-            f"max relative error {worst:.2e} -> {'OK' if passed else 'FAIL'}"
-        )
-    return ok
 
 
 # Subcommands with their own argument parsers, run as `shc NAME ...`.

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from . import backends, bench, cli, protocol, report, train
+from . import backends, bench, check, cli, protocol, report, train
 from . import cli_args as ca
 from . import data as data_mod
 
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--digits-size", type=ca.positive_int, default=16)
     p.add_argument("--seed", type=ca.nonnegative_int, default=0)
-    p.add_argument("--quick-check-only", action="store_true", help="only step 1 (info + backend check)")
+    p.add_argument("--quick-check-only", action="store_true", help="only step 1 (info + shc check --quick)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs = 1 if args.data == "fashion-mnist" else 3
     start = time.perf_counter()
     print("\n".join(cli.info_lines()))
-    print("\n== SHC layer 16->24, 3x3, N=4, 12x12, fp32: every backend against the reference")
-    if not cli.demo_check("cpu"):
-        print("demo: a backend disagrees with the reference", file=sys.stderr)
+    print("\n== shc check --device cpu --quick: every backend and form against the reference")
+    if check.main(["--device", "cpu", "--quick"]) != 0:
+        print("demo: a backend disagrees with the reference (see the FAIL rows above)", file=sys.stderr)
         return 1
     if args.quick_check_only:
         return 0

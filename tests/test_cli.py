@@ -1,4 +1,4 @@
-"""The `shc` command: info, the demo's backend check, and the bench table."""
+"""The `shc` command: info and the bench table."""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ def test_info_lists_every_backend_with_its_state(capsys):
     for name in backends.BACKENDS:
         assert f"  {name} " in out
     assert "reference  available" in out
-
-
-def test_demo_check_passes_on_cpu(capsys):
-    assert cli.demo_check("cpu")
-    out = capsys.readouterr().out
-    assert "cpu" in out and "FAIL" not in out
 
 
 def test_bench_writes_json_and_markdown(tmp_path):
