@@ -268,12 +268,17 @@ def test_convert_keeps_outputs_on_a_converted_model_without_warnings():
 # ---------------------------------------------------------------- auto checks before it trusts
 
 
-@needs_cpu
-def test_auto_excludes_a_candidate_that_computes_wrong_numbers(monkeypatch):
+@pytest.fixture
+def two_candidates(monkeypatch):
+    """auto with two timed candidates, "cpu" and "reference", and empty caches."""
     monkeypatch.setattr(shc.backends, "_FASTEST", {})
     monkeypatch.setattr(shc.backends, "_EXCLUDED", {})
     monkeypatch.setattr(shc.backends, "auto_candidates", lambda x: ["cpu", "reference"])
     monkeypatch.delenv("SHC_BACKEND", raising=False)
+
+
+@needs_cpu
+def test_auto_excludes_a_candidate_that_computes_wrong_numbers(two_candidates, monkeypatch):
     real = shc.functional._layer
 
     def wrong_cpu(*args):
@@ -291,11 +296,7 @@ def test_auto_excludes_a_candidate_that_computes_wrong_numbers(monkeypatch):
 
 
 @needs_cpu
-def test_auto_keeps_the_faster_of_candidates_that_agree(monkeypatch):
-    monkeypatch.setattr(shc.backends, "_FASTEST", {})
-    monkeypatch.setattr(shc.backends, "_EXCLUDED", {})
-    monkeypatch.setattr(shc.backends, "auto_candidates", lambda x: ["cpu", "reference"])
-    monkeypatch.delenv("SHC_BACKEND", raising=False)
+def test_auto_keeps_the_faster_of_candidates_that_agree(two_candidates):
     x, p = torch.randn(3, 2, 6, 6), _params(2, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
