@@ -76,6 +76,14 @@ def conv_padding(padding, padding_mode, weight, stride, dilation):
     return padding, explicit
 
 
+def dense_layout(t: torch.Tensor) -> torch.Tensor:
+    """The kernels take NCHW-contiguous or channels_last tensors; anything else is copied to
+    NCHW-contiguous first."""
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return t
+    return t.contiguous()
+
+
 def check_eps(eps) -> float:
     """eps, added to the variance: a finite number > 0 (sigma = sqrt(eps) for a constant plane)."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):

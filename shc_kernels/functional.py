@@ -19,7 +19,9 @@ from ._checks import (
     check_grad_route,
     check_layer_conv_args,
     check_map_args,
+    check_tensor,
     conv_padding,
+    dense_layout,
     pair,
     route_inputs,
     stats_dtype,
@@ -35,13 +37,6 @@ def _lib(backend: str):
     """The custom ops a compiled backend runs: ``shc::``, or ``shc_sim::`` for the CUDA kernels
     run on the CPU (the test-only "cuda_sim" backend)."""
     return torch.ops.shc_sim if backend == "cuda_sim" else torch.ops.shc
-
-
-def _layout_ok(x: torch.Tensor) -> torch.Tensor:
-    """The kernels take NCHW or channels_last; anything else is copied to NCHW first."""
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.contiguous()
 
 
 def forced_form() -> str | None:
@@ -192,7 +187,7 @@ def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, 
     if be == "reference":
         mu, sigma = reference.channel_stats(x, eps)
     else:
-        mu, sigma = _lib(be).channel_stats(_layout_ok(x), eps)
+        mu, sigma = _lib(be).channel_stats(dense_layout(x), eps)
     return reference.hypernetwork(mu, sigma, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size)
 
 
@@ -214,9 +209,9 @@ def modulated_conv2d(x, weight, m, bias=None, stride=1, padding=0, dilation=1, g
     if be == "triton":
         from .triton.ops import modulated_conv2d as triton_conv
 
-        return triton_conv(_layout_ok(x), weight, m, bias, stride, padding, dilation, groups)
+        return triton_conv(dense_layout(x), weight, m, bias, stride, padding, dilation, groups)
     return _lib(be).modulated_conv2d(
-        _layout_ok(x),
+        dense_layout(x),
         weight.contiguous(),
         m.to(stats_dtype(x.dtype)).contiguous(),
         bias,
@@ -267,7 +262,11 @@ def shc_conv2d(
         x = x.unsqueeze(0)
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     padding, explicit = conv_padding(padding, padding_mode, weight, stride, dilation)
-    x_conv = x if explicit is None else _pad(x, explicit, padding_mode)
+    x_conv = x
+    if explicit is not None:  # the route not taken sees x detached, as in _layer
+        check_tensor(x, "x", 4)
+        x_stats, x_conv = route_inputs(x, grad_route)
+        x_conv = _pad(x_conv, explicit, padding_mode)
     # Every argument is checked before a backend or form is timed, so bad input is a clear
     # ValueError/TypeError, never a candidate that "failed" while timing.
     stride, padding, dilation = check_layer_conv_args(x_conv, weight, bias, stride, padding, dilation, groups)
@@ -282,8 +281,6 @@ def shc_conv2d(
     else:  # one documented route: pad explicitly, map from the unpadded input, "split" form
         forced_form()
         be = _choose_backend(backend, x_conv, weight, bias, hyper_params, *conf)
-        x_stats, x_conv = route_inputs(x, grad_route)
-        x_conv = _pad(x_conv, explicit, padding_mode)
         m = statistical_map(x_stats, *hyper_params, tuple(weight.shape[2:]), eps, backend=be)
         y = modulated_conv2d(x_conv, weight, m, bias, stride, padding, dilation, groups, backend=be)
     return y.squeeze(0) if unbatched else y
@@ -311,7 +308,7 @@ def _layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, 
     with stride, padding and dilation as pairs."""
     if form == "fused":
         y, _m, _z, _h = _lib(backend).shc_conv2d(
-            _layout_ok(x), weight.contiguous(), bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+            dense_layout(x), weight.contiguous(), bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
             list(stride), list(padding), list(dilation), groups, float(eps), grad_route,
         )  # fmt: skip
         return y

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch._prims_common import suggest_memory_format
 
-from ._checks import conv_out_size, route_inputs, stats_dtype
+from ._checks import conv_out_size, dense_layout, route_inputs, stats_dtype
 
 
 def _check_torch_matches_build() -> None:
@@ -79,13 +79,6 @@ def _fake_modulated_conv2d_backward(grad_y, x, weight, m, stride, padding, dilat
     gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if mask[1] else weight.new_empty(0)
     gm = torch.empty_like(m, memory_format=torch.contiguous_format) if mask[2] else m.new_empty(0)
     return gx, gw, gm
-
-
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    """NCHW-contiguous or channels_last as it is; anything else copied (the kernels take both)."""
-    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
-        return t
-    return t.contiguous()
 
 
 def _given(grad, ref: torch.Tensor):
@@ -193,7 +186,7 @@ def _conv_backward_backward(ctx, ggx, ggw, ggm):
         if gg is None:
             continue
         args = [x, weight, m]
-        args[i] = _dense(gg)
+        args[i] = dense_layout(gg)
         if need["gy"]:
             out["gy"] = _add(out["gy"], lib.modulated_conv2d(*args, None, *conf))
         mask = [need[k] and j != i for j, k in enumerate(("x", "w", "m"))]
