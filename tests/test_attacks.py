@@ -288,9 +288,19 @@ def test_local_search_greedy_step_lowers_the_true_class_on_a_linear_model():
 def test_local_search_stops_changing_when_every_pixel_is_perturbed():
     model = linear_model()
     x, y = images(n=2)
-    r = attacks.local_search(model, x, y, pixels_per_step=30, steps=4, candidates=64, generator=gen())
+    calls = []
+    model.register_forward_hook(lambda mod, inp, out: calls.append(len(out)))
+    # 64 pixels, 30 per step: every pixel is perturbed after 3 steps, so step 4 on repeats step 3.
+    steps = 6
+    r = attacks.local_search(model, x, y, pixels_per_step=30, steps=steps, candidates=64, generator=gen())
     assert r.perturbed.all()
-    assert r.confidence.shape == (5, 2)
+    assert r.confidence.shape == (steps + 1, 2)
+    for key in ("confidence", "best_confidence", "correct", "rcd"):
+        assert torch.equal(r[key][3:], r[key][3:4].expand_as(r[key][3:]))
+    assert len(calls) == 1 + 3 * 2  # the clean images, then 3 steps of (candidates, the new image)
+    with torch.no_grad():
+        p = F.softmax(model(r.images).double(), 1)[torch.arange(2), y]
+    torch.testing.assert_close(r.confidence[-1], p)
 
 
 # ---------------------------------------------------------------- RCD, eq. (5)

@@ -93,7 +93,16 @@ def local_search(
         scores = [torch.zeros(n, dtype=p_clean.dtype, device=x.device)]
         best = [conf[0]]
         best_images = adv.clone()
-        for _ in range(steps):
+        for step in range(steps):
+            if perturbed.all():
+                # Every pixel of every image is perturbed: no step can change anything more, so
+                # the remaining rows repeat the last one (the model is deterministic in eval mode).
+                for _ in range(steps - step):
+                    for row in (conf, best, correct, scores):
+                        row.append(row[-1])
+                    if progress is not None:
+                        progress()
+                break
             # Neighbours of the last step's pixels come first (priority >= 1), in random order,
             # then random pixels; perturbed pixels are never candidates again.
             near = F.max_pool2d(last.view(n, 1, h, w).to(x.dtype), 2 * radius + 1, 1, radius).view(n, hw) > 0
