@@ -24,6 +24,12 @@ void define_shc_ops(torch::Library& m) {
       "shc_conv2d(Tensor x, Tensor weight, Tensor? bias, Tensor fc1_weight, Tensor? fc1_bias, "
       "Tensor fc2_weight, Tensor? fc2_bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
       "float eps, str grad_route) -> (Tensor y, Tensor m, Tensor z, Tensor h)");
+  // shc_conv2d's first-order backward in one call (CPU kernel only): the gradients of x, weight,
+  // bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, each empty where output_mask is False.
+  m.def(
+      "shc_conv2d_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor m, Tensor z, Tensor h, "
+      "Tensor fc1_weight, Tensor fc2_weight, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+      "str grad_route, bool[7] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 }  // namespace
 

@@ -12,6 +12,10 @@ Ops (schemas in csrc/shc.cpp):
       dilation, groups, eps, grad_route) -> (y, m, z, h)
       the whole layer as one op (one kernel launch on CUDA); m, z = cat(mu, sigma) and the
       hidden units h are what its backward needs. grad_route only changes the backward.
+  shc::shc_conv2d_backward(gy, x, weight, m, z, h, fc1_weight, fc2_weight, stride, padding,
+      dilation, groups, grad_route, mask) -> the 7 gradients of x, weight, bias, fc1_weight,
+      fc1_bias, fc2_weight, fc2_bias (empty where mask is False): shc_conv2d's first-order
+      backward in one call, CPU only (the other devices and second order compose the ops above).
 """
 
 from __future__ import annotations
@@ -209,6 +213,17 @@ def _fake_shc_conv2d(x, weight, bias, f1w, f1b, f2w, f2b, stride, padding, dilat
     return y, m, x.new_empty((n, 2 * x.shape[1]), dtype=dt), x.new_empty((n, f1w.shape[0]), dtype=dt)
 
 
+def _fake_shc_conv2d_backward(
+    gy, x, weight, m, z, h, f1w, f2w, stride, padding, dilation, groups, route, mask
+):
+    likes = (x, weight, weight, f1w, f1w, f2w, f2w)
+    shapes = (x.shape, weight.shape, weight.shape[:1], f1w.shape, f1w.shape[:1], f2w.shape, f2w.shape[:1])
+    out = [like.new_empty(shape if on else (0,)) for like, shape, on in zip(likes, shapes, mask, strict=True)]
+    if mask[0]:
+        out[0] = out[0].contiguous(memory_format=suggest_memory_format(x))
+    return tuple(out)
+
+
 def _layer_setup_context(ctx, inputs, output):
     x, weight, bias, f1w, f1b, f2w, f2b, stride, padding, dilation, groups, _eps, grad_route = inputs
     _y, m, z, h = output
@@ -216,6 +231,22 @@ def _layer_setup_context(ctx, inputs, output):
     ctx.conf = (stride, padding, dilation, groups)
     ctx.grad_route = grad_route
     ctx.has_bias = (bias is not None, f1b is not None, f2b is not None)
+    # Outputs nobody differentiates (m, z, h almost always) reach the backward as None, not zeros.
+    ctx.set_materialize_grads(False)
+
+
+def _one_call_backward(ctx, grad_y, grad_m, grad_z, grad_h) -> bool:
+    """Whether shc::shc_conv2d_backward can serve this backward: first order (no graph of the
+    backward wanted), only y's gradient arriving, on its CPU kernel."""
+    return (
+        not torch.is_grad_enabled()
+        and grad_y is not None
+        and grad_m is None
+        and grad_z is None
+        and grad_h is None
+        and ctx.lib is torch.ops.shc
+        and grad_y.device.type == "cpu"
+    )
 
 
 def _layer_backward(ctx, grad_y, grad_m, grad_z, grad_h):
@@ -226,7 +257,21 @@ def _layer_backward(ctx, grad_y, grad_m, grad_z, grad_h):
     enter the chain. Every step is a differentiable op, so create_graph=True gives second order;
     the route not taken sees x detached, as the reference's route_inputs does."""
     x, weight, f1w, f2w, m, z, h = ctx.saved_tensors
-    need_x, need_w, need_b, need_f1w, need_f1b, need_f2w, need_f2b = ctx.needs_input_grad[:7]
+    need = ctx.needs_input_grad[:7]
+    if _one_call_backward(ctx, grad_y, grad_m, grad_z, grad_h):
+        grads = ctx.lib.shc_conv2d_backward(
+            grad_y, x, weight, m, z, h, f1w, f2w, *ctx.conf, ctx.grad_route, need
+        )
+        return (
+            *(g if on else None for g, on in zip(grads, need, strict=True)),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+    need_x, need_w, need_b, need_f1w, need_f1b, need_f2w, need_f2b = need
     route = ctx.grad_route
     x_stats, x_conv = route_inputs(x, route)
     conv_x = need_x and route != "hyper"
@@ -320,7 +365,7 @@ def _register_autograd(namespace: str, opname: str, backward, setup_context) -> 
 
 
 def register_namespace(namespace: str) -> None:
-    """Fake functions, autograd formulas (every order) and autocast rules for the five ops of
+    """Fake functions, autograd formulas (every order) and autocast rules for the ops of
     ``namespace`` (schemas in csrc/shc.cpp): "shc", or "shc_sim" for the CUDA kernels run on the
     CPU (csrc/simt/)."""
     fakes = {
@@ -329,6 +374,7 @@ def register_namespace(namespace: str) -> None:
         "modulated_conv2d": _fake_modulated_conv2d,
         "modulated_conv2d_backward": _fake_modulated_conv2d_backward,
         "shc_conv2d": _fake_shc_conv2d,
+        "shc_conv2d_backward": _fake_shc_conv2d_backward,
     }
     for opname, fake in fakes.items():
         torch.library.register_fake(f"{namespace}::{opname}", fake)
@@ -365,6 +411,12 @@ def load_sim() -> str | None:
     except ImportError as exc:
         SIM_LOAD_ERROR = f"the CUDA-on-CPU build shc_kernels._C_sim is not built (`make cuda-sim`): {exc}"
         return SIM_LOAD_ERROR
-    register_namespace("shc_sim")
+    try:
+        register_namespace("shc_sim")
+    except RuntimeError as exc:  # a build from older sources lacks an op of csrc/shc.cpp
+        SIM_LOAD_ERROR = (
+            f"the CUDA-on-CPU build shc_kernels._C_sim is out of date; rebuild it (`make cuda-sim`): {exc}"
+        )
+        return SIM_LOAD_ERROR
     SIM_LOAD_ERROR = None
     return None

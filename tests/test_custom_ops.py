@@ -123,6 +123,103 @@ def test_shc_conv2d_op_gradcheck_through_every_output():
     assert torch.autograd.gradcheck(op, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+GRADS = ("x", "weight", "bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+
+
+def _reference_grads(args, conf, route, gy, mask):
+    """The gradients the reference (reference.py, every route) gives for upstream gradient gy."""
+    leaves = [t.detach().requires_grad_(on) for t, on in zip(args, mask, strict=True)]
+    stride, padding, dilation, groups = conf
+    x_stats, x_conv = shc._checks.route_inputs(leaves[0], route)
+    m = shc.reference.statistical_map(x_stats, *leaves[3:], (3, 3))
+    y = shc.reference.modulated_conv2d(x_conv, leaves[1], m, leaves[2], stride, padding, dilation, groups)
+    wanted = [t for t, on in zip(leaves, mask, strict=True) if on]
+    grads = iter(torch.autograd.grad(y, wanted, gy, allow_unused=True))
+    return [next(grads) if on else None for on in mask]
+
+
+@pytest.mark.parametrize("route", ["both", "conv", "hyper"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    "mask",
+    [
+        [True] * 7,
+        [True, False, False, False, False, False, False],
+        [False, True, True, True, False, True, False],
+    ],
+    ids=["all", "x-only", "params-only"],
+)
+@pytest.mark.parametrize(
+    "conf", [([1, 1], [1, 1], [1, 1], 1), ([2, 1], [0, 2], [1, 2], 2)], ids=["plain", "grouped"]
+)
+def test_one_call_backward_gives_the_reference_gradients(route, channels_last, mask, conf):
+    # shc::shc_conv2d_backward (the CPU backward of the layer in one call) against autograd
+    # through the reference, float64, for every route and for subsets of the gradients.
+    torch.manual_seed(0)
+    args = _layer_args(torch.float64, channels_last, groups=conf[3], n=3)
+    y, m, z, h = torch.ops.shc.shc_conv2d(*args, *conf, 1e-5, route)
+    gy = torch.randn_like(y)
+    x, w, _b, f1w, _f1b, f2w, _f2b = args
+    got = torch.ops.shc.shc_conv2d_backward(gy, x, w, m, z, h, f1w, f2w, *conf, route, mask)
+    want = _reference_grads(args, conf, route, gy, mask)
+    for name, g, ref, on in zip(GRADS, got, want, mask, strict=True):
+        if not on:
+            assert g.numel() == 0, name
+            continue
+        torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-11, msg=name)
+    if mask[0]:
+        assert got[0].is_contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
+
+
+@pytest.mark.parametrize("mask", [[True] * 7, [False, True, False, False, True, False, True]])
+def test_opcheck_shc_conv2d_backward(mask):
+    args = _layer_args(torch.float32, n=2)
+    conf = ([1, 1], [1, 1], [1, 1], 1)
+    y, m, z, h = torch.ops.shc.shc_conv2d(*args, *conf, 1e-5, "both")
+    x, w, _b, f1w, _f1b, f2w, _f2b = args
+    torch.library.opcheck(
+        torch.ops.shc.shc_conv2d_backward.default,
+        (torch.randn_like(y), x, w, m, z, h, f1w, f2w, *conf, "both", mask),
+    )
+
+
+def test_module_backward_is_one_call_first_order_and_composed_second_order():
+    # First order: the layer's backward is shc::shc_conv2d_backward alone. With create_graph
+    # (a graph of the backward wanted) it is composed of the differentiable ops instead, and
+    # both give the same first-order gradients.
+    torch.manual_seed(0)
+    layer = shc.SHCConv2d(4, 6, 3, padding=1, backend="cpu").double()
+    x = torch.randn(3, 4, 7, 6, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for create_graph in (False, True):
+        with torch.profiler.profile() as prof:
+            y = layer(x)
+            g = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()], create_graph=create_graph)
+        ran = {e.name for e in prof.events() if e.name.startswith("shc::")}
+        one_call = "shc::shc_conv2d_backward" in ran
+        assert one_call != create_graph, ran
+        assert ("shc::modulated_conv2d_backward" in ran) == create_graph, ran
+        grads[create_graph] = [t.detach() for t in g]
+    for a, b in zip(grads[False], grads[True], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_one_call_backward_of_an_empty_batch_and_a_1x1_plane():
+    conf = ([1, 1], [1, 1], [1, 1], 1)
+    for n, hw in ((0, 5), (2, 1)):
+        args = [t.requires_grad_(True) for t in make_params(4, 6, 3, 3, dtype=torch.float64)]
+        x = torch.randn(n, 4, hw, hw, dtype=torch.float64, requires_grad=True)
+        layer_args = [x, *args]
+        y, *_ = torch.ops.shc.shc_conv2d(*layer_args, *conf, 1e-5, "both")
+        gy = torch.randn_like(y)
+        got = torch.autograd.grad(y, layer_args, gy)
+        want = _reference_grads(layer_args, conf, "both", gy, [True] * 7)
+        for name, g, ref in zip(GRADS, got, want, strict=True):
+            torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-11, msg=f"n={n} hw={hw} {name}")
+
+
 def test_shc_conv2d_op_returns_map_and_statistics():
     x, w, b, f1w, f1b, f2w, f2b = _layer_args(torch.float64)
     conf = ([1, 1], [1, 1], [1, 1], 1, 1e-5, "both")

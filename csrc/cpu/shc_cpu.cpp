@@ -36,6 +36,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -191,6 +192,15 @@ void transpose(int64_t rows, int64_t cols, const T* src, int64_t ld_src, T* dst,
       }
     }
   }
+}
+
+// Sum of n values in double (grad_bias).
+template <typename T>
+double sum_row(const T* p, int64_t n) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(p[i]);
+  return s;
 }
 
 // Uninitialized scratch buffer (std::vector would zero-fill, which costs real time here).
@@ -612,20 +622,32 @@ void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bi
   });
 }
 
+// Called on the worker thread once samples [n0, n0 + nb) are complete (their dx conv route and
+// dm): shc::shc_conv2d_backward finishes those samples there while their dx is still in cache.
+using ChunkDone = std::function<void(int64_t n0, int64_t nb)>;
+
+// dx (conv route), grad_weight, dm and grad_bias (db, C doubles); a null pointer is not computed.
 template <typename T>
 void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* m, T* dx,
-                   T* gw, double* dm) {
+                   T* gw, double* dm, double* db = nullptr, const ChunkDone* done = nullptr) {
   const bool need_gw = gw != nullptr;
   const bool need_cols_bwd = dx != nullptr || dm != nullptr;
   const int64_t CK = g.C * g.K;
   if (g.N == 0 || !(need_gw || need_cols_bwd)) {
     if (need_gw) std::fill(gw, gw + CK, T(0));
+    if (db != nullptr) {  // nothing else needs the loop over dy: sum it alone
+      std::fill(db, db + g.C, 0.0);
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t c = 0; c < g.C; ++c) db[c] += sum_row(dy + (n * g.C + c) * g.P, g.P);
+    }
     return;
   }
   const Blocking blk = choose_blocking(g, sizeof(T), true);
   const int64_t nthreads = num_workers(blk.nchunks);  // workers, each with its own accumulator
   // per-thread grad_weight accumulators, transposed per group: accT[grp] is (K x Cg)
   Buf<T> acc(need_gw ? nthreads * CK : 0);
+  // per-thread grad_bias accumulators (double), summed in worker order at the end
+  std::vector<double> bacc(db != nullptr ? static_cast<size_t>(nthreads * g.C) : 0, 0.0);
   std::vector<char> inited(static_cast<size_t>(nthreads * g.groups), 0);
   // W_g^T (K x Cg) per group, for dcols = W_g^T @ dy
   Buf<T> wT(need_cols_bwd ? CK : 0);
@@ -640,8 +662,9 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
     });
   }
 
-  // grad_weight is accumulated per worker: keep the chunk -> worker map fixed (deterministic)
-  run_chunks(blk.nchunks, nthreads, /*dynamic=*/!need_gw, [&](int64_t tid, auto& next) {
+  // grad_weight and grad_bias are accumulated per worker: keep the chunk -> worker map fixed
+  // (deterministic)
+  run_chunks(blk.nchunks, nthreads, /*dynamic=*/!need_gw && db == nullptr, [&](int64_t tid, auto& next) {
     const int64_t Lmax = blk.nb * blk.rows * g.OW;
     Buf<T> cols(blk.dblk * g.T * Lmax);
     Buf<T> dybuf(blk.nb > 1 ? g.Cg * Lmax : 0);
@@ -670,6 +693,10 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
             lddy = L;
           }
           char& ini = inited[tid * g.groups + grp];
+          if (db != nullptr) {
+            double* bp = bacc.data() + tid * g.C + grp * g.Cg;
+            for (int64_t c = 0; c < g.Cg; ++c) bp[c] += sum_row(dyp + c * lddy, L);
+          }
           if (need_gw) transpose<T>(g.Cg, L, dyp, lddy, dyT.data(), g.Cg);
           for (int64_t d0 = 0; d0 < g.Dg; d0 += blk.dblk) {
             const int64_t d1 = std::min(g.Dg, d0 + blk.dblk);
@@ -690,8 +717,14 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
           ini = 1;
         }
       }
+      if (done != nullptr) (*done)(n0, nb);
     }
   });
+  if (db != nullptr) {
+    std::fill(db, db + g.C, 0.0);
+    for (int64_t t = 0; t < nthreads; ++t)
+      for (int64_t c = 0; c < g.C; ++c) db[c] += bacc[t * g.C + c];
+  }
 
   if (need_gw) {
     // gw[grp*Cg + c, k] = sum over threads of accT[grp][k, c]
@@ -736,6 +769,27 @@ at::Tensor finish(const at::Tensor& src, at::ScalarType dtype, at::MemoryFormat 
   return out;
 }
 
+// o (+)= c + a * (x - mu) over one plane: the hypernetwork route of dx.
+template <typename T>
+void affine_plane(T* o, const T* x, int64_t n, T a, T c, T mu, bool accumulate) {
+  if (accumulate) {
+#pragma omp simd
+    for (int64_t q = 0; q < n; ++q) o[q] += c + a * (x[q] - mu);
+  } else {
+#pragma omp simd
+    for (int64_t q = 0; q < n; ++q) o[q] = c + a * (x[q] - mu);
+  }
+}
+
+void check_grad_y(const at::Tensor& grad_y, const Geom& g, const char* op) {
+  check_cpu(grad_y, "grad_y");
+  TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == g.N && grad_y.size(1) == g.C &&
+                  grad_y.size(2) == g.OH && grad_y.size(3) == g.OW,
+              op, ": grad_y must have shape (", g.N, ", ", g.C, ", ", g.OH, ", ", g.OW, "), got ",
+              grad_y.sizes());
+  TORCH_CHECK(at::isFloatingType(grad_y.scalar_type()), op, ": grad_y must be floating point");
+}
+
 // ---------------------------------------------------------------------------------------
 at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& m,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
@@ -772,12 +826,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
     std::array<bool, 3> output_mask) {
   const char* op = "shc::modulated_conv2d_backward";
   const Geom g = make_geom(x, weight, m, stride, padding, dilation, groups, op);
-  check_cpu(grad_y, "grad_y");
-  TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == g.N && grad_y.size(1) == g.C &&
-                  grad_y.size(2) == g.OH && grad_y.size(3) == g.OW,
-              op, ": grad_y must have shape (", g.N, ", ", g.C, ", ", g.OH, ", ", g.OW, "), got ",
-              grad_y.sizes());
-  TORCH_CHECK(at::isFloatingType(grad_y.scalar_type()), op, ": grad_y must be floating point");
+  check_grad_y(grad_y, g, op);
   const at::ScalarType ct = compute_type(x.scalar_type());
   const at::MemoryFormat fmt = x.suggest_memory_format();
   const bool need_dx = output_mask[0], need_gw = output_mask[1], need_dm = output_mask[2];
@@ -939,6 +988,112 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
   return std::make_tuple(y, m, z, h);
 }
 
+// shc::shc_conv2d's whole backward in one call (DESIGN.md §3): the conv's dx (conv route),
+// grad_weight, grad_bias and dm in one pass over the chunks; as each chunk of samples completes,
+// on its worker thread, the hypernetwork backward for those samples (sigmoid, fc2, relu, fc1,
+// in double) and the hypernetwork route of dx,
+//   dx[n,d,q] (+)= dmu[n,d]/HW + dsigma[n,d] * (x[n,d,q] - mu[n,d]) / (HW * sigma[n,d]),
+// applied while that dx is still in cache; then the hypernetwork's parameter gradients. Masked-off
+// outputs come back empty. Only for first-order backward: the Python side composes the
+// differentiable ops when a graph of the backward is wanted.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+shc_conv2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+                        const at::Tensor& m, const at::Tensor& z, const at::Tensor& h,
+                        const at::Tensor& fc1_weight, const at::Tensor& fc2_weight,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                        int64_t groups, c10::string_view grad_route, std::array<bool, 7> output_mask) {
+  const char* op = "shc::shc_conv2d_backward";
+  shc::check_grad_route(grad_route, op);
+  const Geom g = make_geom(x, weight, m, stride, padding, dilation, groups, op);
+  check_grad_y(grad_y, g, op);
+  for (const auto* t : {&z, &h, &fc1_weight, &fc2_weight}) check_cpu(*t, "z, h, fc1_weight and fc2_weight");
+  const int64_t K = shc::hypernetwork_hidden(g.D, g.T, fc1_weight, std::nullopt, fc2_weight, std::nullopt, op);
+  TORCH_CHECK(z.dim() == 2 && z.size(0) == g.N && z.size(1) == 2 * g.D && at::isFloatingType(z.scalar_type()),
+              op, ": z must be floating point of shape (", g.N, ", ", 2 * g.D, "), got ", z.sizes());
+  TORCH_CHECK(h.dim() == 2 && h.size(0) == g.N && h.size(1) == K && at::isFloatingType(h.scalar_type()), op,
+              ": h must be floating point of shape (", g.N, ", ", K, "), got ", h.sizes());
+  const auto [need_x, need_w, need_b, need_f1w, need_f1b, need_f2w, need_f2b] = output_mask;
+  const bool conv_x = need_x && grad_route != "hyper";
+  const bool hyper_x = need_x && grad_route != "conv";
+  const bool need_map = hyper_x || need_f1w || need_f1b || need_f2w || need_f2b;
+  const at::ScalarType ct = compute_type(x.scalar_type());
+  const auto dbl = at::TensorOptions().dtype(at::kDouble);
+
+  at::Tensor dx_c, gw_c;
+  if (need_x) dx_c = at::empty({g.N, g.D, g.H, g.W}, x.options().dtype(ct));
+  if (need_w) gw_c = at::empty(weight.sizes(), weight.options().dtype(ct));
+  at::Tensor db = need_b ? at::empty({g.C}, dbl) : at::Tensor();
+  at::Tensor dm = need_map ? at::zeros({g.N, g.T}, dbl) : at::Tensor();
+  // Per sample, after the sigmoid (gl) and after the relu (gpre): the fc gradients' left factors.
+  at::Tensor gl = need_map ? at::empty({g.N, g.T}, dbl) : at::Tensor();
+  at::Tensor gpre = need_map ? at::empty({g.N, K}, dbl) : at::Tensor();
+  // The hypernetwork's backward runs in double (the statistics' dtype is float32 or float64).
+  const at::Tensor zd = z.to(at::kDouble).contiguous(), hd = h.to(at::kDouble).contiguous();
+  {
+    const at::Tensor xc = x.to(ct).contiguous(), wc = weight.to(ct).contiguous();
+    const at::Tensor mc = m.to(ct).contiguous(), dyc = grad_y.to(ct).contiguous();
+    const at::Tensor md = m.to(at::kDouble).contiguous();
+    const at::Tensor f1d = fc1_weight.to(at::kDouble).contiguous(), f2d = fc2_weight.to(at::kDouble).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(ct, "shc_conv2d_backward_cpu", [&] {
+      const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+      scalar_t* dxp = need_x ? dx_c.mutable_data_ptr<scalar_t>() : nullptr;
+      const int64_t HW = g.H * g.W, D = g.D, T = g.T;
+      // The hypernetwork backward of samples [n0, n0 + nb) and their dx's hypernetwork route.
+      const ChunkDone finish_samples = [&](int64_t n0, int64_t nb) {
+        std::vector<double> gz(hyper_x ? 2 * D : 0);
+        for (int64_t n = n0; n < n0 + nb; ++n) {
+          const double* mv = md.const_data_ptr<double>() + n * T;
+          double* gln = gl.mutable_data_ptr<double>() + n * T;
+          const double* dmn = dm.const_data_ptr<double>() + n * T;
+          for (int64_t t = 0; t < T; ++t) gln[t] = dmn[t] * mv[t] * (1.0 - mv[t]);
+          double* gp = gpre.mutable_data_ptr<double>() + n * K;
+          const double* hn = hd.const_data_ptr<double>() + n * K;
+          const double* f2 = f2d.const_data_ptr<double>();
+          for (int64_t k = 0; k < K; ++k) gp[k] = 0.0;
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t k = 0; k < K; ++k) gp[k] += gln[t] * f2[t * K + k];
+          for (int64_t k = 0; k < K; ++k) gp[k] = hn[k] > 0.0 ? gp[k] : 0.0;
+          if (!hyper_x) continue;
+          std::fill(gz.begin(), gz.end(), 0.0);
+          const double* f1 = f1d.const_data_ptr<double>();
+          for (int64_t k = 0; k < K; ++k) {
+            const double a = gp[k];
+            if (a == 0.0) continue;
+            for (int64_t j = 0; j < 2 * D; ++j) gz[j] += a * f1[k * 2 * D + j];
+          }
+          const double* zn = zd.const_data_ptr<double>() + n * 2 * D;
+          for (int64_t d = 0; d < D; ++d) {
+            const double a = gz[D + d] / (static_cast<double>(HW) * zn[D + d]);
+            const double c0 = gz[d] / static_cast<double>(HW);
+            const scalar_t aa = static_cast<scalar_t>(a), cc = static_cast<scalar_t>(c0);
+            const scalar_t mu = static_cast<scalar_t>(zn[d]);
+            const scalar_t* xr = xp + (n * D + d) * HW;
+            scalar_t* o = dxp + (n * D + d) * HW;
+            affine_plane(o, xr, HW, aa, cc, mu, conv_x);
+          }
+        }
+      };
+      backward_impl<scalar_t>(g, dyc.const_data_ptr<scalar_t>(), xp, wc.const_data_ptr<scalar_t>(),
+                              mc.const_data_ptr<scalar_t>(), conv_x ? dxp : nullptr,
+                              need_w ? gw_c.mutable_data_ptr<scalar_t>() : nullptr,
+                              need_map ? dm.mutable_data_ptr<double>() : nullptr,
+                              need_b ? db.mutable_data_ptr<double>() : nullptr,
+                              need_map ? &finish_samples : nullptr);
+    });
+  }
+  const at::MemoryFormat fmt = x.suggest_memory_format();
+  const auto empty = [](const at::Tensor& like) { return at::empty({0}, like.options()); };
+  const auto as = [](const at::Tensor& grad, const at::Tensor& like) { return grad.to(like.scalar_type()); };
+  at::Tensor gx = need_x ? finish(dx_c, x.scalar_type(), fmt) : empty(x);
+  at::Tensor gw = need_w ? finish(gw_c, weight.scalar_type(), at::MemoryFormat::Contiguous) : empty(weight);
+  at::Tensor gb = need_b ? as(db, weight) : empty(weight);
+  at::Tensor gf2w = need_f2w ? as(gl.t().mm(hd), fc2_weight) : empty(fc2_weight);
+  at::Tensor gf2b = need_f2b ? as(gl.sum(0), fc2_weight) : empty(fc2_weight);
+  at::Tensor gf1w = need_f1w ? as(gpre.t().mm(zd), fc1_weight) : empty(fc1_weight);
+  at::Tensor gf1b = need_f1b ? as(gpre.sum(0), fc1_weight) : empty(fc1_weight);
+  return std::make_tuple(gx, gw, gb, gf1w, gf1b, gf2w, gf2b);
+}
+
 }  // namespace
 }  // namespace shc_cpu
 
@@ -948,4 +1103,5 @@ TORCH_LIBRARY_IMPL(shc, CPU, m) {
   m.impl("channel_stats_backward", &shc_cpu::channel_stats_backward_cpu);
   m.impl("modulated_conv2d", &shc_cpu::modulated_conv2d_cpu);
   m.impl("modulated_conv2d_backward", &shc_cpu::modulated_conv2d_backward_cpu);
+  m.impl("shc_conv2d_backward", &shc_cpu::shc_conv2d_backward_cpu);
 }
