@@ -256,6 +256,12 @@ def shc_conv2d(
     transform works; slower).
     """
     check_grad_route(grad_route)
+    hyper_params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    key = _passed_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, padding_mode)
+    passed = _PASSED.get(key) if key is not None else None
+    if passed is not None:  # these very arguments (by type, shape, dtype, device) passed every check
+        conf = (*passed, groups, eps, grad_route)
+        return _run(x, weight, bias, hyper_params, conf, backend)
     eps = check_eps(eps)
     unbatched = isinstance(x, torch.Tensor) and x.dim() == 3
     if unbatched:
@@ -271,19 +277,61 @@ def shc_conv2d(
     # ValueError/TypeError, never a candidate that "failed" while timing.
     stride, padding, dilation = check_layer_conv_args(x_conv, weight, bias, stride, padding, dilation, groups)
     check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]))
-    hyper_params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     conf = (stride, padding, dilation, groups, eps, grad_route)
-    if _transform_active((x, weight, bias, *hyper_params)):
+    if explicit is None:
+        if key is not None and not unbatched:
+            if len(_PASSED) >= _PASSED_MAX:
+                _PASSED.clear()
+            _PASSED[key] = (stride, padding, dilation)
+        y = _run(x, weight, bias, hyper_params, conf, backend)
+    elif _transform_active((x, weight, bias, *hyper_params)):
         y = _reference_layer(x, weight, bias, *hyper_params, *conf, explicit, padding_mode)
-    elif explicit is None:
-        be, form = plan(backend, x, weight, bias, hyper_params, *conf)
-        y = _layer(x, weight, bias, *hyper_params, *conf, be, form)
     else:  # one documented route: pad explicitly, map from the unpadded input, "split" form
         forced_form()
         be = _choose_backend(backend, x_conv, weight, bias, hyper_params, *conf)
         m = statistical_map(x_stats, *hyper_params, tuple(weight.shape[2:]), eps, backend=be)
         y = modulated_conv2d(x_conv, weight, m, bias, stride, padding, dilation, groups, backend=be)
     return y.squeeze(0) if unbatched else y
+
+
+def _run(x, weight, bias, hyper_params, conf, backend):
+    """The layer on checked arguments (op padding only): the reference under a torch.func
+    transform or forward AD, else the planned backend and form."""
+    if _transform_active((x, weight, bias, *hyper_params)):
+        return _reference_layer(x, weight, bias, *hyper_params, *conf)
+    be, form = plan(backend, x, weight, bias, hyper_params, *conf)
+    return _layer(x, weight, bias, *hyper_params, *conf, be, form)
+
+
+# Arguments that passed every check of shc_conv2d, by metadata: a layer called again with tensors
+# of the same types, shapes, dtypes and devices skips the ~50 us of Python checks. Only plain
+# ints, a float eps and zero padding qualify (so a bool or numpy int is always checked anew).
+_PASSED: dict = {}
+_PASSED_MAX = 4096
+
+
+def _plain_pair(v) -> bool:
+    return type(v) is int or (type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int)
+
+
+def _passed_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, padding_mode):
+    """The key of ``_PASSED`` for this call, or None where the call always takes the checks."""
+    if padding_mode != "zeros" or type(groups) is not int or type(eps) is not float:
+        return None
+    if not (_plain_pair(stride) and _plain_pair(padding) and _plain_pair(dilation)):
+        return None
+    meta = []
+    for t in (x, weight, bias, *hyper_params):
+        if t is None:
+            meta.append(None)
+        elif isinstance(t, torch.Tensor):
+            meta.append((type(t), t.shape, t.dtype, t.device))
+        else:
+            return None
+    # The dtype checks allow what autocast will cast.
+    device = x.device.type
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return (*meta, stride, padding, dilation, groups, eps, autocast)
 
 
 def _pad(x, explicit, padding_mode):

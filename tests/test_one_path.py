@@ -310,3 +310,36 @@ def test_cuda_sim_backend_says_how_to_build_it():
     with pytest.raises(ValueError, match="make cuda-sim"):
         shc.shc_conv2d(torch.randn(1, 2, 5, 5), *_params(2, 3), backend="cuda_sim")
     assert "cuda_sim" not in shc.available_backends()
+
+
+def test_a_call_like_one_that_passed_is_not_checked_again_but_every_difference_is():
+    # shc_conv2d remembers argument metadata that passed its checks (functional._PASSED): the
+    # same call again skips them, and any argument that differs is checked anew.
+    from shc_kernels import functional
+
+    torch.manual_seed(0)
+    x, p = torch.randn(2, 2, 6, 6), _params(2, 3)
+    functional._PASSED.clear()
+    y = shc.shc_conv2d(x, *p, padding=1)
+    assert len(functional._PASSED) == 1
+    torch.testing.assert_close(shc.shc_conv2d(x, *p, padding=1), y)
+    assert len(functional._PASSED) == 1
+    bad = [
+        (dict(groups=True), ValueError, "groups must be a positive int"),
+        (dict(eps=0.0), ValueError, "eps must be a finite number > 0"),
+        (dict(eps=float("nan")), ValueError, "eps must be a finite number > 0"),
+        (dict(padding=-1), ValueError, "padding >= 0"),
+        (dict(stride=(1, True)), TypeError, "stride must be an int or a pair"),
+    ]
+    for kwargs, exc, match in bad:
+        with pytest.raises(exc, match=match):
+            shc.shc_conv2d(x, *p, **({"padding": 1} | kwargs))
+    with pytest.raises(TypeError, match="weight dtype"):
+        shc.shc_conv2d(x, p[0].double(), *p[1:], padding=1)
+    with pytest.raises(ValueError, match="fc1_weight must have shape"):
+        shc.shc_conv2d(x, p[0], p[1], p[2][:, :3], *p[3:], padding=1)
+    with pytest.raises(ValueError, match="channels"):
+        shc.shc_conv2d(torch.randn(2, 3, 6, 6), *p, padding=1)
+    # A torch.func transform after a remembered call still takes the reference.
+    per_sample = torch.func.vmap(lambda xi: shc.shc_conv2d(xi[None], *p, padding=1)[0])(x)
+    torch.testing.assert_close(per_sample, shc.reference.shc_conv2d(x, *p, padding=1))

@@ -857,11 +857,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
 }
 
 // ---------------------------------------------------------------------------------------
+// mu and sigma of plane p = n*D + d go to mu[n*ld + d] and sigma[n*ld + d] (ld = D for separate
+// (N, D) outputs; ld = 2D with sigma = mu + D writes z = cat(mu, sigma) in place).
 template <typename T>
-void stats_impl(const T* x, int64_t planes, int64_t HW, double eps, T* mu, T* sigma) {
+void stats_impl(const T* x, int64_t planes, int64_t D, int64_t HW, double eps, T* mu, T* sigma, int64_t ld) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW));
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
+      const int64_t out = (p / D) * ld + p % D;
       const T* xp = x + p * HW;
       double s = 0.0;
 #pragma omp simd reduction(+ : s)
@@ -873,8 +876,8 @@ void stats_impl(const T* x, int64_t planes, int64_t HW, double eps, T* mu, T* si
         const double dlt = static_cast<double>(xp[q]) - mean;
         v += dlt * dlt;
       }
-      mu[p] = static_cast<T>(mean);
-      sigma[p] = static_cast<T>(std::sqrt(v / static_cast<double>(HW) + eps));
+      mu[out] = static_cast<T>(mean);
+      sigma[out] = static_cast<T>(std::sqrt(v / static_cast<double>(HW) + eps));
     }
   });
 }
@@ -913,8 +916,8 @@ std::tuple<at::Tensor, at::Tensor> channel_stats_cpu(const at::Tensor& x, double
   if (N * D == 0) return std::make_tuple(mu, sigma);
   at::Tensor xc = x.to(ct).contiguous();
   AT_DISPATCH_FLOATING_TYPES(ct, "shc_channel_stats_cpu", [&] {
-    stats_impl<scalar_t>(xc.const_data_ptr<scalar_t>(), N * D, HW, eps,
-                         mu.mutable_data_ptr<scalar_t>(), sigma.mutable_data_ptr<scalar_t>());
+    stats_impl<scalar_t>(xc.const_data_ptr<scalar_t>(), N * D, D, HW, eps,
+                         mu.mutable_data_ptr<scalar_t>(), sigma.mutable_data_ptr<scalar_t>(), D);
   });
   return std::make_tuple(mu, sigma);
 }
@@ -975,15 +978,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
   // Geometry first (a map of the right shape stands in for m), so a bad conv fails before any work.
   make_geom(x, weight, at::empty({x.size(0), kh, kw}, x.options()), stride, padding, dilation, groups, op);
   shc::hypernetwork_hidden(x.size(1), kh * kw, fc1_weight, fc1_bias, fc2_weight, fc2_bias, op);
-  const auto [mu, sigma] = channel_stats_cpu(x, eps);
-  const at::ScalarType ct = mu.scalar_type();
-  const auto as_ct = [ct](const std::optional<at::Tensor>& b) -> std::optional<at::Tensor> {
-    if (!b.has_value() || !b->defined()) return std::nullopt;
-    return b->to(ct);
+  TORCH_CHECK(x.size(2) * x.size(3) > 0, op, ": x must have a non-empty H x W plane, got ", x.sizes());
+  const at::ScalarType ct = compute_type(x.scalar_type());
+  const int64_t N = x.size(0), D = x.size(1), HW = x.size(2) * x.size(3);
+  at::Tensor z = at::empty({N, 2 * D}, x.options().dtype(ct));  // cat(mu, sigma), written in place
+  if (N * D > 0) {
+    const at::Tensor xc = x.to(ct).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(ct, "shc_conv2d_cpu_stats", [&] {
+      scalar_t* zp = z.mutable_data_ptr<scalar_t>();
+      stats_impl<scalar_t>(xc.const_data_ptr<scalar_t>(), N * D, D, HW, eps, zp, zp + D, 2 * D);
+    });
+  }
+  // h = relu(z fc1^T + b1), m = sigmoid(h fc2^T + b2): one GEMM each, the activations in place.
+  const auto linear = [ct](const at::Tensor& in, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+    const at::Tensor wt = w.to(ct).t();
+    return b.has_value() && b->defined() ? at::addmm(b->to(ct), in, wt) : at::mm(in, wt);
   };
-  at::Tensor z = at::cat({mu, sigma}, 1);
-  at::Tensor h = at::relu(at::linear(z, fc1_weight.to(ct), as_ct(fc1_bias)));
-  at::Tensor m = at::sigmoid(at::linear(h, fc2_weight.to(ct), as_ct(fc2_bias))).view({x.size(0), kh, kw});
+  at::Tensor h = linear(z, fc1_weight, fc1_bias).relu_();
+  at::Tensor m = linear(h, fc2_weight, fc2_bias).sigmoid_().view({N, kh, kw});
   at::Tensor y = modulated_conv2d_cpu(x, weight, m, bias, stride, padding, dilation, groups);
   return std::make_tuple(y, m, z, h);
 }
