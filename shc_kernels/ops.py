@@ -262,15 +262,7 @@ def _layer_backward(ctx, grad_y, grad_m, grad_z, grad_h):
         grads = ctx.lib.shc_conv2d_backward(
             grad_y, x, weight, m, z, h, f1w, f2w, *ctx.conf, ctx.grad_route, need
         )
-        return (
-            *(g if on else None for g, on in zip(grads, need, strict=True)),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return (*(g if on else None for g, on in zip(grads, need, strict=True)), *[None] * 6)
     need_x, need_w, need_b, need_f1w, need_f1b, need_f2w, need_f2b = need
     route = ctx.grad_route
     x_stats, x_conv = route_inputs(x, route)
