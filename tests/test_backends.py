@@ -58,6 +58,16 @@ def test_backend_matches_reference_fp32(backend, route, case, channels_last, for
         assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (7, 7), (8, 6), (9, 4), (56, 56)], ids=str)
+def test_downsampling_conv_matches_reference(backend, hw):
+    # The 3x3 stride-2 padding-1 conv has its own im2col on CPU (phase planes, csrc/cpu): odd and
+    # even sides, a 1x1 input, and a 56x56 plane the kernel splits into blocks of output rows.
+    h, w = hw
+    s = dict(n=3, groups=1, d_per_group=5, c_per_group=4, h=h, w=w, k=(3, 3), stride=2, padding=1,
+             dilation=1, bias=True, route="both", channels_last=False)  # fmt: skip
+    compare_with_reference(backend, torch.float64, s)
+
+
 def test_empty_batch_returns_empty(backend):
     params = make_params(4, 6, 3, 3)
     x = rand_x(0, 4, 5, 5)
