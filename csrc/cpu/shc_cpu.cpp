@@ -360,6 +360,41 @@ inline bool s2_taps(const Geom& g) {
          g.dw == 1 && g.OH == (g.H + 1) / 2 && g.OW == (g.W + 1) / 2;
 }
 
+// Phase (a, b) of plane xp, rows [r_lo, r_hi), into phases + (2a + b) * OH * OW (absent: zero).
+template <typename T>
+void split_phases(const Geom& g, const T* xp, T* phases, int64_t r_lo, int64_t r_hi) {
+  const int64_t OW = g.OW, PP = g.OH * g.OW;
+  for (int64_t a = 0; a < 2; ++a) {
+    for (int64_t r = r_lo; r < r_hi; ++r) {
+      const int64_t ih = 2 * r + a;
+      for (int64_t b = 0; b < 2; ++b) {
+        T* pr = phases + (2 * a + b) * PP + r * OW;
+        const int64_t wb = ih < g.H ? (g.W - b + 1) / 2 : 0;  // columns of phase b in this row
+        for (int64_t c = 0; c < wb; ++c) pr[c] = xp[ih * g.W + b + 2 * c];
+        for (int64_t c = wb; c < OW; ++c) pr[c] = T(0);
+      }
+    }
+  }
+}
+
+// dx rows [r_lo, r_hi) of plane dxp += the phases accumulated in dphases (split_phases' inverse).
+template <typename T>
+void merge_phases(const Geom& g, const T* dphases, T* dxp, int64_t r_lo, int64_t r_hi) {
+  const int64_t OW = g.OW, PP = g.OH * g.OW;
+  for (int64_t a = 0; a < 2; ++a) {
+    for (int64_t r = r_lo; r < r_hi; ++r) {
+      const int64_t ih = 2 * r + a;
+      if (ih >= g.H) continue;
+      for (int64_t b = 0; b < 2; ++b) {
+        const T* pr = dphases + (2 * a + b) * PP + r * OW;
+        T* dxr = dxp + ih * g.W + b;
+        const int64_t wb = (g.W - b + 1) / 2;
+        for (int64_t c = 0; c < wb; ++c) dxr[2 * c] += pr[c];
+      }
+    }
+  }
+}
+
 template <typename T>
 void im2col_s2(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, int64_t nb,
                int64_t oh0, int64_t oh1, int64_t d0, int64_t d1, T* cols) {
@@ -371,23 +406,7 @@ void im2col_s2(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, i
   for (int64_t d = d0; d < d1; ++d) {
     for (int64_t s = 0; s < nb; ++s) {
       const int64_t n = n0 + s;
-      const T* xp = x + ((n * g.D + grp * g.Dg + d) * g.H) * g.W;
-      for (int64_t a = 0; a < 2; ++a) {
-        for (int64_t r = r_lo; r < oh1; ++r) {
-          const int64_t ih = 2 * r + a;
-          for (int64_t b = 0; b < 2; ++b) {
-            T* pr = phases + (2 * a + b) * PP + r * OW;
-            if (ih >= g.H) {
-              std::fill(pr, pr + OW, T(0));
-              continue;
-            }
-            const T* xr = xp + ih * g.W + b;
-            const int64_t wb = (g.W - b + 1) / 2;  // columns of phase b
-            for (int64_t c = 0; c < wb; ++c) pr[c] = xr[2 * c];
-            for (int64_t c = wb; c < OW; ++c) pr[c] = T(0);
-          }
-        }
-      }
+      split_phases(g, x + ((n * g.D + grp * g.Dg + d) * g.H) * g.W, phases, r_lo, oh1);
       for (int64_t i = 0; i < 3; ++i) {
         const int64_t a = i == 1 ? 0 : 1, qi = i == 0 ? -1 : 0;
         const int64_t r0 = std::max(oh0, -qi);  // output rows whose input row exists (above: padding)
@@ -450,11 +469,63 @@ void im2col_block(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0
 }
 
 // dx[n,d,q(+)t] += m[n,t] * dcols[(d,t), j];  dm[n,t] += dcols[(d,t), j] * x[n,d,q(+)t]
+// col2im of the s2_taps conv: dx and dm through the phase planes (see im2col_s2); dcols' padding
+// positions (ow = 0 of the left taps) are zeroed first so the runs stay contiguous.
+template <typename T>
+void col2im_s2(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* dm, int64_t grp,
+               int64_t n0, int64_t nb, int64_t oh0, int64_t oh1, int64_t d0, int64_t d1) {
+  const int64_t OH = g.OH, OW = g.OW, Lp = (oh1 - oh0) * OW, L = nb * Lp, PP = OH * OW;
+  static thread_local std::vector<T> xph_buf, dph_buf;
+  xph_buf.resize(static_cast<size_t>(dm != nullptr ? 4 * PP : 0));
+  dph_buf.resize(static_cast<size_t>(dx != nullptr ? 4 * PP : 0));
+  T* xph = xph_buf.data();
+  T* dph = dph_buf.data();
+  const int64_t r_lo = std::max<int64_t>(0, oh0 - 1);
+  for (int64_t d = d0; d < d1; ++d) {
+    for (int64_t s = 0; s < nb; ++s) {
+      const int64_t n = n0 + s;
+      const int64_t plane = ((n * g.D + grp * g.Dg + d) * g.H) * g.W;
+      if (dm != nullptr) split_phases(g, x + plane, xph, r_lo, oh1);
+      if (dx != nullptr)
+        for (int64_t ph = 0; ph < 4; ++ph) std::fill(dph + ph * PP + r_lo * OW, dph + ph * PP + oh1 * OW, T(0));
+      for (int64_t i = 0; i < 3; ++i) {
+        const int64_t a = i == 1 ? 0 : 1, qi = i == 0 ? -1 : 0;
+        const int64_t r0 = std::max(oh0, -qi);
+        for (int64_t j = 0; j < 3; ++j) {
+          const int64_t b = j == 1 ? 0 : 1, qj = j == 0 ? -1 : 0;
+          const int64_t t = i * 3 + j;
+          T* c = dcols + ((d - d0) * g.T + t) * L + s * Lp - oh0 * OW;  // c[p]: flat output p
+          if (qj < 0)
+            for (int64_t oh = r0; oh < oh1; ++oh) c[oh * OW] = T(0);
+          const int64_t start = r0 * OW + (qj < 0 ? 1 : 0), end = oh1 * OW;
+          if (start >= end) continue;
+          const int64_t shift = (2 * a + b) * PP + qi * OW + qj;
+          if (dm != nullptr) {
+            const T* xs = xph + shift;
+            T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+            for (int64_t p = start; p < end; ++p) acc += c[p] * xs[p];
+            dm[n * g.T + t] += static_cast<double>(acc);
+          }
+          if (dx != nullptr) {
+            const T scale = m[n * g.T + t];
+            T* ds = dph + shift;
+#pragma omp simd
+            for (int64_t p = start; p < end; ++p) ds[p] += scale * c[p];
+          }
+        }
+      }
+      if (dx != nullptr) merge_phases(g, dph, dx + plane, r_lo, oh1);
+    }
+  }
+}
+
 template <typename T>
 void col2im_block(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* dm,
                   int64_t grp, int64_t n0, int64_t nb, int64_t oh0, int64_t oh1, int64_t d0,
                   int64_t d1) {
   if (flat_taps(g)) return col2im_flat<T>(g, dcols, x, m, dx, dm, grp, n0, nb, oh0, oh1, d0, d1);
+  if (s2_taps(g)) return col2im_s2<T>(g, dcols, x, m, dx, dm, grp, n0, nb, oh0, oh1, d0, d1);
   const int64_t rows = oh1 - oh0, Lp = rows * g.OW, L = nb * Lp;
   for (int64_t d = d0; d < d1; ++d) {
     for (int64_t i = 0; i < g.kh; ++i) {
