@@ -518,6 +518,21 @@ def _data_arg(text: str) -> str:
     return path
 
 
+def _computed_by(out: str, run_info: dict) -> dict | None:
+    """The command and wall time of the run recorded in ``out``/results.json, when it had the
+    same settings and data (what a --report-only rewrite of that report should still show)."""
+    try:
+        with open(os.path.join(out, "results.json")) as f:
+            prev = json.load(f)["run"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if prev.get("settings") != run_info["settings"] or prev.get("data") != run_info["data"]:
+        return None
+    if "computed_by" in prev and prev["computed_by"]:
+        return prev["computed_by"]
+    return {"command": prev["command"], "wall_s": prev["wall_s_this_run"], "threads": prev["threads"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shc study",
@@ -606,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s_this_run": time.perf_counter() - start,
         "seconds_cached": study_report.cached_seconds(study.work),
     }
+    if args.report_only:  # keep the command and wall time of the run that computed the results
+        run_info["computed_by"] = _computed_by(args.out, run_info)
     paths = study_report.write(raw, run_info, args.out)
     print(f"\nreport: {paths[0]}")
     return 0

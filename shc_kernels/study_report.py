@@ -225,7 +225,7 @@ def markdown(aggr, checks, run_info, raw) -> str:
         f"Data: {run_info['data']}; machine: {run_info['machine']}, {run_info['threads']} torch threads  ",
         f"Versions: {', '.join(f'{k} {v}' for k, v in run_info['versions'].items())}  ",
         f"Compute time (s, summed over every run of the cache): {run_info['seconds_cached']}  ",
-        f"Wall time of the last invocation: {run_info['wall_s_this_run']:.0f} s",
+        f"Wall time of the last invocation: {run_info['wall_s_this_run']:.0f} s" + _computed_words(run_info),
         "",
         f"Models: {', '.join(s['archs'])} at width {s['width']} (channels {_widths(s['width'])}), 3x3 stem "
         f"without max-pool, each plain and SHC, seeds {seeds}; trained {s['epochs']} epochs x "
@@ -294,6 +294,16 @@ def markdown(aggr, checks, run_info, raw) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _computed_words(run_info) -> str:
+    by = run_info.get("computed_by")
+    if not by:
+        return ""
+    return (
+        f"; the results were computed by `{by['command']}` in {by['wall_s'] / 60:.0f} min of wall time "
+        f"({by['threads']} torch thread(s))"
+    )
 
 
 TRAIN_IMAGES = 60_000  # Fashion-MNIST's training set

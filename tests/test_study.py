@@ -59,6 +59,12 @@ def test_tiny_study_writes_the_report_and_a_rerun_only_reads_the_cache(tmp_path,
     assert "running" not in again and "cached" in again
     assert _mtimes(work) == before  # no model retrained, no attack rerun
 
+    # --report-only rewrites the report from the cache and still names the run that computed it.
+    assert cli.main([*TINY, "--work", str(work), "--out", str(out), "--report-only"]) == 0
+    run = json.loads((out / "results.json").read_text())["run"]
+    assert run["computed_by"]["command"] == "shc " + " ".join([*TINY, "--work", str(work), "--out", str(out)])
+    assert "the results were computed by `shc study" in (out / "report.md").read_text()
+
 
 def _row(metric, plain, shc):
     return [("S", metric, f"plain10_s{i}", v) for i, v in enumerate(plain)] + [
