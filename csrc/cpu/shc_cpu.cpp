@@ -468,7 +468,6 @@ void im2col_block(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0
   }
 }
 
-// dx[n,d,q(+)t] += m[n,t] * dcols[(d,t), j];  dm[n,t] += dcols[(d,t), j] * x[n,d,q(+)t]
 // col2im of the s2_taps conv: dx and dm through the phase planes (see im2col_s2); dcols' padding
 // positions (ow = 0 of the left taps) are zeroed first so the runs stay contiguous.
 template <typename T>
@@ -520,6 +519,7 @@ void col2im_s2(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* d
   }
 }
 
+// dx[n,d,q(+)t] += m[n,t] * dcols[(d,t), j];  dm[n,t] += dcols[(d,t), j] * x[n,d,q(+)t]
 template <typename T>
 void col2im_block(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* dm,
                   int64_t grp, int64_t n0, int64_t nb, int64_t oh0, int64_t oh1, int64_t d0,
