@@ -395,6 +395,19 @@ void merge_phases(const Geom& g, const T* dphases, T* dxp, int64_t r_lo, int64_t
   }
 }
 
+// Tap (i, j) of the s2_taps conv on output rows from oh0: where it reads in the 4 phases (the
+// phase's offset shifted by (qi, qj)), the first output row whose input row exists (above it:
+// padding), and whether ow = 0 reads the column left of the image (padding).
+struct S2Tap {
+  int64_t shift, r0;
+  bool left_pad;
+};
+inline S2Tap s2_tap(const Geom& g, int64_t i, int64_t j, int64_t oh0) {
+  const int64_t a = i == 1 ? 0 : 1, qi = i == 0 ? -1 : 0;
+  const int64_t b = j == 1 ? 0 : 1, qj = j == 0 ? -1 : 0;
+  return {(2 * a + b) * g.OH * g.OW + qi * g.OW + qj, std::max(oh0, -qi), qj < 0};
+}
+
 template <typename T>
 void im2col_s2(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, int64_t nb,
                int64_t oh0, int64_t oh1, int64_t d0, int64_t d1, T* cols) {
@@ -407,22 +420,17 @@ void im2col_s2(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, i
     for (int64_t s = 0; s < nb; ++s) {
       const int64_t n = n0 + s;
       split_phases(g, x + ((n * g.D + grp * g.Dg + d) * g.H) * g.W, phases, r_lo, oh1);
-      for (int64_t i = 0; i < 3; ++i) {
-        const int64_t a = i == 1 ? 0 : 1, qi = i == 0 ? -1 : 0;
-        const int64_t r0 = std::max(oh0, -qi);  // output rows whose input row exists (above: padding)
-        for (int64_t j = 0; j < 3; ++j) {
-          const int64_t b = j == 1 ? 0 : 1, qj = j == 0 ? -1 : 0;
-          const int64_t t = i * 3 + j;
-          const T scale = m[n * g.T + t];
-          const T* src = phases + (2 * a + b) * PP + qi * OW + qj;
-          T* c = cols + ((d - d0) * g.T + t) * L + s * Lp - oh0 * OW;  // c[p]: flat output p
-          std::fill(c + oh0 * OW, c + r0 * OW, T(0));
-          const int64_t start = r0 * OW + (qj < 0 && r0 < oh1 ? 1 : 0), end = oh1 * OW;
+      for (int64_t t = 0; t < 9; ++t) {
+        const S2Tap tap = s2_tap(g, t / 3, t % 3, oh0);
+        const T scale = m[n * g.T + t];
+        const T* src = phases + tap.shift;
+        T* c = cols + ((d - d0) * g.T + t) * L + s * Lp - oh0 * OW;  // c[p]: flat output p
+        std::fill(c + oh0 * OW, c + tap.r0 * OW, T(0));
+        const int64_t start = tap.r0 * OW + (tap.left_pad && tap.r0 < oh1 ? 1 : 0), end = oh1 * OW;
 #pragma omp simd
-          for (int64_t p = start; p < end; ++p) c[p] = scale * src[p];
-          if (qj < 0)  // ow = 0 reads the column left of the image: padding
-            for (int64_t oh = r0; oh < oh1; ++oh) c[oh * OW] = T(0);
-        }
+        for (int64_t p = start; p < end; ++p) c[p] = scale * src[p];
+        if (tap.left_pad)
+          for (int64_t oh = tap.r0; oh < oh1; ++oh) c[oh * OW] = T(0);
       }
     }
   }
@@ -487,31 +495,25 @@ void col2im_s2(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* d
       if (dm != nullptr) split_phases(g, x + plane, xph, r_lo, oh1);
       if (dx != nullptr)
         for (int64_t ph = 0; ph < 4; ++ph) std::fill(dph + ph * PP + r_lo * OW, dph + ph * PP + oh1 * OW, T(0));
-      for (int64_t i = 0; i < 3; ++i) {
-        const int64_t a = i == 1 ? 0 : 1, qi = i == 0 ? -1 : 0;
-        const int64_t r0 = std::max(oh0, -qi);
-        for (int64_t j = 0; j < 3; ++j) {
-          const int64_t b = j == 1 ? 0 : 1, qj = j == 0 ? -1 : 0;
-          const int64_t t = i * 3 + j;
-          T* c = dcols + ((d - d0) * g.T + t) * L + s * Lp - oh0 * OW;  // c[p]: flat output p
-          if (qj < 0)
-            for (int64_t oh = r0; oh < oh1; ++oh) c[oh * OW] = T(0);
-          const int64_t start = r0 * OW + (qj < 0 ? 1 : 0), end = oh1 * OW;
-          if (start >= end) continue;
-          const int64_t shift = (2 * a + b) * PP + qi * OW + qj;
-          if (dm != nullptr) {
-            const T* xs = xph + shift;
-            T acc = T(0);
+      for (int64_t t = 0; t < 9; ++t) {
+        const S2Tap tap = s2_tap(g, t / 3, t % 3, oh0);
+        T* c = dcols + ((d - d0) * g.T + t) * L + s * Lp - oh0 * OW;  // c[p]: flat output p
+        if (tap.left_pad)
+          for (int64_t oh = tap.r0; oh < oh1; ++oh) c[oh * OW] = T(0);
+        const int64_t start = tap.r0 * OW + (tap.left_pad ? 1 : 0), end = oh1 * OW;
+        if (start >= end) continue;
+        if (dm != nullptr) {
+          const T* xs = xph + tap.shift;
+          T acc = T(0);
 #pragma omp simd reduction(+ : acc)
-            for (int64_t p = start; p < end; ++p) acc += c[p] * xs[p];
-            dm[n * g.T + t] += static_cast<double>(acc);
-          }
-          if (dx != nullptr) {
-            const T scale = m[n * g.T + t];
-            T* ds = dph + shift;
+          for (int64_t p = start; p < end; ++p) acc += c[p] * xs[p];
+          dm[n * g.T + t] += static_cast<double>(acc);
+        }
+        if (dx != nullptr) {
+          const T scale = m[n * g.T + t];
+          T* ds = dph + tap.shift;
 #pragma omp simd
-            for (int64_t p = start; p < end; ++p) ds[p] += scale * c[p];
-          }
+          for (int64_t p = start; p < end; ++p) ds[p] += scale * c[p];
         }
       }
       if (dx != nullptr) merge_phases(g, dph, dx + plane, r_lo, oh1);
@@ -900,15 +902,22 @@ at::Tensor finish(const at::Tensor& src, at::ScalarType dtype, at::MemoryFormat 
   return out;
 }
 
-// o (+)= c + a * (x - mu) over one plane: the hypernetwork route of dx.
+// One plane of the statistics' backward (the hypernetwork route of dx):
+//   o (+)= grad_mu / HW + grad_sigma * (x - mu) / (HW * sigma)
+// the coefficients in double, the plane in T. shc::channel_stats_backward and
+// shc::shc_conv2d_backward both go through it.
 template <typename T>
-void affine_plane(T* o, const T* x, int64_t n, T a, T c, T mu, bool accumulate) {
+void stats_backward_plane(T* o, const T* x, int64_t HW, double grad_mu, double grad_sigma, double mu,
+                          double sigma, bool accumulate) {
+  const double n = static_cast<double>(HW);
+  const T a = static_cast<T>(grad_sigma / (n * sigma)), c = static_cast<T>(grad_mu / n);
+  const T m = static_cast<T>(mu);
   if (accumulate) {
 #pragma omp simd
-    for (int64_t q = 0; q < n; ++q) o[q] += c + a * (x[q] - mu);
+    for (int64_t q = 0; q < HW; ++q) o[q] += c + a * (x[q] - m);
   } else {
 #pragma omp simd
-    for (int64_t q = 0; q < n; ++q) o[q] = c + a * (x[q] - mu);
+    for (int64_t q = 0; q < HW; ++q) o[q] = c + a * (x[q] - m);
   }
 }
 
@@ -1036,16 +1045,8 @@ void stats_backward_impl(const T* gmp, const T* gsp, const T* xp, const T* mup, 
                          int64_t planes, int64_t HW, T* out) {
   const int64_t grain = std::max<int64_t>(1, 16384 / HW);
   at::parallel_for(0, planes, grain, [&](int64_t b, int64_t e) {
-    for (int64_t p = b; p < e; ++p) {
-      const double a = static_cast<double>(gsp[p]) /
-                       (static_cast<double>(HW) * static_cast<double>(sp[p]));
-      const double c0 = static_cast<double>(gmp[p]) / static_cast<double>(HW);
-      const T aa = static_cast<T>(a), cc = static_cast<T>(c0), mm = mup[p];
-      const T* xr = xp + p * HW;
-      T* o = out + p * HW;
-#pragma omp simd
-      for (int64_t q = 0; q < HW; ++q) o[q] = cc + aa * (xr[q] - mm);
-    }
+    for (int64_t p = b; p < e; ++p)
+      stats_backward_plane(out + p * HW, xp + p * HW, HW, gmp[p], gsp[p], mup[p], sp[p], false);
   });
 }
 
@@ -1222,15 +1223,9 @@ shc_conv2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at:
             for (int64_t j = 0; j < 2 * D; ++j) gz[j] += a * f1[k * 2 * D + j];
           }
           const double* zn = zd.const_data_ptr<double>() + n * 2 * D;
-          for (int64_t d = 0; d < D; ++d) {
-            const double a = gz[D + d] / (static_cast<double>(HW) * zn[D + d]);
-            const double c0 = gz[d] / static_cast<double>(HW);
-            const scalar_t aa = static_cast<scalar_t>(a), cc = static_cast<scalar_t>(c0);
-            const scalar_t mu = static_cast<scalar_t>(zn[d]);
-            const scalar_t* xr = xp + (n * D + d) * HW;
-            scalar_t* o = dxp + (n * D + d) * HW;
-            affine_plane(o, xr, HW, aa, cc, mu, conv_x);
-          }
+          for (int64_t d = 0; d < D; ++d)
+            stats_backward_plane(dxp + (n * D + d) * HW, xp + (n * D + d) * HW, HW, gz[d], gz[D + d], zn[d],
+                                 zn[D + d], conv_x);
         }
       };
       backward_impl<scalar_t>(g, dyc.const_data_ptr<scalar_t>(), xp, wc.const_data_ptr<scalar_t>(),
