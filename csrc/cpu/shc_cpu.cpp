@@ -22,7 +22,8 @@
 // Tuning knobs (environment, read and checked per call; a bad value is an error naming it):
 // SHC_CPU_COLS, SHC_CPU_COLS_BWD (GEMM columns per block), SHC_CPU_KROWS (reduction rows per
 // block), SHC_CPU_WS_BYTES (per-thread workspace), SHC_CPU_CHUNKS_PER_THREAD (all positive),
-// SHC_CPU_NO_BRGEMM (0, or 1: use BLAS).
+// SHC_CPU_NO_BRGEMM (0, or 1: use BLAS), SHC_CPU_SHIFT (the stride-1 3x3 method: 0 im2col, 1 the
+// faster per shape (default), 2 the shift method wherever it applies; see choose_shift).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -595,6 +596,7 @@ struct Knobs {
   int64_t ws_bytes;    // SHC_CPU_WS_BYTES: per-thread workspace budget
   int64_t chunks_per_thread;  // SHC_CPU_CHUNKS_PER_THREAD
   bool brgemm;         // brgemm probed OK and not SHC_CPU_NO_BRGEMM=1
+  int64_t shift;       // SHC_CPU_SHIFT: 0 never, 1 where it is the faster method, 2 wherever it applies
 };
 
 Knobs read_knobs(bool backward) {
@@ -607,6 +609,7 @@ Knobs read_knobs(bool backward) {
   k.chunks_per_thread = env_int("SHC_CPU_CHUNKS_PER_THREAD", 2, 1, 1 << 20);
   const int64_t no_brgemm = env_int("SHC_CPU_NO_BRGEMM", 0, 0, 1);
   k.brgemm = no_brgemm == 0 && brgemm_f32_ok();
+  k.shift = env_int("SHC_CPU_SHIFT", 1, 0, 2);
   return k;
 }
 
@@ -701,8 +704,188 @@ int64_t num_workers(int64_t nchunks) {
   return std::max<int64_t>(1, std::min<int64_t>(nchunks, at::get_num_threads()));
 }
 
+// Called on the worker thread once samples [n0, n0 + nb) are complete (their dx conv route and
+// dm): shc::shc_conv2d_backward finishes those samples there while their dx is still in cache.
+using ChunkDone = std::function<void(int64_t n0, int64_t nb)>;
+
+// ---------------------------------------------------------------------------------------
+// The "shift" method, for the 3x3 conv with stride 1, padding 1, dilation 1 and one group (every
+// stride-1 3x3 layer of Plain-10 and the ResNets): no im2col. A sample's planes are copied once
+// into a zero-bordered layout of row pitch W + 1 (a zero row above and below; the one zero column
+// ends each row and, read from the next row, starts it), where tap (i, j) of output position
+// o = oh*(W+1) + ow reads position o + i*(W+1) + j - 1: each tap's GEMM operand is the padded
+// plane itself at a fixed offset. The map scales the sample's weights (9 C D values) instead of
+// its 9x larger columns; the output's W-th column is computed and dropped. Per sample:
+//   y  = sum_t (m_t W_t) @ shift_t(xpad)                         (C x OH*(W+1))
+//   dx = sum_s (m_{8-s} W_{8-s}^T) @ shift_s(dypad)              (the transposed conv: taps flipped)
+//   G_t^T = shift_t(xpad) @ dypad^T (D x C):  grad_weight_t += m_t G_t,  dm_t = <W_t, G_t>
+// One sample per GEMM, so the weights are not shared between samples as im2col's wide GEMMs
+// share them: it wins where a plane fills a GEMM and the weights stay in cache (choose_shift).
+inline bool shift_taps(const Geom& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.ph == 1 && g.pw == 1 && g.dh == 1 &&
+         g.dw == 1 && g.groups == 1 && g.OH == g.H && g.OW == g.W;
+}
+
+// Measured on the 2-core AMD EPYC, batch 128, one thread (bench/results/cpu_shift_ab_2026-12-02.md):
+// faster than im2col, forward and backward, for planes of 14x14 and more with C * D <= 64 * 64
+// (16>16@28: forward 0.51x a plain conv against im2col's 1.05x; 32>32@14: 1.24x against 1.97x);
+// slower with 128 channels (the sample's 9 C D weights no longer stay in cache across the GEMM's
+// column blocks), for 7x7 and smaller planes (too few columns for a GEMM per sample) and for a
+// 3-channel input (K = 3 per tap).
+bool choose_shift(const Geom& g, const Knobs& k) {
+  if (k.shift == 0 || !shift_taps(g)) return false;
+  if (k.shift == 2) return true;
+  return g.D >= 8 && g.C * g.D <= 64 * 64 && g.P >= 196;
+}
+
+struct ShiftLayout {
+  int64_t Wp, plane, Pp;  // row pitch, padded plane (with one element before and after), GEMM width
+  explicit ShiftLayout(const Geom& g) : Wp(g.W + 1), plane((g.H + 2) * (g.W + 1) + 2), Pp(g.H * (g.W + 1)) {}
+  // where tap (i, j) of output position 0 reads (position 0 of the buffer is the element before)
+  int64_t tap(int64_t t) const { return 1 + (t / 3) * Wp + t % 3 - 1; }
+  // planes (count x H x W) into the interior of the padded planes (count x plane); the border stays zero
+  template <typename T>
+  void pad(const Geom& g, const T* src, int64_t count, T* dst) const {
+    for (int64_t c = 0; c < count; ++c)
+      for (int64_t h = 0; h < g.H; ++h)
+        std::memcpy(dst + c * plane + 1 + (h + 1) * Wp, src + (c * g.H + h) * g.W, sizeof(T) * g.W);
+  }
+  // rows of pitch Wp (count x Pp) into planes (count x H x W), dropping each row's last column
+  template <typename T>
+  void unpad(const Geom& g, const T* src, int64_t count, const T* bias, T* dst) const {
+    for (int64_t c = 0; c < count; ++c) {
+      const T bv = bias != nullptr ? bias[c] : T(0);
+      for (int64_t h = 0; h < g.H; ++h) {
+        const T* s = src + c * Pp + h * Wp;
+        T* d = dst + (c * g.H + h) * g.W;
+#pragma omp simd
+        for (int64_t q = 0; q < g.W; ++q) d[q] = s[q] + bv;
+      }
+    }
+  }
+};
+
+// wt[t] (rows x cols) = w[(r * cols + c) * 9 + t] (transposed: w[(c * rows + r) * 9 + t]).
+template <typename T>
+void taps_major(const T* w, int64_t C, int64_t D, bool transposed, T* wt) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t t = 0; t < 9; ++t) {
+        const T v = w[(c * D + d) * 9 + t];
+        if (transposed) wt[(t * D + d) * C + c] = v;
+        else wt[(t * C + c) * D + d] = v;
+      }
+}
+
+template <typename T>
+void forward_shift(const Geom& g, const Knobs& k, const T* x, const T* w, const T* m, const T* bias, T* y) {
+  const ShiftLayout L(g);
+  const int64_t CD = g.C * g.D;
+  Buf<T> wt(9 * CD);  // W_t (C x D), tap-major
+  taps_major(w, g.C, g.D, false, wt.data());
+  run_chunks(g.N, num_workers(g.N), /*dynamic=*/true, [&](int64_t, auto& next) {
+    std::vector<T> xp(static_cast<size_t>(g.D * L.plane), T(0));  // zero border, written once
+    Buf<T> a(9 * CD), acc(g.C * L.Pp);
+    for (int64_t n = next(); n >= 0; n = next()) {
+      L.pad(g, x + n * g.D * g.H * g.W, g.D, xp.data());
+      for (int64_t t = 0; t < 9; ++t) {
+        const T s = m[n * 9 + t];
+        const T* src = wt.data() + t * CD;
+        T* dst = a.data() + t * CD;
+#pragma omp simd
+        for (int64_t i = 0; i < CD; ++i) dst[i] = s * src[i];
+      }
+      for (int64_t t = 0; t < 9; ++t)
+        mm<T>(g.C, L.Pp, g.D, a.data() + t * CD, g.D, xp.data() + L.tap(t), L.plane, acc.data(), L.Pp, t > 0,
+              k.brgemm);
+      L.unpad(g, acc.data(), g.C, bias, y + n * g.C * g.P);
+    }
+  });
+}
+
+template <typename T>
+void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, const T* w, const T* m, T* dx,
+                    T* gw, double* dm, double* db, const ChunkDone* done) {
+  const ShiftLayout L(g);
+  const int64_t CD = g.C * g.D, HW = g.H * g.W;
+  const bool need_gt = gw != nullptr || dm != nullptr;  // G_t: for grad_weight and dm
+  Buf<T> wtT(9 * CD);  // W_t^T (D x C), tap-major: dx's weights and dm's dot
+  taps_major(w, g.C, g.D, true, wtT.data());
+  const int64_t nworkers = num_workers(g.N);
+  Buf<T> acc(gw != nullptr ? nworkers * 9 * CD : 0);  // per worker: sum_n m_t G_t^T, (9 x D x C)
+  std::vector<double> bacc(db != nullptr ? static_cast<size_t>(nworkers * g.C) : 0, 0.0);
+  if (gw != nullptr) std::fill(acc.data(), acc.data() + nworkers * 9 * CD, T(0));
+  // grad_weight and grad_bias are summed per worker: a fixed sample -> worker map (deterministic)
+  run_chunks(g.N, nworkers, /*dynamic=*/gw == nullptr && db == nullptr, [&](int64_t wid, auto& next) {
+    std::vector<T> xp(need_gt ? static_cast<size_t>(g.D * L.plane) : 0, T(0));
+    std::vector<T> dyp(dx != nullptr ? static_cast<size_t>(g.C * L.plane) : 0, T(0));
+    std::vector<T> dyT(need_gt ? static_cast<size_t>(L.Pp * g.C) : 0, T(0));  // column W stays zero
+    Buf<T> a(dx != nullptr ? 9 * CD : 0), dxacc(dx != nullptr ? g.D * L.Pp : 0), gt(need_gt ? CD : 0);
+    T* myacc = gw != nullptr ? acc.data() + wid * 9 * CD : nullptr;
+    for (int64_t n = next(); n >= 0; n = next()) {
+      const T* dyn = dy + n * g.C * HW;
+      if (db != nullptr)
+        for (int64_t c = 0; c < g.C; ++c) bacc[wid * g.C + c] += sum_row(dyn + c * HW, HW);
+      if (need_gt) {
+        L.pad(g, x + n * g.D * HW, g.D, xp.data());
+        for (int64_t h = 0; h < g.H; ++h)  // dyT[oh*Wp + ow][c] = dy[c][oh][ow]
+          transpose<T>(g.C, g.W, dyn + h * g.W, HW, dyT.data() + h * L.Wp * g.C, g.C);
+        for (int64_t t = 0; t < 9; ++t) {
+          mm<T>(g.D, g.C, L.Pp, xp.data() + L.tap(t), L.plane, dyT.data(), g.C, gt.data(), g.C, false, k.brgemm);
+          const T s = m[n * 9 + t];
+          const T* wtt = wtT.data() + t * CD;
+          if (dm != nullptr) {
+            double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = 0; i < CD; ++i) dot += static_cast<double>(wtt[i]) * static_cast<double>(gt.data()[i]);
+            dm[n * 9 + t] += dot;
+          }
+          if (myacc != nullptr) {
+            T* at = myacc + t * CD;
+#pragma omp simd
+            for (int64_t i = 0; i < CD; ++i) at[i] += s * gt.data()[i];
+          }
+        }
+      }
+      if (dx != nullptr) {
+        L.pad(g, dyn, g.C, dyp.data());
+        for (int64_t s = 0; s < 9; ++s) {
+          const T sc = m[n * 9 + 8 - s];
+          const T* src = wtT.data() + (8 - s) * CD;
+          T* dst = a.data() + s * CD;
+#pragma omp simd
+          for (int64_t i = 0; i < CD; ++i) dst[i] = sc * src[i];
+        }
+        for (int64_t s = 0; s < 9; ++s)
+          mm<T>(g.D, L.Pp, g.C, a.data() + s * CD, g.C, dyp.data() + L.tap(s), L.plane, dxacc.data(), L.Pp,
+                s > 0, k.brgemm);
+        L.unpad(g, dxacc.data(), g.D, static_cast<const T*>(nullptr), dx + n * g.D * HW);
+      }
+      if (done != nullptr) (*done)(n, 1);
+    }
+  });
+  if (db != nullptr) {
+    std::fill(db, db + g.C, 0.0);
+    for (int64_t wid = 0; wid < nworkers; ++wid)
+      for (int64_t c = 0; c < g.C; ++c) db[c] += bacc[wid * g.C + c];
+  }
+  if (gw != nullptr) {  // gw[c, d, t] = sum over workers of acc[t][d][c], in worker order
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t d = 0; d < g.D; ++d)
+        for (int64_t t = 0; t < 9; ++t) {
+          T v = T(0);
+          for (int64_t wid = 0; wid < nworkers; ++wid) v += acc.data()[(wid * 9 + t) * CD + d * g.C + c];
+          gw[(c * g.D + d) * 9 + t] = v;
+        }
+  }
+}
+
 template <typename T>
 void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bias, T* y) {
+  if (g.N > 0) {
+    const Knobs k = read_knobs(false);
+    if (choose_shift(g, k)) return forward_shift<T>(g, k, x, w, m, bias, y);
+  }
   const Blocking blk = choose_blocking(g, sizeof(T), false);
   if (blk.nchunks == 0) return;
   run_chunks(blk.nchunks, num_workers(blk.nchunks), /*dynamic=*/true, [&](int64_t, auto& next) {
@@ -755,9 +938,6 @@ void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bi
   });
 }
 
-// Called on the worker thread once samples [n0, n0 + nb) are complete (their dx conv route and
-// dm): shc::shc_conv2d_backward finishes those samples there while their dx is still in cache.
-using ChunkDone = std::function<void(int64_t n0, int64_t nb)>;
 
 // dx (conv route), grad_weight, dm and grad_bias (db, C doubles); a null pointer is not computed.
 template <typename T>
@@ -774,6 +954,10 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
         for (int64_t c = 0; c < g.C; ++c) db[c] += sum_row(dy + (n * g.C + c) * g.P, g.P);
     }
     return;
+  }
+  {
+    const Knobs k = read_knobs(true);
+    if (choose_shift(g, k)) return backward_shift<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
   }
   const Blocking blk = choose_blocking(g, sizeof(T), true);
   const int64_t nthreads = num_workers(blk.nchunks);  // workers, each with its own accumulator

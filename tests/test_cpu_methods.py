@@ -1,0 +1,85 @@
+"""The CPU kernel's two methods for the stride-1 3x3 conv (csrc/cpu/shc_cpu.cpp): im2col and
+"shift" (the padded plane read at a fixed offset per tap, the map scaling the weights). Both give
+the reference's forward and every gradient, on every shape; SHC_CPU_SHIFT picks the method
+(0 im2col, 1 the faster per shape, 2 shift wherever it applies) and a bad value is an error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import shc_kernels as shc
+from shc_kernels import ops, reference
+
+pytestmark = pytest.mark.skipif(not ops.compiled_available(), reason="needs the compiled CPU kernel")
+
+# (N, D, C, H, W): 1x1 and 2x3 planes, odd sizes, one shape each side of the default's threshold
+SHAPES = [(3, 4, 6, 8, 8), (2, 5, 3, 7, 9), (2, 8, 8, 14, 14), (2, 16, 4, 16, 15), (1, 3, 8, 1, 1), (2, 2, 2, 2, 3)]
+
+
+def _inputs(shape, dtype):
+    n, d, c, h, w = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    return (
+        torch.randn(n, d, h, w, generator=g, dtype=dtype),
+        torch.randn(c, d, 3, 3, generator=g, dtype=dtype),
+        torch.rand(n, 3, 3, generator=g, dtype=dtype),
+        torch.randn(c, generator=g, dtype=dtype),
+    )
+
+
+def _run(fn, tensors, grad_seed=1):
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    y = fn(*leaves)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=y.dtype))
+    return [y.detach()] + [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["0", "1", "2"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_method_gives_the_reference(monkeypatch, shape, method, dtype):
+    monkeypatch.setenv("SHC_CPU_SHIFT", method)
+    tensors = _inputs(shape, dtype)
+    got = _run(lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1), tensors)
+    want = _run(lambda x, w, m, b: reference.modulated_conv2d(x, w, m, b, 1, 1, 1, 1), tensors)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for name, a, b in zip(("y", "dx", "dweight", "dm", "dbias"), got, want, strict=True):
+        torch.testing.assert_close(a, b, **tol, msg=lambda s, name=name: f"{name}: {s}")
+
+
+@pytest.mark.parametrize("route", ["both", "conv", "hyper"])
+def test_shift_method_layer_gradcheck(monkeypatch, route):
+    """The whole layer's one-call backward (shc::shc_conv2d_backward) on the shift method."""
+    monkeypatch.setenv("SHC_CPU_SHIFT", "2")
+    layer = shc.SHCConv2d(4, 3, 3, padding=1, grad_route=route, backend="cpu").double()
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    params = [x, layer.weight, layer.bias, *layer.hyper.parameters()]
+    got = torch.autograd.grad(layer(x).square().sum(), params)
+    layer.backend = "reference"
+    want = torch.autograd.grad(layer(x).square().sum(), params)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_shift_does_not_apply_to_other_convs(monkeypatch):
+    """SHC_CPU_SHIFT=2 forces the method only where it applies: stride 2, dilation, groups and
+    other padding still compute the right conv (through im2col)."""
+    monkeypatch.setenv("SHC_CPU_SHIFT", "2")
+    x, w, m, b = _inputs((2, 4, 4, 9, 9), torch.float64)
+    for stride, padding, dilation, groups in ((2, 1, 1, 1), (1, 2, 2, 1), (1, 1, 1, 2), (1, 0, 1, 1)):
+        wg = w[:, : 4 // groups].contiguous()
+        args = ([stride] * 2, [padding] * 2, [dilation] * 2, groups)
+        got = torch.ops.shc.modulated_conv2d(x, wg, m, b, *args)
+        torch.testing.assert_close(got, reference.modulated_conv2d(x, wg, m, b, *args), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("value", ["3", "-1", "shift", ""])
+def test_bad_shift_knob_is_an_error_naming_it(monkeypatch, value):
+    monkeypatch.setenv("SHC_CPU_SHIFT", value)
+    x, w, m, b = _inputs((2, 8, 8, 14, 14), torch.float32)
+    if value == "":  # empty means unset, as for the other knobs
+        torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1)
+        return
+    with pytest.raises(RuntimeError, match="SHC_CPU_SHIFT"):
+        torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1)
