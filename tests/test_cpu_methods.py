@@ -14,7 +14,14 @@ from shc_kernels import ops, reference
 pytestmark = pytest.mark.skipif(not ops.compiled_available(), reason="needs the compiled CPU kernel")
 
 # (N, D, C, H, W): 1x1 and 2x3 planes, odd sizes, one shape each side of the default's threshold
-SHAPES = [(3, 4, 6, 8, 8), (2, 5, 3, 7, 9), (2, 8, 8, 14, 14), (2, 16, 4, 16, 15), (1, 3, 8, 1, 1), (2, 2, 2, 2, 3)]
+SHAPES = [
+    (3, 4, 6, 8, 8),
+    (2, 5, 3, 7, 9),
+    (2, 8, 8, 14, 14),
+    (2, 16, 4, 16, 15),
+    (1, 3, 8, 1, 1),
+    (2, 2, 2, 2, 3),
+]
 
 
 def _inputs(shape, dtype):
@@ -41,7 +48,9 @@ def _run(fn, tensors, grad_seed=1):
 def test_every_method_gives_the_reference(monkeypatch, shape, method, dtype):
     monkeypatch.setenv("SHC_CPU_SHIFT", method)
     tensors = _inputs(shape, dtype)
-    got = _run(lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1), tensors)
+    got = _run(
+        lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1), tensors
+    )
     want = _run(lambda x, w, m, b: reference.modulated_conv2d(x, w, m, b, 1, 1, 1, 1), tensors)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     for name, a, b in zip(("y", "dx", "dweight", "dm", "dbias"), got, want, strict=True):
@@ -71,7 +80,9 @@ def test_shift_does_not_apply_to_other_convs(monkeypatch):
         wg = w[:, : 4 // groups].contiguous()
         args = ([stride] * 2, [padding] * 2, [dilation] * 2, groups)
         got = torch.ops.shc.modulated_conv2d(x, wg, m, b, *args)
-        torch.testing.assert_close(got, reference.modulated_conv2d(x, wg, m, b, *args), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            got, reference.modulated_conv2d(x, wg, m, b, *args), rtol=1e-10, atol=1e-10
+        )
 
 
 @pytest.mark.parametrize("value", ["3", "-1", "shift", ""])
