@@ -726,16 +726,17 @@ inline bool shift_taps(const Geom& g) {
          g.dw == 1 && g.groups == 1 && g.OH == g.H && g.OW == g.W;
 }
 
-// Measured on the 2-core AMD EPYC, batch 128, one thread (bench/results/cpu_shift_ab_2026-12-02.md):
-// faster than im2col, forward and backward, for planes of 14x14 and more with C * D <= 64 * 64
-// (16>16@28: forward 0.51x a plain conv against im2col's 1.05x; 32>32@14: 1.24x against 1.97x);
-// slower with 128 channels (the sample's 9 C D weights no longer stay in cache across the GEMM's
-// column blocks), for 7x7 and smaller planes (too few columns for a GEMM per sample) and for a
-// 3-channel input (K = 3 per tap).
+// Measured on the quiet 2-core AMD EPYC, one thread, batch 128 and 32, ratios to F.conv2d
+// (bench/results/cpu_shift_ab_b{128,32}_2026-12-02.md, bench/ab_shift.py): faster than im2col,
+// forward and forward+backward, for planes of 7x7 and more with C * D <= 64 * 64 (16>16@28, batch
+// 128: forward 0.53x against im2col's 1.12x, fwd+bwd 1.15x against 1.39x; 32>32@14: 1.23x against
+// 1.53x, 1.31x against 1.71x); slower with 128 channels (the sample's 9 C D weights no longer stay
+// in cache across the GEMM's column blocks: 128>128@8 1.52x against 1.32x) and for a 3-channel
+// input (K = 3 per tap).
 bool choose_shift(const Geom& g, const Knobs& k) {
   if (k.shift == 0 || !shift_taps(g)) return false;
   if (k.shift == 2) return true;
-  return g.D >= 8 && g.C * g.D <= 64 * 64 && g.P >= 196;
+  return g.D >= 8 && g.C * g.D <= 64 * 64 && g.H >= 7 && g.W >= 7;
 }
 
 struct ShiftLayout {
