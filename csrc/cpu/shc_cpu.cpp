@@ -628,8 +628,7 @@ struct Blocking {
 // samples gave 512 columns: forward 1.6x a plain conv, 1.2x with 500).
 inline bool aliased(int64_t L) { return L >= 128 && L % 128 == 0; }
 
-Blocking choose_blocking(const Geom& g, size_t elem, bool backward) {
-  const Knobs knobs = read_knobs(backward);
+Blocking choose_blocking(const Geom& g, size_t elem, const Knobs& knobs) {
   // The reduction (K = Dg*T) is streamed in blocks of ~kRows rows: the im2col block for one
   // reduction block is built right before the GEMM consumes it, so it stays in L2.
   const int64_t kRows = knobs.krows;
@@ -778,6 +777,25 @@ void taps_major(const T* w, int64_t C, int64_t D, bool transposed, T* wt) {
       }
 }
 
+// out (rows x Pp) = sum_s (m[src(s)] wt[src(s)]) @ shift_s(padded), src(s) = s, or 8 - s (flip: the
+// transposed conv); wt[t] is (rows x inner), padded holds `inner` padded planes, a is 9 x rows x
+// inner scratch for the scaled weights.
+template <typename T>
+void shift_conv(const ShiftLayout& L, int64_t rows, int64_t inner, const T* wt, const T* m, bool flip,
+                const T* padded, T* a, T* out, bool brgemm) {
+  const int64_t size = rows * inner;
+  for (int64_t s = 0; s < 9; ++s) {
+    const int64_t t = flip ? 8 - s : s;
+    const T sc = m[t];
+    const T* src = wt + t * size;
+    T* dst = a + s * size;
+#pragma omp simd
+    for (int64_t i = 0; i < size; ++i) dst[i] = sc * src[i];
+  }
+  for (int64_t s = 0; s < 9; ++s)
+    mm<T>(rows, L.Pp, inner, a + s * size, inner, padded + L.tap(s), L.plane, out, L.Pp, s > 0, brgemm);
+}
+
 template <typename T>
 void forward_shift(const Geom& g, const Knobs& k, const T* x, const T* w, const T* m, const T* bias, T* y) {
   const ShiftLayout L(g);
@@ -789,16 +807,7 @@ void forward_shift(const Geom& g, const Knobs& k, const T* x, const T* w, const 
     Buf<T> a(9 * CD), acc(g.C * L.Pp);
     for (int64_t n = next(); n >= 0; n = next()) {
       L.pad(g, x + n * g.D * g.H * g.W, g.D, xp.data());
-      for (int64_t t = 0; t < 9; ++t) {
-        const T s = m[n * 9 + t];
-        const T* src = wt.data() + t * CD;
-        T* dst = a.data() + t * CD;
-#pragma omp simd
-        for (int64_t i = 0; i < CD; ++i) dst[i] = s * src[i];
-      }
-      for (int64_t t = 0; t < 9; ++t)
-        mm<T>(g.C, L.Pp, g.D, a.data() + t * CD, g.D, xp.data() + L.tap(t), L.plane, acc.data(), L.Pp, t > 0,
-              k.brgemm);
+      shift_conv(L, g.C, g.D, wt.data(), m + n * 9, false, xp.data(), a.data(), acc.data(), k.brgemm);
       L.unpad(g, acc.data(), g.C, bias, y + n * g.C * g.P);
     }
   });
@@ -850,16 +859,7 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
       }
       if (dx != nullptr) {
         L.pad(g, dyn, g.C, dyp.data());
-        for (int64_t s = 0; s < 9; ++s) {
-          const T sc = m[n * 9 + 8 - s];
-          const T* src = wtT.data() + (8 - s) * CD;
-          T* dst = a.data() + s * CD;
-#pragma omp simd
-          for (int64_t i = 0; i < CD; ++i) dst[i] = sc * src[i];
-        }
-        for (int64_t s = 0; s < 9; ++s)
-          mm<T>(g.D, L.Pp, g.C, a.data() + s * CD, g.C, dyp.data() + L.tap(s), L.plane, dxacc.data(), L.Pp,
-                s > 0, k.brgemm);
+        shift_conv(L, g.D, g.C, wtT.data(), m + n * 9, true, dyp.data(), a.data(), dxacc.data(), k.brgemm);
         L.unpad(g, dxacc.data(), g.D, static_cast<const T*>(nullptr), dx + n * g.D * HW);
       }
       if (done != nullptr) (*done)(n, 1);
@@ -883,11 +883,9 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
 
 template <typename T>
 void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bias, T* y) {
-  if (g.N > 0) {
-    const Knobs k = read_knobs(false);
-    if (choose_shift(g, k)) return forward_shift<T>(g, k, x, w, m, bias, y);
-  }
-  const Blocking blk = choose_blocking(g, sizeof(T), false);
+  const Knobs k = read_knobs(false);
+  if (g.N > 0 && choose_shift(g, k)) return forward_shift<T>(g, k, x, w, m, bias, y);
+  const Blocking blk = choose_blocking(g, sizeof(T), k);
   if (blk.nchunks == 0) return;
   run_chunks(blk.nchunks, num_workers(blk.nchunks), /*dynamic=*/true, [&](int64_t, auto& next) {
     const int64_t Lmax = blk.nb * blk.rows * g.OW;
@@ -939,7 +937,6 @@ void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bi
   });
 }
 
-
 // dx (conv route), grad_weight, dm and grad_bias (db, C doubles); a null pointer is not computed.
 template <typename T>
 void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* m, T* dx,
@@ -956,11 +953,9 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
     }
     return;
   }
-  {
-    const Knobs k = read_knobs(true);
-    if (choose_shift(g, k)) return backward_shift<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
-  }
-  const Blocking blk = choose_blocking(g, sizeof(T), true);
+  const Knobs k = read_knobs(true);
+  if (choose_shift(g, k)) return backward_shift<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
+  const Blocking blk = choose_blocking(g, sizeof(T), k);
   const int64_t nthreads = num_workers(blk.nchunks);  // workers, each with its own accumulator
   // per-thread grad_weight accumulators, transposed per group: accT[grp] is (K x Cg)
   Buf<T> acc(need_gw ? nthreads * CK : 0);
