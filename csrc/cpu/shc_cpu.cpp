@@ -44,6 +44,16 @@
 
 #include "../conv_geometry.h"
 
+// The build targets x86-64-v2 (SSE4.2) so the wheel runs anywhere; the loops that touch every
+// element (im2col/col2im, the shift method's scaling and per-tap reductions, transposes, the
+// statistics) get a second copy compiled for AVX2, picked once at load time (an ifunc). No FMA in
+// that copy: elementwise results are the same in both, the vectorized sums add in another order.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SHC_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define SHC_MULTIVERSION
+#endif
+
 // Fortran BLAS entry points exported by libtorch_cpu when torch is built with MKL/OpenBLAS.
 // Declared weak: when absent we fall back to at::mm on from_blob views.
 extern "C" {
@@ -162,7 +172,7 @@ void mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, in
 // dst(cols x rows, ld_dst) (+)= src(rows x cols, ld_src)^T. 8x8 register tiles inside 64x64
 // cache tiles (the leading dimensions are often powers of two: small tiles avoid set conflicts).
 template <typename T, bool kAdd = false>
-void transpose(int64_t rows, int64_t cols, const T* src, int64_t ld_src, T* dst, int64_t ld_dst) {
+SHC_MULTIVERSION void transpose(int64_t rows, int64_t cols, const T* src, int64_t ld_src, T* dst, int64_t ld_dst) {
   constexpr int64_t R = 8, BB = 64;
   for (int64_t r0 = 0; r0 < rows; r0 += BB) {
     const int64_t r1 = std::min(rows, r0 + BB);
@@ -197,11 +207,30 @@ void transpose(int64_t rows, int64_t cols, const T* src, int64_t ld_src, T* dst,
 
 // Sum of n values in double (grad_bias).
 template <typename T>
-double sum_row(const T* p, int64_t n) {
+SHC_MULTIVERSION double sum_row(const T* p, int64_t n) {
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += static_cast<double>(p[i]);
   return s;
+}
+
+// dst = s * src;  y += s * x;  sum of a * b in double (n values each).
+template <typename T>
+SHC_MULTIVERSION void scale_copy(int64_t n, T s, const T* src, T* dst) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = s * src[i];
+}
+template <typename T>
+SHC_MULTIVERSION void axpy(int64_t n, T s, const T* x, T* y) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += s * x[i];
+}
+template <typename T>
+SHC_MULTIVERSION double dot(int64_t n, const T* a, const T* b) {
+  double r = 0.0;
+#pragma omp simd reduction(+ : r)
+  for (int64_t i = 0; i < n; ++i) r += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  return r;
 }
 
 // Uninitialized scratch buffer (std::vector would zero-fill, which costs real time here).
@@ -277,7 +306,7 @@ inline TapRun tap_run(const Geom& g, int64_t i, int64_t j, int64_t oh0, int64_t 
 }
 
 template <typename T>
-void im2col_flat(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, int64_t nb,
+SHC_MULTIVERSION void im2col_flat(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, int64_t nb,
                  int64_t oh0, int64_t oh1, int64_t d0, int64_t d1, T* cols) {
   const int64_t Lp = (oh1 - oh0) * g.W, L = nb * Lp, HW = g.H * g.W;
   for (int64_t i = 0; i < g.kh; ++i) {
@@ -311,7 +340,7 @@ void im2col_flat(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0,
 // dx[n,d,p+delta] += m[n,t] * dcols[(d,t), p];  dm[n,t] += dcols[(d,t), p] * x[n,d,p+delta]
 // (the flat_taps case; dcols' padding positions are zeroed first so the runs stay contiguous).
 template <typename T>
-void col2im_flat(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* dm, int64_t grp,
+SHC_MULTIVERSION void col2im_flat(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* dm, int64_t grp,
                  int64_t n0, int64_t nb, int64_t oh0, int64_t oh1, int64_t d0, int64_t d1) {
   const int64_t Lp = (oh1 - oh0) * g.W, L = nb * Lp, HW = g.H * g.W;
   for (int64_t i = 0; i < g.kh; ++i) {
@@ -363,7 +392,7 @@ inline bool s2_taps(const Geom& g) {
 
 // Phase (a, b) of plane xp, rows [r_lo, r_hi), into phases + (2a + b) * OH * OW (absent: zero).
 template <typename T>
-void split_phases(const Geom& g, const T* xp, T* phases, int64_t r_lo, int64_t r_hi) {
+SHC_MULTIVERSION void split_phases(const Geom& g, const T* xp, T* phases, int64_t r_lo, int64_t r_hi) {
   const int64_t OW = g.OW, PP = g.OH * g.OW;
   for (int64_t a = 0; a < 2; ++a) {
     for (int64_t r = r_lo; r < r_hi; ++r) {
@@ -380,7 +409,7 @@ void split_phases(const Geom& g, const T* xp, T* phases, int64_t r_lo, int64_t r
 
 // dx rows [r_lo, r_hi) of plane dxp += the phases accumulated in dphases (split_phases' inverse).
 template <typename T>
-void merge_phases(const Geom& g, const T* dphases, T* dxp, int64_t r_lo, int64_t r_hi) {
+SHC_MULTIVERSION void merge_phases(const Geom& g, const T* dphases, T* dxp, int64_t r_lo, int64_t r_hi) {
   const int64_t OW = g.OW, PP = g.OH * g.OW;
   for (int64_t a = 0; a < 2; ++a) {
     for (int64_t r = r_lo; r < r_hi; ++r) {
@@ -410,7 +439,7 @@ inline S2Tap s2_tap(const Geom& g, int64_t i, int64_t j, int64_t oh0) {
 }
 
 template <typename T>
-void im2col_s2(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, int64_t nb,
+SHC_MULTIVERSION void im2col_s2(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, int64_t nb,
                int64_t oh0, int64_t oh1, int64_t d0, int64_t d1, T* cols) {
   const int64_t OH = g.OH, OW = g.OW, Lp = (oh1 - oh0) * OW, L = nb * Lp, PP = OH * OW;
   static thread_local std::vector<T> phase_buf;
@@ -438,7 +467,7 @@ void im2col_s2(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, i
 }
 
 template <typename T>
-void im2col_block(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, int64_t nb,
+SHC_MULTIVERSION void im2col_block(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0, int64_t nb,
                   int64_t oh0, int64_t oh1, int64_t d0, int64_t d1, T* cols) {
   if (flat_taps(g)) return im2col_flat<T>(g, x, m, grp, n0, nb, oh0, oh1, d0, d1, cols);
   if (s2_taps(g)) return im2col_s2<T>(g, x, m, grp, n0, nb, oh0, oh1, d0, d1, cols);
@@ -480,7 +509,7 @@ void im2col_block(const Geom& g, const T* x, const T* m, int64_t grp, int64_t n0
 // col2im of the s2_taps conv: dx and dm through the phase planes (see im2col_s2); dcols' padding
 // positions (ow = 0 of the left taps) are zeroed first so the runs stay contiguous.
 template <typename T>
-void col2im_s2(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* dm, int64_t grp,
+SHC_MULTIVERSION void col2im_s2(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* dm, int64_t grp,
                int64_t n0, int64_t nb, int64_t oh0, int64_t oh1, int64_t d0, int64_t d1) {
   const int64_t OH = g.OH, OW = g.OW, Lp = (oh1 - oh0) * OW, L = nb * Lp, PP = OH * OW;
   static thread_local std::vector<T> xph_buf, dph_buf;
@@ -524,7 +553,7 @@ void col2im_s2(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* d
 
 // dx[n,d,q(+)t] += m[n,t] * dcols[(d,t), j];  dm[n,t] += dcols[(d,t), j] * x[n,d,q(+)t]
 template <typename T>
-void col2im_block(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* dm,
+SHC_MULTIVERSION void col2im_block(const Geom& g, T* dcols, const T* x, const T* m, T* dx, double* dm,
                   int64_t grp, int64_t n0, int64_t nb, int64_t oh0, int64_t oh1, int64_t d0,
                   int64_t d1) {
   if (flat_taps(g)) return col2im_flat<T>(g, dcols, x, m, dx, dm, grp, n0, nb, oh0, oh1, d0, d1);
@@ -743,16 +772,21 @@ struct ShiftLayout {
   explicit ShiftLayout(const Geom& g) : Wp(g.W + 1), plane((g.H + 2) * (g.W + 1) + 2), Pp(g.H * (g.W + 1)) {}
   // where tap (i, j) of output position 0 reads (position 0 of the buffer is the element before)
   int64_t tap(int64_t t) const { return 1 + (t / 3) * Wp + t % 3 - 1; }
+  // The output positions [lo, hi) whose row tap t reads inside the image: the top row's taps skip
+  // the first output row, the bottom row's the last (they read a zero row), a ninth of the
+  // GEMMs' work on 3 of every H rows.
+  int64_t lo(int64_t t) const { return t / 3 == 0 ? Wp : 0; }
+  int64_t hi(int64_t t) const { return t / 3 == 2 ? Pp - Wp : Pp; }
   // planes (count x H x W) into the interior of the padded planes (count x plane); the border stays zero
   template <typename T>
-  void pad(const Geom& g, const T* src, int64_t count, T* dst) const {
+  SHC_MULTIVERSION void pad(const Geom& g, const T* src, int64_t count, T* dst) const {
     for (int64_t c = 0; c < count; ++c)
       for (int64_t h = 0; h < g.H; ++h)
         std::memcpy(dst + c * plane + 1 + (h + 1) * Wp, src + (c * g.H + h) * g.W, sizeof(T) * g.W);
   }
   // rows of pitch Wp (count x Pp) into planes (count x H x W), dropping each row's last column
   template <typename T>
-  void unpad(const Geom& g, const T* src, int64_t count, const T* bias, T* dst) const {
+  SHC_MULTIVERSION void unpad(const Geom& g, const T* src, int64_t count, const T* bias, T* dst) const {
     for (int64_t c = 0; c < count; ++c) {
       const T bv = bias != nullptr ? bias[c] : T(0);
       for (int64_t h = 0; h < g.H; ++h) {
@@ -786,14 +820,14 @@ void shift_conv(const ShiftLayout& L, int64_t rows, int64_t inner, const T* wt, 
   const int64_t size = rows * inner;
   for (int64_t s = 0; s < 9; ++s) {
     const int64_t t = flip ? 8 - s : s;
-    const T sc = m[t];
-    const T* src = wt + t * size;
-    T* dst = a + s * size;
-#pragma omp simd
-    for (int64_t i = 0; i < size; ++i) dst[i] = sc * src[i];
+    scale_copy(size, m[t], wt + t * size, a + s * size);
   }
-  for (int64_t s = 0; s < 9; ++s)
-    mm<T>(rows, L.Pp, inner, a + s * size, inner, padded + L.tap(s), L.plane, out, L.Pp, s > 0, brgemm);
+  // the middle row's taps first: they cover every output position, so the first one initializes out
+  for (int64_t s : {3, 4, 5, 0, 1, 2, 6, 7, 8}) {
+    const int64_t lo = L.lo(s), hi = L.hi(s);
+    mm<T>(rows, hi - lo, inner, a + s * size, inner, padded + L.tap(s) + lo, L.plane, out + lo, L.Pp, s != 3,
+          brgemm);
+  }
 }
 
 template <typename T>
@@ -841,20 +875,11 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
         for (int64_t h = 0; h < g.H; ++h)  // dyT[oh*Wp + ow][c] = dy[c][oh][ow]
           transpose<T>(g.C, g.W, dyn + h * g.W, HW, dyT.data() + h * L.Wp * g.C, g.C);
         for (int64_t t = 0; t < 9; ++t) {
-          mm<T>(g.D, g.C, L.Pp, xp.data() + L.tap(t), L.plane, dyT.data(), g.C, gt.data(), g.C, false, k.brgemm);
-          const T s = m[n * 9 + t];
-          const T* wtt = wtT.data() + t * CD;
-          if (dm != nullptr) {
-            double dot = 0.0;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t i = 0; i < CD; ++i) dot += static_cast<double>(wtt[i]) * static_cast<double>(gt.data()[i]);
-            dm[n * 9 + t] += dot;
-          }
-          if (myacc != nullptr) {
-            T* at = myacc + t * CD;
-#pragma omp simd
-            for (int64_t i = 0; i < CD; ++i) at[i] += s * gt.data()[i];
-          }
+          const int64_t lo = L.lo(t), hi = L.hi(t);
+          mm<T>(g.D, g.C, hi - lo, xp.data() + L.tap(t) + lo, L.plane, dyT.data() + lo * g.C, g.C, gt.data(), g.C,
+                false, k.brgemm);
+          if (dm != nullptr) dm[n * 9 + t] += dot(CD, wtT.data() + t * CD, gt.data());
+          if (myacc != nullptr) axpy(CD, m[n * 9 + t], gt.data(), myacc + t * CD);
         }
       }
       if (dx != nullptr) {
@@ -1087,7 +1112,7 @@ at::Tensor finish(const at::Tensor& src, at::ScalarType dtype, at::MemoryFormat 
 // the coefficients in double, the plane in T. shc::channel_stats_backward and
 // shc::shc_conv2d_backward both go through it.
 template <typename T>
-void stats_backward_plane(T* o, const T* x, int64_t HW, double grad_mu, double grad_sigma, double mu,
+SHC_MULTIVERSION void stats_backward_plane(T* o, const T* x, int64_t HW, double grad_mu, double grad_sigma, double mu,
                           double sigma, bool accumulate) {
   const double n = static_cast<double>(HW);
   const T a = static_cast<T>(grad_sigma / (n * sigma)), c = static_cast<T>(grad_mu / n);
@@ -1181,11 +1206,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
 // as the variance is at least (x[0] - mean)^2 / n, their cancellation costs at most a factor n of
 // double precision (5e-12 relative at 224x224), never an overflow. On x86-64 a second copy is
 // compiled for AVX2 and picked at load time (the rest of the build targets x86-64-v2).
-#if defined(__x86_64__) && defined(__GNUC__)
-#define SHC_MULTIVERSION __attribute__((target_clones("avx2", "default")))
-#else
-#define SHC_MULTIVERSION
-#endif
 #define SHC_PLANE_MOMENTS(NAME, T)                                          \
   SHC_MULTIVERSION void NAME(const T* x, int64_t n, double* mean, double* var) { \
     const double k = static_cast<double>(x[0]);                            \
