@@ -30,6 +30,14 @@ void define_shc_ops(torch::Library& m) {
       "shc_conv2d_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor m, Tensor z, Tensor h, "
       "Tensor fc1_weight, Tensor fc2_weight, int[2] stride, int[2] padding, int[2] dilation, int groups, "
       "str grad_route, bool[7] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // shc_conv2d's backward as differentiable ops (shc_kernels/ops.py, CompositeImplicitAutograd):
+  // for a graph of the backward (create_graph=True) and for gradients reaching m, z or h. The same
+  // 7 gradients, each empty where output_mask is False. has_bias: bias, fc1_bias, fc2_bias given.
+  m.def(
+      "shc_conv2d_grad(Tensor? grad_y, Tensor? grad_m, Tensor? grad_z, Tensor? grad_h, Tensor x, "
+      "Tensor weight, Tensor m, Tensor z, Tensor h, Tensor fc1_weight, Tensor fc2_weight, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups, str grad_route, bool[3] has_bias, bool[7] output_mask) "
+      "-> Tensor[]");
 }
 }  // namespace
 

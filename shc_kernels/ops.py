@@ -16,6 +16,10 @@ Ops (schemas in csrc/shc.cpp):
       dilation, groups, grad_route, mask) -> the 7 gradients of x, weight, bias, fc1_weight,
       fc1_bias, fc2_weight, fc2_bias (empty where mask is False): shc_conv2d's first-order
       backward in one call, CPU only (the other devices and second order compose the ops above).
+  shc::shc_conv2d_grad(grad_y, grad_m, grad_z, grad_h, x, weight, m, z, h, fc1_weight, fc2_weight,
+      stride, padding, dilation, groups, grad_route, has_bias, mask) -> the same 7 gradients,
+      composed of the ops above (_layer_grad, CompositeImplicitAutograd): what the CPU's C++
+      autograd kernel of shc_conv2d (csrc/cpu/shc_autograd.cpp) runs for second order.
 """
 
 from __future__ import annotations
@@ -235,48 +239,29 @@ def _layer_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _one_call_backward(ctx, grad_y, grad_m, grad_z, grad_h) -> bool:
-    """Whether shc::shc_conv2d_backward can serve this backward: first order (no graph of the
-    backward wanted), only y's gradient arriving, on its CPU kernel."""
-    return (
-        not torch.is_grad_enabled()
-        and grad_y is not None
-        and grad_m is None
-        and grad_z is None
-        and grad_h is None
-        and ctx.lib is torch.ops.shc
-        and grad_y.device.type == "cpu"
-    )
-
-
-def _layer_backward(ctx, grad_y, grad_m, grad_z, grad_h):
-    """shc::shc_conv2d's backward: the conv's (dx, dW, dm) from modulated_conv2d_backward, then
-    the hypernetwork by hand (sigmoid, fc2, relu, fc1) in the statistics' dtype, then the
-    statistics' backward for the hypernetwork route of dx (DESIGN.md §3). Gradients that reach
-    the outputs m, z, h directly (from a double backward, say) are added where those values
-    enter the chain. Every step is a differentiable op, so create_graph=True gives second order;
-    the route not taken sees x detached, as the reference's route_inputs does."""
-    x, weight, f1w, f2w, m, z, h = ctx.saved_tensors
-    need = ctx.needs_input_grad[:7]
-    if _one_call_backward(ctx, grad_y, grad_m, grad_z, grad_h):
-        grads = ctx.lib.shc_conv2d_backward(
-            grad_y, x, weight, m, z, h, f1w, f2w, *ctx.conf, ctx.grad_route, need
-        )
-        return (*(g if on else None for g, on in zip(grads, need, strict=True)), *[None] * 6)
+def _layer_grad(lib, grad_y, grad_m, grad_z, grad_h, x, weight, m, z, h, f1w, f2w, conf, route, has_bias,
+                need):  # fmt: skip
+    """shc::shc_conv2d's backward composed of differentiable ops: the conv's (dx, dW, dm) from
+    modulated_conv2d_backward, then the hypernetwork by hand (sigmoid, fc2, relu, fc1) in the
+    statistics' dtype, then the statistics' backward for the hypernetwork route of dx (DESIGN.md
+    §3). Gradients that reach the outputs m, z, h directly (from a double backward, say) are added
+    where those values enter the chain. create_graph=True thus gives second order; the route not
+    taken sees x detached, as the reference's route_inputs does. ``lib``: the namespace's ops;
+    ``need``: which of the 7 gradients (x, weight, bias, fc1_weight, fc1_bias, fc2_weight,
+    fc2_bias) to compute; returns them, None where not computed."""
     need_x, need_w, need_b, need_f1w, need_f1b, need_f2w, need_f2b = need
-    route = ctx.grad_route
     x_stats, x_conv = route_inputs(x, route)
     conv_x = need_x and route != "hyper"
     hyper_x = need_x and route != "conv"
     need_map = hyper_x or need_f1w or need_f1b or need_f2w or need_f2b
     if grad_y is None:
-        grad_y = x.new_zeros(_fake_modulated_conv2d(x, weight, None, None, *ctx.conf).shape)
+        grad_y = x.new_zeros(_fake_modulated_conv2d(x, weight, None, None, *conf).shape)
     mask = [conv_x, need_w, need_map]
-    gx, gw, gm = ctx.lib.modulated_conv2d_backward(grad_y.contiguous(), x_conv, weight, m, *ctx.conf, mask)
+    gx, gw, gm = lib.modulated_conv2d_backward(grad_y.contiguous(), x_conv, weight, m, *conf, mask)
     grads = dict.fromkeys(("x", "weight", "bias", "f1w", "f1b", "f2w", "f2b"))
     grads["x"] = gx if conv_x else None
     grads["weight"] = gw if need_w else None
-    if ctx.has_bias[0] and need_b:
+    if has_bias[0] and need_b:
         grads["bias"] = grad_y.sum(dim=(0, 2, 3))
     if need_map:
         n, d, taps = x.shape[0], x.shape[1], m.shape[1] * m.shape[2]
@@ -285,22 +270,51 @@ def _layer_backward(ctx, grad_y, grad_m, grad_z, grad_h):
         gl = (gm if grad_m is None else gm + grad_m).reshape(n, taps)
         gl = gl * s * (1 - s)  # through the sigmoid
         grads["f2w"] = (gl.t() @ h).to(f2w.dtype) if need_f2w else None
-        grads["f2b"] = gl.sum(0).to(f2w.dtype) if ctx.has_bias[2] and need_f2b else None
+        grads["f2b"] = gl.sum(0).to(f2w.dtype) if has_bias[2] and need_f2b else None
         gh = gl @ f2w.to(dt)
         if grad_h is not None:
             gh = gh + grad_h
         gpre = gh * (h > 0)  # through the relu
         grads["f1w"] = (gpre.t() @ z).to(f1w.dtype) if need_f1w else None
-        grads["f1b"] = gpre.sum(0).to(f1w.dtype) if ctx.has_bias[1] and need_f1b else None
+        grads["f1b"] = gpre.sum(0).to(f1w.dtype) if has_bias[1] and need_f1b else None
         if hyper_x:
             gz = gpre @ f1w.to(dt)
             if grad_z is not None:
                 gz = gz + grad_z
             mu, sigma = z[:, :d].contiguous(), z[:, d:].contiguous()
             gmu, gsigma = gz[:, :d].contiguous(), gz[:, d:].contiguous()
-            dx_hyper = ctx.lib.channel_stats_backward(gmu, gsigma, x_stats, mu, sigma)
+            dx_hyper = lib.channel_stats_backward(gmu, gsigma, x_stats, mu, sigma)
             grads["x"] = dx_hyper if grads["x"] is None else grads["x"] + dx_hyper
-    return (*grads.values(), None, None, None, None, None, None)
+    return tuple(grads.values())
+
+
+def _layer_backward(ctx, grad_y, grad_m, grad_z, grad_h):
+    """shc::shc_conv2d's autograd formula on every device but the CPU, whose autograd kernel is
+    C++ (csrc/cpu/shc_autograd.cpp: first order in the one call shc::shc_conv2d_backward, else
+    shc::shc_conv2d_grad, which is _layer_grad)."""
+    x, weight, f1w, f2w, m, z, h = ctx.saved_tensors
+    grads = _layer_grad(
+        ctx.lib, grad_y, grad_m, grad_z, grad_h, x, weight, m, z, h, f1w, f2w, ctx.conf, ctx.grad_route,
+        ctx.has_bias, ctx.needs_input_grad[:7],
+    )  # fmt: skip
+    return (*grads, None, None, None, None, None, None)
+
+
+def _register_layer_grad(namespace: str) -> None:
+    """shc::shc_conv2d_grad (the C++ autograd kernel's backward for second order) is _layer_grad,
+    as a CompositeImplicitAutograd kernel: autograd records the ops it runs."""
+    lib = getattr(torch.ops, namespace)
+
+    def layer_grad(grad_y, grad_m, grad_z, grad_h, x, weight, m, z, h, f1w, f2w, stride, padding, dilation,
+                   groups, grad_route, has_bias, output_mask):  # fmt: skip
+        conf = (stride, padding, dilation, groups)
+        grads = _layer_grad(
+            lib, grad_y, grad_m, grad_z, grad_h, x, weight, m, z, h, f1w, f2w, conf, grad_route, has_bias,
+            output_mask,
+        )  # fmt: skip
+        return [g if g is not None else x.new_empty((0,)) for g in grads]
+
+    _impl_lib(namespace).impl("shc_conv2d_grad", layer_grad, "CompositeImplicitAutograd")
 
 
 _IMPL_LIBS: dict[str, torch.library.Library] = {}
@@ -379,6 +393,7 @@ def register_namespace(namespace: str) -> None:
         namespace, "modulated_conv2d_backward", _conv_backward_backward, _conv_backward_setup_context
     )
     _register_autograd(namespace, "shc_conv2d", _layer_backward, _layer_setup_context)
+    _register_layer_grad(namespace)
     # x, weight, bias in the autocast dtype; m (position 2) and the hypernetwork stay fp32.
     register_autocast_rule(f"{namespace}::modulated_conv2d", (0, 1, 3))
     register_autocast_rule(f"{namespace}::shc_conv2d", (0, 1, 2))

@@ -113,7 +113,8 @@ def test_opcheck_shc_conv2d(dtype, channels_last, route):
 
 
 def test_shc_conv2d_op_gradcheck_through_every_output():
-    # The op's backward is written by hand (ops._layer_backward): check it against finite
+    # The op's backward is written by hand (on the CPU csrc/cpu/shc_autograd.cpp, which calls
+    # ops._layer_grad when gradients reach m, z, h): check it against finite
     # differences for all seven inputs, through y and through the m, z, h it also returns.
     inputs = [t.requires_grad_(True) for t in _layer_args(torch.float64, groups=2)]
 
@@ -204,6 +205,13 @@ def test_module_backward_is_one_call_first_order_and_composed_second_order():
         grads[create_graph] = [t.detach() for t in g]
     for a, b in zip(grads[False], grads[True], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_cpu_layer_records_the_cpp_autograd_node():
+    # On the CPU the layer's autograd is csrc/cpu/shc_autograd.cpp, not torch.library's Python wrapper.
+    layer = shc.SHCConv2d(4, 6, 3, padding=1, backend="cpu")
+    y = layer(torch.randn(2, 4, 5, 5, requires_grad=True))
+    assert "LayerFunction" in y.grad_fn.name(), y.grad_fn.name()
 
 
 def test_one_call_backward_of_an_empty_batch_and_a_1x1_plane():
