@@ -74,14 +74,16 @@ SHAPES = {
     ],
     "smoke": [("smoke", 8, 8, 10, 1), ("smoke.s2", 8, 16, 10, 2)],
 }
+ARCH_NAMES = ("plain10", "resnet18", "resnet50")
 # Families of model specs (ARCH:WIDTH:SIZE), resolved by model_shapes: the sizes small images and
 # narrow networks use (issue 16), deduplicated across the specs.
 SPEC_FAMILIES = {
     "small": [f"{a}:{w}:{s}" for w, s in ((0.25, 28), (0.5, 32)) for a in ("plain10", "resnet50")],
     "small64": [f"{a}:1:64" for a in ("plain10", "resnet50")],
     "narrow224": [f"{a}:{w}:224" for w in (0.25, 0.5) for a in ("plain10", "resnet50")],
+    # issue 16's whole goal: every 3x3 layer of the three models at every width and input size
+    "grid": [f"{a}:{w}:{s}" for s in (28, 32, 64, 224) for w in (0.25, 0.5, 1) for a in ARCH_NAMES],
 }
-ARCH_NAMES = ("plain10", "resnet18", "resnet50")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -1,7 +1,9 @@
-"""The CPU kernel's two methods for the stride-1 3x3 conv (csrc/cpu/shc_cpu.cpp): im2col and
-"shift" (the padded plane read at a fixed offset per tap, the map scaling the weights). Both give
-the reference's forward and every gradient, on every shape; SHC_CPU_SHIFT picks the method
-(0 im2col, 1 the faster per shape, 2 shift wherever it applies) and a bad value is an error."""
+"""The CPU kernel's three methods of the modulated conv (csrc/cpu/shc_cpu.cpp): im2col (any conv),
+"shift" (stride-1 3x3: the padded plane read at a fixed offset per tap, the map scaling the
+weights) and "taps" (one group: a block of samples with the sample innermost, one GEMM per tap over
+the positions where it reads the image). Each gives the reference's forward and every gradient,
+on every shape; SHC_CPU_METHOD picks the method (auto, the faster per shape; im2col; shift or taps
+wherever they apply, im2col elsewhere) and a bad value is an error."""
 
 from __future__ import annotations
 
@@ -43,10 +45,10 @@ def _run(fn, tensors, grad_seed=1):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("method", ["0", "1", "2"])
+@pytest.mark.parametrize("method", ["auto", "im2col", "shift", "taps"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_method_gives_the_reference(monkeypatch, shape, method, dtype):
-    monkeypatch.setenv("SHC_CPU_SHIFT", method)
+    monkeypatch.setenv("SHC_CPU_METHOD", method)
     tensors = _inputs(shape, dtype)
     got = _run(
         lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1), tensors
@@ -57,12 +59,38 @@ def test_every_method_gives_the_reference(monkeypatch, shape, method, dtype):
         torch.testing.assert_close(a, b, **tol, msg=lambda s, name=name: f"{name}: {s}")
 
 
+# (stride, padding, dilation, kernel size): the taps method takes any conv of one group
+CONVS = [(2, 1, 1, 3), (1, 2, 2, 3), (1, 0, 1, 3), (2, 0, 1, 3), (1, 0, 1, 1), (2, 2, 1, 5), (3, 1, 2, 3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("conv", CONVS)
+@pytest.mark.parametrize("n", [1, 19])
+def test_taps_method_gives_the_reference_for_any_conv(monkeypatch, conv, n, dtype):
+    monkeypatch.setenv("SHC_CPU_METHOD", "taps")
+    stride, padding, dilation, k = conv
+    g = torch.Generator().manual_seed(k + n)
+    tensors = (
+        torch.randn(n, 6, 9, 8, generator=g, dtype=dtype),
+        torch.randn(5, 6, k, k, generator=g, dtype=dtype),
+        torch.rand(n, k, k, generator=g, dtype=dtype),
+        torch.randn(5, generator=g, dtype=dtype),
+    )
+    args = ([stride] * 2, [padding] * 2, [dilation] * 2, 1)
+    got = _run(lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, *args), tensors)
+    want = _run(lambda x, w, m, b: reference.modulated_conv2d(x, w, m, b, *args), tensors)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for name, a, b in zip(("y", "dx", "dweight", "dm", "dbias"), got, want, strict=True):
+        torch.testing.assert_close(a, b, **tol, msg=lambda s, name=name: f"{name}: {s}")
+
+
+@pytest.mark.parametrize("method", ["shift", "taps"])
 @pytest.mark.parametrize("route", ["both", "conv", "hyper"])
-def test_shift_method_layer_gradients_match_the_reference(monkeypatch, route):
-    """The whole layer's one-call backward (shc::shc_conv2d_backward) on the shift method."""
-    monkeypatch.setenv("SHC_CPU_SHIFT", "2")
+def test_layer_gradients_match_the_reference_on_each_method(monkeypatch, route, method):
+    """The whole layer's one-call backward (shc::shc_conv2d_backward) on the shift and taps methods."""
+    monkeypatch.setenv("SHC_CPU_METHOD", method)
     layer = shc.SHCConv2d(4, 3, 3, padding=1, grad_route=route, backend="cpu").double()
-    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 4, 5, 6, dtype=torch.float64, requires_grad=True)
     params = [x, layer.weight, layer.bias, *layer.hyper.parameters()]
     got = torch.autograd.grad(layer(x).square().sum(), params)
     layer.backend = "reference"
@@ -71,10 +99,11 @@ def test_shift_method_layer_gradients_match_the_reference(monkeypatch, route):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_shift_does_not_apply_to_other_convs(monkeypatch):
-    """SHC_CPU_SHIFT=2 forces the method only where it applies: stride 2, dilation, groups and
-    other padding still compute the right conv (through im2col)."""
-    monkeypatch.setenv("SHC_CPU_SHIFT", "2")
+@pytest.mark.parametrize("method", ["shift", "taps"])
+def test_a_method_is_forced_only_where_it_applies(monkeypatch, method):
+    """SHC_CPU_METHOD=shift|taps forces the method only where it applies: the convs it does not
+    take (shift: stride 2, dilation, groups, other padding; taps: groups) go through im2col."""
+    monkeypatch.setenv("SHC_CPU_METHOD", method)
     x, w, m, b = _inputs((2, 4, 4, 9, 9), torch.float64)
     for stride, padding, dilation, groups in ((2, 1, 1, 1), (1, 2, 2, 1), (1, 1, 1, 2), (1, 0, 1, 1)):
         wg = w[:, : 4 // groups].contiguous()
@@ -85,9 +114,9 @@ def test_shift_does_not_apply_to_other_convs(monkeypatch):
         )
 
 
-@pytest.mark.parametrize("value", ["3", "-1", "shift"])
-def test_bad_shift_knob_is_an_error_naming_it(monkeypatch, value):
-    monkeypatch.setenv("SHC_CPU_SHIFT", value)
+@pytest.mark.parametrize("value", ["3", "Shift", "shift "])
+def test_bad_method_knob_is_an_error_naming_it(monkeypatch, value):
+    monkeypatch.setenv("SHC_CPU_METHOD", value)
     x, w, m, b = _inputs((2, 8, 8, 14, 14), torch.float32)
-    with pytest.raises(RuntimeError, match="SHC_CPU_SHIFT"):
+    with pytest.raises(RuntimeError, match="SHC_CPU_METHOD"):
         torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1)

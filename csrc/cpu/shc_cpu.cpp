@@ -1,7 +1,10 @@
 // CPU kernels for the `shc` ops (schemas in csrc/shc.cpp).
 //
 // modulated_conv2d: y[n] = conv2d(x[n], W * m[n], bias, ...), with m[n] one scalar per tap.
-// Never materializes per-sample kernels nor the whole batch's im2col. Samples are split into
+// Three methods (choose_method picks per shape): im2col, described here; "shift" and "taps",
+// described where they are defined. None materializes per-sample kernels nor the whole batch's
+// im2col: each works on blocks of samples, so its memory does not grow with the batch.
+// im2col: samples are split into
 // chunks; one thread owns a chunk (so col2im scatters never race). A chunk is either one sample
 // with a block of output rows (large planes: 56x56, 28x28) or several whole samples sharing one
 // GEMM (small planes: 14x14, 7x7), ~512 GEMM columns either way (SHC_CPU_COLS to tune).
@@ -22,8 +25,8 @@
 // Tuning knobs (environment, read and checked per call; a bad value is an error naming it):
 // SHC_CPU_COLS, SHC_CPU_COLS_BWD (GEMM columns per block), SHC_CPU_KROWS (reduction rows per
 // block), SHC_CPU_WS_BYTES (per-thread workspace), SHC_CPU_CHUNKS_PER_THREAD (all positive),
-// SHC_CPU_NO_BRGEMM (0, or 1: use BLAS), SHC_CPU_SHIFT (the stride-1 3x3 method: 0 im2col, 1 the
-// faster per shape (default), 2 the shift method wherever it applies; see choose_shift).
+// SHC_CPU_NO_BRGEMM (0, or 1: use BLAS), SHC_CPU_METHOD (auto: the faster per shape (default);
+// im2col; shift or taps, the two other methods below, wherever they apply; see choose_method).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -231,6 +234,12 @@ SHC_MULTIVERSION double dot(int64_t n, const T* a, const T* b) {
 #pragma omp simd reduction(+ : r)
   for (int64_t i = 0; i < n; ++i) r += static_cast<double>(a[i]) * static_cast<double>(b[i]);
   return r;
+}
+
+template <typename T>
+SHC_MULTIVERSION void add_scalar(int64_t n, T v, T* y) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += v;
 }
 
 // Uninitialized scratch buffer (std::vector would zero-fill, which costs real time here).
@@ -619,13 +628,26 @@ int64_t env_int(const char* name, int64_t dflt, int64_t lo, int64_t hi) {
   return static_cast<int64_t>(r);
 }
 
+// The three methods of the conv (see choose_method): im2col (any conv), shift (stride-1 3x3,
+// padding 1), taps (one group; small output planes).
+enum class Method { kAuto, kIm2col, kShift, kTaps };
+
+Method env_method() {
+  const char* v = std::getenv("SHC_CPU_METHOD");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Method::kAuto;
+  if (std::strcmp(v, "im2col") == 0) return Method::kIm2col;
+  if (std::strcmp(v, "shift") == 0) return Method::kShift;
+  if (std::strcmp(v, "taps") == 0) return Method::kTaps;
+  TORCH_CHECK(false, "environment variable SHC_CPU_METHOD must be auto, im2col, shift or taps, got '", v, "'");
+}
+
 struct Knobs {
   int64_t krows;       // SHC_CPU_KROWS: reduction rows per block
   int64_t cols;        // SHC_CPU_COLS / SHC_CPU_COLS_BWD: GEMM columns per block
   int64_t ws_bytes;    // SHC_CPU_WS_BYTES: per-thread workspace budget
   int64_t chunks_per_thread;  // SHC_CPU_CHUNKS_PER_THREAD
   bool brgemm;         // brgemm probed OK and not SHC_CPU_NO_BRGEMM=1
-  int64_t shift;       // SHC_CPU_SHIFT: 0 never, 1 where it is the faster method, 2 wherever it applies
+  Method method;       // SHC_CPU_METHOD: auto (the faster per shape), im2col, shift or taps (where it applies)
 };
 
 Knobs read_knobs(bool backward) {
@@ -638,7 +660,7 @@ Knobs read_knobs(bool backward) {
   k.chunks_per_thread = env_int("SHC_CPU_CHUNKS_PER_THREAD", 2, 1, 1 << 20);
   const int64_t no_brgemm = env_int("SHC_CPU_NO_BRGEMM", 0, 0, 1);
   k.brgemm = no_brgemm == 0 && brgemm_f32_ok();
-  k.shift = env_int("SHC_CPU_SHIFT", 1, 0, 2);
+  k.method = env_method();
   return k;
 }
 
@@ -754,17 +776,18 @@ inline bool shift_taps(const Geom& g) {
          g.dw == 1 && g.groups == 1 && g.OH == g.H && g.OW == g.W;
 }
 
-// Measured on the quiet 2-core AMD EPYC, one thread, batch 128 and 32, ratios to F.conv2d
-// (bench/results/cpu_shift_ab_b{128,32}_2026-12-02.md, bench/ab_shift.py): faster than im2col,
-// forward and forward+backward, for planes of 7x7 and more with C * D <= 64 * 64 (16>16@28, batch
-// 128: forward 0.53x against im2col's 1.12x, fwd+bwd 1.15x against 1.39x; 32>32@14: 1.23x against
-// 1.53x, 1.31x against 1.71x); slower with 128 channels (the sample's 9 C D weights no longer stay
-// in cache across the GEMM's column blocks: 128>128@8 1.52x against 1.32x) and for a 3-channel
-// input (K = 3 per tap).
-bool choose_shift(const Geom& g, const Knobs& k) {
-  if (k.shift == 0 || !shift_taps(g)) return false;
-  if (k.shift == 2) return true;
-  return g.D >= 8 && g.C * g.D <= 64 * 64 && g.H >= 7 && g.W >= 7;
+// grad_weight (C, D, taps) from per-worker accumulators acc[wid][t][d][c] (taps x D x C each),
+// summed in worker order (shift and taps methods): gw[c, d, t] = sum_wid acc[wid][t][d][c].
+template <typename T>
+void sum_tap_major(const T* acc, int64_t nworkers, int64_t C, int64_t D, int64_t taps, T* gw) {
+  const int64_t size = taps * D * C;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t t = 0; t < taps; ++t) {
+        T v = T(0);
+        for (int64_t wid = 0; wid < nworkers; ++wid) v += acc[wid * size + (t * D + d) * C + c];
+        gw[(c * D + d) * taps + t] = v;
+      }
 }
 
 struct ShiftLayout {
@@ -799,13 +822,13 @@ struct ShiftLayout {
   }
 };
 
-// wt[t] (rows x cols) = w[(r * cols + c) * 9 + t] (transposed: w[(c * rows + r) * 9 + t]).
+// wt[t] (C x D) = w[c, d, t] (transposed: wt[t] (D x C)), for the weight (C, D, taps).
 template <typename T>
-void taps_major(const T* w, int64_t C, int64_t D, bool transposed, T* wt) {
+void taps_major(const T* w, int64_t C, int64_t D, int64_t taps, bool transposed, T* wt) {
   for (int64_t c = 0; c < C; ++c)
     for (int64_t d = 0; d < D; ++d)
-      for (int64_t t = 0; t < 9; ++t) {
-        const T v = w[(c * D + d) * 9 + t];
+      for (int64_t t = 0; t < taps; ++t) {
+        const T v = w[(c * D + d) * taps + t];
         if (transposed) wt[(t * D + d) * C + c] = v;
         else wt[(t * C + c) * D + d] = v;
       }
@@ -835,7 +858,7 @@ void forward_shift(const Geom& g, const Knobs& k, const T* x, const T* w, const 
   const ShiftLayout L(g);
   const int64_t CD = g.C * g.D;
   Buf<T> wt(9 * CD);  // W_t (C x D), tap-major
-  taps_major(w, g.C, g.D, false, wt.data());
+  taps_major(w, g.C, g.D, 9, false, wt.data());
   run_chunks(g.N, num_workers(g.N), /*dynamic=*/true, [&](int64_t, auto& next) {
     std::vector<T> xp(static_cast<size_t>(g.D * L.plane), T(0));  // zero border, written once
     Buf<T> a(9 * CD), acc(g.C * L.Pp);
@@ -854,7 +877,7 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
   const int64_t CD = g.C * g.D, HW = g.H * g.W;
   const bool need_gt = gw != nullptr || dm != nullptr;  // G_t: for grad_weight and dm
   Buf<T> wtT(9 * CD);  // W_t^T (D x C), tap-major: dx's weights and dm's dot
-  taps_major(w, g.C, g.D, true, wtT.data());
+  taps_major(w, g.C, g.D, 9, true, wtT.data());
   const int64_t nworkers = num_workers(g.N);
   Buf<T> acc(gw != nullptr ? nworkers * 9 * CD : 0);  // per worker: sum_n m_t G_t^T, (9 x D x C)
   std::vector<double> bacc(db != nullptr ? static_cast<size_t>(nworkers * g.C) : 0, 0.0);
@@ -895,21 +918,243 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
     for (int64_t wid = 0; wid < nworkers; ++wid)
       for (int64_t c = 0; c < g.C; ++c) db[c] += bacc[wid * g.C + c];
   }
-  if (gw != nullptr) {  // gw[c, d, t] = sum over workers of acc[t][d][c], in worker order
-    for (int64_t c = 0; c < g.C; ++c)
-      for (int64_t d = 0; d < g.D; ++d)
-        for (int64_t t = 0; t < 9; ++t) {
-          T v = T(0);
-          for (int64_t wid = 0; wid < nworkers; ++wid) v += acc.data()[(wid * 9 + t) * CD + d * g.C + c];
-          gw[(c * g.D + d) * 9 + t] = v;
+  if (gw != nullptr) sum_tap_major(acc.data(), nworkers, g.C, g.D, int64_t(9), gw);
+}
+
+
+// ---------------------------------------------------------------------------------------
+// The "taps" method, for small output planes (one group, any kernel, stride, padding, dilation).
+// A block of nb samples is transposed so that the sample is the innermost index,
+// xs[d][ih][iw][s]. Tap t reads the image on output rows [r0, r1) and columns [c0, c1) only (a
+// TapWindow); on one output row those positions, for every sample of the block, are one
+// contiguous run of (ow, s) in ys[c][oh][ow][s], so per tap (and per output row, where the tap
+// misses a column)
+//   ys[:, run] += W_t (C x D) @ cols_t[d][run],   cols_t[d][(oh, ow)][s] = m[s,t] * xs[d][ih][iw][s]
+// is one GEMM over the whole block, as wide as im2col's, that multiplies no padding zeros (on a
+// 4x4 plane with padding 1, 100 of the 144 tap-position pairs read the image; im2col and the shift
+// method compute all 144). Backward per block and tap, with dy transposed to ds[c][oh][ow][s] and
+// dr[(oh, ow, s)][c]:
+//   acc_t (D x C) += cols_t @ dr[run]                        (grad_weight_t^T, m folded into cols_t)
+//   dcols_t = W_t^T (D x C) @ ds[:, run];   dxs[d][ih][iw][s] += m[s,t] * dcols_t[d][(oh, ow)][s]
+//   dm[s,t] += sum_{d, oh, ow} dcols_t[d][(oh, ow)][s] * xs[d][ih][iw][s]
+inline bool taps_apply(const Geom& g) { return g.groups == 1; }
+
+// Output rows [r0, r1) and columns [c0, c1) where tap (i, j) reads inside the image, at input row
+// oh*sh + roff and column ow*sw + coff.
+struct TapWindow {
+  int64_t r0, r1, c0, c1, roff, coff;
+  int64_t rows() const { return r1 - r0; }
+  int64_t cols() const { return c1 - c0; }
+};
+inline TapWindow tap_window(const Geom& g, int64_t t) {
+  const int64_t i = t / g.kw, j = t % g.kw;
+  TapWindow w{};
+  col_range(g, j, w.c0, w.c1, w.coff);
+  w.roff = i * g.dh - g.ph;
+  w.r0 = w.roff >= 0 ? 0 : (-w.roff + g.sh - 1) / g.sh;
+  const int64_t last = g.H - 1 - w.roff;
+  w.r1 = last < 0 ? 0 : std::min(g.OH, last / g.sh + 1);
+  w.r0 = std::min(w.r0, w.r1);
+  if (w.c0 >= w.c1) w.r1 = w.r0;  // no column inside: an empty window
+  return w;
+}
+
+// Calls f(first output position, number of positions, offset in the window's packed
+// (rows x cols) order) for each contiguous run of a window: one run when the tap reads every
+// column, else one per output row.
+template <typename F>
+void for_runs(const Geom& g, const TapWindow& w, const F& f) {
+  if (w.rows() == 0) return;
+  if (w.cols() == g.OW) return f(w.r0 * g.OW, w.rows() * g.OW, int64_t(0));
+  for (int64_t r = 0; r < w.rows(); ++r) f((w.r0 + r) * g.OW + w.c0, w.cols(), r * w.cols());
+}
+
+// cols[d][(r, c)][s] = ms[s] * xs[d][ih][iw][s] over the window (packed: ld per d = rows*cols*nb).
+template <typename T>
+SHC_MULTIVERSION void taps_gather(const Geom& g, const TapWindow& w, const T* xs, const T* ms, int64_t nb,
+                                  T* cols) {
+  const int64_t HW = g.H * g.W, nr = w.rows(), nc = w.cols();
+  for (int64_t d = 0; d < g.D; ++d)
+    for (int64_t r = 0; r < nr; ++r) {
+      const int64_t ih = (w.r0 + r) * g.sh + w.roff;
+      for (int64_t c = 0; c < nc; ++c) {
+        const int64_t iw = (w.c0 + c) * g.sw + w.coff;
+        const T* src = xs + (d * HW + ih * g.W + iw) * nb;
+        T* dst = cols + ((d * nr + r) * nc + c) * nb;
+#pragma omp simd
+        for (int64_t q = 0; q < nb; ++q) dst[q] = ms[q] * src[q];
+      }
+    }
+}
+
+// dxs[d][ih][iw][s] += ms[s] * dcols[d][(r, c)][s];  dm[s] += dcols[d][(r, c)][s] * xs[d][ih][iw][s]
+// (either may be null).
+template <typename T>
+SHC_MULTIVERSION void taps_scatter(const Geom& g, const TapWindow& w, const T* dcols, const T* xs, const T* ms,
+                                   int64_t nb, T* dxs, double* dm) {
+  const int64_t HW = g.H * g.W, nr = w.rows(), nc = w.cols();
+  for (int64_t d = 0; d < g.D; ++d)
+    for (int64_t r = 0; r < nr; ++r) {
+      const int64_t ih = (w.r0 + r) * g.sh + w.roff;
+      for (int64_t c = 0; c < nc; ++c) {
+        const int64_t at = (d * HW + ih * g.W + (w.c0 + c) * g.sw + w.coff) * nb;
+        const T* src = dcols + ((d * nr + r) * nc + c) * nb;
+        if (dm != nullptr) {
+          const T* xv = xs + at;
+#pragma omp simd
+          for (int64_t q = 0; q < nb; ++q) dm[q] += static_cast<double>(src[q]) * static_cast<double>(xv[q]);
         }
+        if (dxs != nullptr) {
+          T* dv = dxs + at;
+#pragma omp simd
+          for (int64_t q = 0; q < nb; ++q) dv[q] += ms[q] * src[q];
+        }
+      }
+    }
+}
+
+// Samples per block: ~SHC_CPU_COLS GEMM columns (nb * P), within the per-thread workspace, and a
+// block for every thread where the batch allows (the samples are the SIMD lanes of the gathers
+// and scatters, so fewer, wider blocks beat more chunks per thread here).
+inline int64_t taps_block(const Geom& g, size_t elem, const Knobs& k) {
+  const int64_t per_sample = static_cast<int64_t>(elem) * (2 * g.D * g.H * g.W + 2 * g.D * g.P + 3 * g.C * g.P);
+  const int64_t cap = std::max<int64_t>(1, k.ws_bytes / std::max<int64_t>(1, per_sample));
+  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t balance = std::max<int64_t>(1, (g.N + nthreads - 1) / nthreads);
+  return std::max<int64_t>(1, std::min({k.cols / std::max<int64_t>(1, g.P), cap, balance, g.N}));
+}
+
+// m for the block's samples, tap-major: mt[t * nb + s] = m[(n0 + s) * T + t].
+template <typename T>
+void taps_map(const Geom& g, const T* m, int64_t n0, int64_t nb, T* mt) {
+  for (int64_t s = 0; s < nb; ++s)
+    for (int64_t t = 0; t < g.T; ++t) mt[t * nb + s] = m[(n0 + s) * g.T + t];
+}
+
+template <typename T>
+void forward_taps(const Geom& g, const Knobs& k, const T* x, const T* w, const T* m, const T* bias, T* y) {
+  const int64_t CD = g.C * g.D, HW = g.H * g.W, nbmax = taps_block(g, sizeof(T), k);
+  Buf<T> wt(g.T * CD);  // W_t (C x D), tap-major
+  taps_major(w, g.C, g.D, g.T, false, wt.data());
+  const int64_t nchunks = (g.N + nbmax - 1) / nbmax;
+  run_chunks(nchunks, num_workers(nchunks), /*dynamic=*/true, [&](int64_t, auto& next) {
+    Buf<T> xs(g.D * HW * nbmax), cols(g.D * g.P * nbmax), ys(g.C * g.P * nbmax), mt(g.T * nbmax);
+    for (int64_t ch = next(); ch >= 0; ch = next()) {
+      const int64_t n0 = ch * nbmax, nb = std::min(nbmax, g.N - n0), L = g.P * nb;
+      transpose<T>(nb, g.D * HW, x + n0 * g.D * HW, g.D * HW, xs.data(), nb);
+      taps_map(g, m, n0, nb, mt.data());
+      std::fill(ys.data(), ys.data() + g.C * L, T(0));
+      for (int64_t t = 0; t < g.T; ++t) {
+        const TapWindow win = tap_window(g, t);
+        if (win.rows() == 0) continue;
+        taps_gather(g, win, xs.data(), mt.data() + t * nb, nb, cols.data());
+        const int64_t ldc = win.rows() * win.cols() * nb;
+        for_runs(g, win, [&](int64_t p0, int64_t len, int64_t off) {
+          mm<T>(g.C, len * nb, g.D, wt.data() + t * CD, g.D, cols.data() + off * nb, ldc, ys.data() + p0 * nb, L,
+                true, k.brgemm);
+        });
+      }
+      for (int64_t c = 0; c < g.C; ++c) {  // y[n0 + s][c][p] = ys[c][p][s] + bias[c]
+        T* yc = y + (n0 * g.C + c) * g.P;
+        transpose<T>(g.P, nb, ys.data() + c * L, nb, yc, g.C * g.P);
+        if (bias != nullptr)
+          for (int64_t q = 0; q < nb; ++q) add_scalar(g.P, bias[c], yc + q * g.C * g.P);
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const T* w, const T* m, T* dx, T* gw,
+                   double* dm, double* db, const ChunkDone* done) {
+  const int64_t CD = g.C * g.D, HW = g.H * g.W, nbmax = taps_block(g, sizeof(T), k);
+  const bool need_dcols = dx != nullptr || dm != nullptr;
+  Buf<T> wtT(need_dcols ? g.T * CD : 0);  // W_t^T (D x C), tap-major
+  if (need_dcols) taps_major(w, g.C, g.D, g.T, true, wtT.data());
+  const int64_t nchunks = (g.N + nbmax - 1) / nbmax, nworkers = num_workers(nchunks);
+  Buf<T> acc(gw != nullptr ? nworkers * g.T * CD : 0);  // per worker: grad_weight_t^T, (T x D x C)
+  if (gw != nullptr) std::fill(acc.data(), acc.data() + nworkers * g.T * CD, T(0));
+  std::vector<double> bacc(db != nullptr ? static_cast<size_t>(nworkers * g.C) : 0, 0.0);
+  // grad_weight and grad_bias are summed per worker: a fixed chunk -> worker map (deterministic)
+  run_chunks(nchunks, nworkers, /*dynamic=*/gw == nullptr && db == nullptr, [&](int64_t wid, auto& next) {
+    Buf<T> xs(g.D * HW * nbmax), cols(g.D * g.P * nbmax), ds(g.C * g.P * nbmax), mt(g.T * nbmax);
+    Buf<T> dr(gw != nullptr ? g.P * nbmax * g.C : 0), dxs(dx != nullptr ? g.D * HW * nbmax : 0);
+    std::vector<double> dmv(dm != nullptr ? static_cast<size_t>(nbmax) : 0);
+    for (int64_t ch = next(); ch >= 0; ch = next()) {
+      const int64_t n0 = ch * nbmax, nb = std::min(nbmax, g.N - n0), L = g.P * nb;
+      transpose<T>(nb, g.C * g.P, dy + n0 * g.C * g.P, g.C * g.P, ds.data(), nb);
+      if (db != nullptr)
+        for (int64_t c = 0; c < g.C; ++c) bacc[wid * g.C + c] += sum_row(ds.data() + c * L, L);
+      if (gw != nullptr) transpose<T>(g.C, L, ds.data(), L, dr.data(), g.C);
+      transpose<T>(nb, g.D * HW, x + n0 * g.D * HW, g.D * HW, xs.data(), nb);
+      taps_map(g, m, n0, nb, mt.data());
+      if (dx != nullptr) std::fill(dxs.data(), dxs.data() + g.D * HW * nb, T(0));
+      for (int64_t t = 0; t < g.T; ++t) {
+        const TapWindow win = tap_window(g, t);
+        if (win.rows() == 0) continue;
+        const int64_t ldc = win.rows() * win.cols() * nb;
+        const T* ms = mt.data() + t * nb;
+        if (gw != nullptr) {
+          taps_gather(g, win, xs.data(), ms, nb, cols.data());
+          for_runs(g, win, [&](int64_t p0, int64_t len, int64_t off) {
+            mm<T>(g.D, g.C, len * nb, cols.data() + off * nb, ldc, dr.data() + p0 * nb * g.C, g.C,
+                  acc.data() + (wid * g.T + t) * CD, g.C, true, k.brgemm);
+          });
+        }
+        if (need_dcols) {
+          for_runs(g, win, [&](int64_t p0, int64_t len, int64_t off) {
+            mm<T>(g.D, len * nb, g.C, wtT.data() + t * CD, g.C, ds.data() + p0 * nb, L, cols.data() + off * nb, ldc,
+                  false, k.brgemm);
+          });
+          if (dm != nullptr) std::fill(dmv.begin(), dmv.end(), 0.0);
+          taps_scatter(g, win, cols.data(), xs.data(), ms, nb, dx != nullptr ? dxs.data() : nullptr,
+                       dm != nullptr ? dmv.data() : nullptr);
+          if (dm != nullptr)
+            for (int64_t q = 0; q < nb; ++q) dm[(n0 + q) * g.T + t] += dmv[q];
+        }
+      }
+      if (dx != nullptr) transpose<T>(g.D * HW, nb, dxs.data(), nb, dx + n0 * g.D * HW, g.D * HW);
+      if (done != nullptr) (*done)(n0, nb);
+    }
+  });
+  if (db != nullptr) {
+    std::fill(db, db + g.C, 0.0);
+    for (int64_t wid = 0; wid < nworkers; ++wid)
+      for (int64_t c = 0; c < g.C; ++c) db[c] += bacc[wid * g.C + c];
   }
+  if (gw != nullptr) sum_tap_major(acc.data(), nworkers, g.C, g.D, g.T, gw);
+}
+
+// Measured one thread, batch 128 and 32, ratios to F.conv2d (python bench/ab_methods.py,
+// bench/results/cpu_methods_ab_b{128,32}_2026-12-03.md; the shift/im2col A/B of 2026-12-02 in
+// cpu_shift_ab_b*_2026-12-02.md):
+// - shift beats im2col for stride-1 planes of 7x7 and more with C * D <= 64 * 64 (16>16@28, batch
+//   128: forward 0.65x against 1.12x) while a sample's output (C x H x (W+1)) stays within a
+//   512 KiB L2: at 64>64@56 it streams from memory nine times (1.48x against 0.98x forward);
+//   slower with 128 channels (128>128@8: 1.47x against 1.04x) and for a 3-channel input;
+// - taps beats both on output planes up to 8x8 with 8+ input channels and 8+ samples per block
+//   (128>128@4, batch 128: forward 0.71x against im2col's 1.15x, fwd+bwd 0.74x against 1.23x;
+//   64>128@7/2: 0.83x against 1.18x), is even with shift at 64>64@7 and far slower on large
+//   planes (a block there holds 1-2 samples: 3.8x at 16>16@28).
+Method choose_method(const Geom& g, const Knobs& k) {
+  if (k.method == Method::kShift && shift_taps(g)) return Method::kShift;
+  if (k.method == Method::kTaps && taps_apply(g)) return Method::kTaps;
+  if (k.method != Method::kAuto) return Method::kIm2col;
+  if (shift_taps(g) && g.D >= 8 && g.C * g.D <= 64 * 64 && g.H >= 7 && g.W >= 7 &&
+      g.C * g.H * (g.W + 1) <= 128 * 1024)
+    return Method::kShift;
+  if (taps_apply(g) && g.P <= 64 && g.D >= 8 && taps_block(g, sizeof(float), k) >= 8) return Method::kTaps;
+  return Method::kIm2col;
 }
 
 template <typename T>
 void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bias, T* y) {
   const Knobs k = read_knobs(false);
-  if (g.N > 0 && choose_shift(g, k)) return forward_shift<T>(g, k, x, w, m, bias, y);
+  if (g.N > 0) {
+    const Method method = choose_method(g, k);
+    if (method == Method::kShift) return forward_shift<T>(g, k, x, w, m, bias, y);
+    if (method == Method::kTaps) return forward_taps<T>(g, k, x, w, m, bias, y);
+  }
   const Blocking blk = choose_blocking(g, sizeof(T), k);
   if (blk.nchunks == 0) return;
   run_chunks(blk.nchunks, num_workers(blk.nchunks), /*dynamic=*/true, [&](int64_t, auto& next) {
@@ -979,7 +1224,9 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
     return;
   }
   const Knobs k = read_knobs(true);
-  if (choose_shift(g, k)) return backward_shift<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
+  const Method method = choose_method(g, k);
+  if (method == Method::kShift) return backward_shift<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
+  if (method == Method::kTaps) return backward_taps<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
   const Blocking blk = choose_blocking(g, sizeof(T), k);
   const int64_t nthreads = num_workers(blk.nchunks);  // workers, each with its own accumulator
   // per-thread grad_weight accumulators, transposed per group: accT[grp] is (K x Cg)
