@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 16, session 5: the small-image / narrow-network tables after the shift method for
-# stride-1 3x3 convs (bench/ab_shift.py has the method A/B). Quiet 2-core machine (check uptime).
+# stride-1 3x3 convs (bench/ab_shift.py, now bench/ab_methods.py, has the method A/B). Quiet 2-core machine (check uptime).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=bench/results

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 16, session 7: every 3x3 layer of Plain-10, ResNet-18 and ResNet-50 at widths 1/4, 1/2, 1
+# on 28, 32, 64 and 224 px (`--shapes grid`, 98 distinct layers) at batch 32 and 128, after the
+# taps method and the C++ autograd kernel; the core ImageNet shapes with peak memory at batch 32
+# and 128; the training steps the issue names. One thread, CPU time (the machine is a VM whose
+# speed swings between days: only ratios measured in the same run are quoted).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=bench/results
+D=2026-12-03
+SHC=(.venv/bin/python -m shc_kernels bench --warmup 1)
+uptime
+for b in 32 128; do
+  "${SHC[@]}" --threads 1 --clock thread --shapes grid --methods plain shc:cpu --batch $b --reps 3 --no-memory \
+    --json $R/cpu_grid_b${b}_1t_$D.json --markdown $R/cpu_grid_b${b}_1t_$D.md
+done
+for b in 32 128; do
+  "${SHC[@]}" --threads 1 --clock thread --shapes core --methods plain shc:cpu --batch $b --reps 3 \
+    --json $R/cpu_core_b${b}_1t_$D.json --markdown $R/cpu_core_b${b}_1t_$D.md
+done
+for model in plain10 resnet18; do
+  "${SHC[@]}" --threads 1 --model $model --width 0.25 --image-size 28 --num-classes 10 --batch 128 --reps 7 \
+    --json $R/cpu_${model}_w0.25_28px_b128_1t_$D.json --markdown $R/cpu_${model}_w0.25_28px_b128_1t_$D.md
+done
+uptime
