@@ -22,4 +22,7 @@ for model in plain10 resnet18; do
   "${SHC[@]}" --threads 1 --model $model --width 0.25 --image-size 28 --num-classes 10 --batch 128 --reps 7 \
     --json $R/cpu_${model}_w0.25_28px_b128_1t_$D.json --markdown $R/cpu_${model}_w0.25_28px_b128_1t_$D.md
 done
+for b in 128 32; do  # the modulated conv alone: the three methods and auto against F.conv2d
+  .venv/bin/python bench/ab_methods.py --batch $b --reps 5 --markdown $R/cpu_methods_ab_b${b}_$D.md
+done
 uptime

@@ -113,8 +113,9 @@ ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("s
 missing = [f"shc::{n}" for n in core if f"shc::{n}" not in ops]
 assert not missing, f"ops not registered: {missing}"
 # shc_conv2d_backward is the CPU's one-call backward; on CUDA the layer's backward composes the
-# other ops (shc_kernels/ops.py picks it for CPU tensors only).
-cpu_only = {"shc::shc_conv2d_backward"}
+# other ops (shc_kernels/ops.py picks it for CPU tensors only). shc_conv2d_grad is that
+# composition as an op: Python's CompositeImplicitAutograd kernel, no device kernel anywhere.
+cpu_only = {"shc::shc_conv2d_backward", "shc::shc_conv2d_grad"}
 no_cuda = [n for n in ops if n not in cpu_only and not torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA")]
 assert not no_cuda, f"shc ops without a CUDA kernel: {no_cuda}"
 no_cpu = [f"shc::{n}" for n in core if not torch._C._dispatch_has_kernel_for_dispatch_key(f"shc::{n}", "CPU")]

@@ -1127,18 +1127,19 @@ void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const
   if (gw != nullptr) sum_tap_major(acc.data(), nworkers, g.C, g.D, g.T, gw);
 }
 
-// Measured one thread, batch 128 and 32, ratios to F.conv2d (python bench/ab_methods.py,
-// bench/results/cpu_methods_ab_b{128,32}_2026-12-03.md; the shift/im2col A/B of 2026-12-02 in
-// cpu_shift_ab_b*_2026-12-02.md):
+// Measured one thread, batch 128 and 32, ratios of the minima to F.conv2d (python
+// bench/ab_methods.py, bench/results/cpu_methods_ab_b{128,32}_2026-12-03.md; the shift/im2col A/B
+// of 2026-12-02 in cpu_shift_ab_b*_2026-12-02.md):
 // - shift beats im2col for stride-1 planes of 7x7 and more with C * D <= 64 * 64 (16>16@28, batch
-//   128: forward 0.65x against 1.12x) while a sample's output (C x H x (W+1)) stays within a
-//   512 KiB L2: at 64>64@56 it streams from memory nine times (1.48x against 0.98x forward);
-//   slower with 128 channels (128>128@8: 1.47x against 1.04x) and for a 3-channel input;
+//   128: forward 0.81x against 0.90x, fwd+bwd 0.83x against 1.09x) while a sample's output
+//   (C x H x (W+1)) stays within a 512 KiB L2: at 64>64@56 it streams from memory nine times
+//   (1.43x against 0.96x forward); slower with 128 channels (128>128@8: 1.49x against 1.05x) and
+//   for a 3-channel input;
 // - taps beats both on output planes up to 8x8 with 8+ input channels and 8+ samples per block
-//   (128>128@4, batch 128: forward 0.71x against im2col's 1.15x, fwd+bwd 0.74x against 1.23x;
-//   64>128@7/2: 0.83x against 1.18x; 64>64@7, batch 32, with blocks of 8 samples: 0.98x against
-//   shift's 1.13x, fwd+bwd 1.05x against 1.21x) and is far slower on large planes (a block
-//   there holds 1-2 samples: 3.8x at 16>16@28).
+//   (128>128@4, batch 128: forward 0.73x against im2col's 1.20x, fwd+bwd 0.72x against 1.26x;
+//   64>128@7/2: 0.74x against 1.24x; 64>64@7, batch 32, blocks of 8 samples: 0.98x against
+//   shift's 1.16x, fwd+bwd 1.02x against 1.24x) and is far slower on large planes (a block there
+//   holds 1-2 samples: 4.3x at 16>16@28).
 Method choose_method(const Geom& g, const Knobs& k) {
   if (k.method == Method::kShift && shift_taps(g)) return Method::kShift;
   if (k.method == Method::kTaps && taps_apply(g)) return Method::kTaps;
