@@ -9,7 +9,9 @@
 // every order of derivative keeps working. Both are called through the dispatcher, so fake
 // tensors (torch.compile) reach their fake kernels.
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <array>
