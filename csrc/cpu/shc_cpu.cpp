@@ -1140,11 +1140,11 @@ void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const
 //   64>128@7/2: 0.74x against 1.24x; 64>64@7, batch 32, blocks of 8 samples: 0.98x against
 //   shift's 1.16x, fwd+bwd 1.02x against 1.24x) and is far slower on large planes (a block there
 //   holds 1-2 samples: 4.3x at 16>16@28).
-Method choose_method(const Geom& g, const Knobs& k) {
+Method choose_method(const Geom& g, const Knobs& k, size_t elem) {
   if (k.method == Method::kShift && shift_taps(g)) return Method::kShift;
   if (k.method == Method::kTaps && taps_apply(g)) return Method::kTaps;
   if (k.method != Method::kAuto) return Method::kIm2col;
-  if (taps_apply(g) && g.P <= 64 && g.D >= 8 && taps_block(g, sizeof(float), k) >= 8) return Method::kTaps;
+  if (taps_apply(g) && g.P <= 64 && g.D >= 8 && taps_block(g, elem, k) >= 8) return Method::kTaps;
   if (shift_taps(g) && g.D >= 8 && g.C * g.D <= 64 * 64 && g.H >= 7 && g.W >= 7 &&
       g.C * g.H * (g.W + 1) <= 128 * 1024)
     return Method::kShift;
@@ -1155,7 +1155,7 @@ template <typename T>
 void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bias, T* y) {
   const Knobs k = read_knobs(false);
   if (g.N > 0) {
-    const Method method = choose_method(g, k);
+    const Method method = choose_method(g, k, sizeof(T));
     if (method == Method::kShift) return forward_shift<T>(g, k, x, w, m, bias, y);
     if (method == Method::kTaps) return forward_taps<T>(g, k, x, w, m, bias, y);
   }
@@ -1228,7 +1228,7 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
     return;
   }
   const Knobs k = read_knobs(true);
-  const Method method = choose_method(g, k);
+  const Method method = choose_method(g, k, sizeof(T));
   if (method == Method::kShift) return backward_shift<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
   if (method == Method::kTaps) return backward_taps<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
   const Blocking blk = choose_blocking(g, sizeof(T), k);
