@@ -273,14 +273,19 @@ void transpose_sum(int64_t Cg, int64_t K, const std::vector<const T*>& srcs, T* 
 // ---------------------------------------------------------------------------------------
 using Geom = shc::ConvGeom;
 
+// valid output range [lo, hi) (of `out` outputs) where input o*stride + off is in [0, in)
+inline void valid_range(int64_t off, int64_t stride, int64_t in, int64_t out, int64_t& lo, int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  const int64_t last = in - 1 - off;
+  hi = last < 0 ? 0 : last / stride + 1;
+  hi = std::min(hi, out);
+  lo = std::min(lo, hi);
+}
+
 // valid output-column range [lo, hi) for tap column j: iw = ow*sw + off in [0, W)
 inline void col_range(const Geom& g, int64_t j, int64_t& lo, int64_t& hi, int64_t& off) {
   off = j * g.dw - g.pw;
-  lo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
-  const int64_t last = g.W - 1 - off;
-  hi = last < 0 ? 0 : last / g.sw + 1;
-  hi = std::min(hi, g.OW);
-  lo = std::min(lo, hi);
+  valid_range(off, g.sw, g.W, g.OW, lo, hi);
 }
 
 // cols ((d1-d0)*T x L, row-major) for input channels [d0, d1) of group grp,
@@ -778,6 +783,13 @@ inline bool shift_taps(const Geom& g) {
 
 // grad_weight (C, D, taps) from per-worker accumulators acc[wid][t][d][c] (taps x D x C each),
 // summed in worker order (shift and taps methods): gw[c, d, t] = sum_wid acc[wid][t][d][c].
+// grad_bias from per-worker accumulators bacc[wid * C + c], summed in worker order.
+void sum_workers(const std::vector<double>& bacc, int64_t nworkers, int64_t C, double* db) {
+  std::fill(db, db + C, 0.0);
+  for (int64_t wid = 0; wid < nworkers; ++wid)
+    for (int64_t c = 0; c < C; ++c) db[c] += bacc[wid * C + c];
+}
+
 template <typename T>
 void sum_tap_major(const T* acc, int64_t nworkers, int64_t C, int64_t D, int64_t taps, T* gw) {
   const int64_t size = taps * D * C;
@@ -913,14 +925,9 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
       if (done != nullptr) (*done)(n, 1);
     }
   });
-  if (db != nullptr) {
-    std::fill(db, db + g.C, 0.0);
-    for (int64_t wid = 0; wid < nworkers; ++wid)
-      for (int64_t c = 0; c < g.C; ++c) db[c] += bacc[wid * g.C + c];
-  }
+  if (db != nullptr) sum_workers(bacc, nworkers, g.C, db);
   if (gw != nullptr) sum_tap_major(acc.data(), nworkers, g.C, g.D, int64_t(9), gw);
 }
-
 
 // ---------------------------------------------------------------------------------------
 // The "taps" method, for small output planes (one group, any kernel, stride, padding, dilation).
@@ -951,10 +958,7 @@ inline TapWindow tap_window(const Geom& g, int64_t t) {
   TapWindow w{};
   col_range(g, j, w.c0, w.c1, w.coff);
   w.roff = i * g.dh - g.ph;
-  w.r0 = w.roff >= 0 ? 0 : (-w.roff + g.sh - 1) / g.sh;
-  const int64_t last = g.H - 1 - w.roff;
-  w.r1 = last < 0 ? 0 : std::min(g.OH, last / g.sh + 1);
-  w.r0 = std::min(w.r0, w.r1);
+  valid_range(w.roff, g.sh, g.H, g.OH, w.r0, w.r1);
   if (w.c0 >= w.c1) w.r1 = w.r0;  // no column inside: an empty window
   return w;
 }
@@ -1119,11 +1123,7 @@ void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const
       if (done != nullptr) (*done)(n0, nb);
     }
   });
-  if (db != nullptr) {
-    std::fill(db, db + g.C, 0.0);
-    for (int64_t wid = 0; wid < nworkers; ++wid)
-      for (int64_t c = 0; c < g.C; ++c) db[c] += bacc[wid * g.C + c];
-  }
+  if (db != nullptr) sum_workers(bacc, nworkers, g.C, db);
   if (gw != nullptr) sum_tap_major(acc.data(), nworkers, g.C, g.D, g.T, gw);
 }
 
@@ -1309,11 +1309,7 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
       if (done != nullptr) (*done)(n0, nb);
     }
   });
-  if (db != nullptr) {
-    std::fill(db, db + g.C, 0.0);
-    for (int64_t t = 0; t < nthreads; ++t)
-      for (int64_t c = 0; c < g.C; ++c) db[c] += bacc[t * g.C + c];
-  }
+  if (db != nullptr) sum_workers(bacc, nthreads, g.C, db);
 
   if (need_gw) {
     // gw[grp*Cg + c, k] = sum over threads of accT[grp][k, c]
