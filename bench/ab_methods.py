@@ -6,7 +6,8 @@ the small-image and narrow networks and two ImageNet ones.
 SHC_CPU_METHOD=im2col, shift and taps (where a method does not apply the row says "-") and auto
 (what the kernel picks) are timed beside F.conv2d of the same shape, one thread, by process CPU
 time (the machine may be shared), all interleaved; ratios are of the minima and of the medians
-over the repetitions, forward and forward+backward (dx, dweight, dm, dbias).
+over the repetitions, forward and forward+backward (dx, dweight, dm, dbias). glibc's malloc is
+first told to keep freed memory (shc_kernels.bench.steady_malloc), as `shc bench` does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import shc_kernels  # noqa: F401  (registers the shc:: ops)
+from shc_kernels.bench import steady_malloc
 
 # (D, C, H, stride): padding 1
 SHAPES = [(16, 16, 28, 1), (32, 32, 14, 1), (64, 64, 7, 1), (32, 32, 32, 1), (64, 64, 16, 1)]
@@ -74,13 +76,14 @@ def main():
     p.add_argument("--markdown", default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
+    malloc = steady_malloc()  # no timed call pays page faults for memory a previous call freed
     names = METHODS[1:]
     lines = [
         f"Command: `python bench/ab_methods.py --batch {args.batch} --reps {args.reps}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs,"
-        f" torch {torch.__version__}, one thread, fp32, batch {args.batch}, padding 1, process CPU time;"
-        " ratios to F.conv2d of the minima / of the medians",
+        f" torch {torch.__version__}, one thread, fp32, batch {args.batch}, padding 1, process CPU time,"
+        f" malloc {malloc}; ratios to F.conv2d of the minima / of the medians",
         "",
         "| D>C@HW/stride | F.conv2d fwd ms | "
         + " | ".join(f"{k} fwd" for k in names)

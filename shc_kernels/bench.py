@@ -25,11 +25,18 @@ runs synchronise and use CUDA events. Methods are timed round-robin, one call of
 repetition, so a change in the machine's load hits every method alike. Each figure is the
 median over --reps repetitions after --warmup runs, with the minimum and maximum beside it;
 ratios to plain are given for the minima (the least disturbed run of each) and the medians.
+
+CPU runs first make glibc's malloc keep freed memory (``--malloc steady``, the default; see
+``steady_malloc``): with glibc's defaults a buffer of a few hundred KiB is sometimes served from
+fresh pages, whose page faults the timed call pays. F.conv2d of 32>32@14 at batch 32 took 1.4 or
+2.2 ms in the same process depending on that (2026-12-03); ``--malloc system`` keeps the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -229,6 +236,23 @@ def method_fns(stride, device="cpu", forms=False):
 
 
 # ---------------------------------------------------------------- timing
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def steady_malloc() -> str:
+    """Make glibc's malloc serve every buffer up to 32 MiB from memory it keeps (mmap threshold
+    at its maximum, no trimming), so a timed call does not pay page faults for the memory a
+    previous call returned to the system. Returns what was done ("steady", or why not)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "system (no glibc mallopt)"
+    ok = mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    return "steady" if ok else "system (mallopt refused)"
+
 
 
 class Timer:
@@ -544,6 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=ca.positive_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument(
+        "--malloc", choices=("steady", "system"), default="steady",
+        help="CPU: steady (default) keeps freed memory in the process so no timed call pays page "
+        "faults for it; system keeps glibc's defaults",
+    )  # fmt: skip
+    p.add_argument(
         "--clock", choices=("wall", "thread"), default="wall",
         help="thread: CPU time of the one thread (CPU, --threads 1), for a machine shared with other jobs",
     )  # fmt: skip
@@ -599,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = "shc bench " + " ".join(argv)
     info = machine_info(args)
+    if not args.device.startswith("cuda"):
+        info["malloc"] = steady_malloc() if args.malloc == "steady" else "system"
     print("; ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     if args.model:
         info.update(

@@ -92,4 +92,15 @@ def test_model_step_time_is_written(tmp_path):
     assert [r["model"] for r in result["model"][:2]] == ["plain10", "plain10-shc"]
     assert result["model"][2]["step_ratio_min"] > 0
     assert result["info"]["width"] == 0.125
+    # glibc was told to keep freed memory, so no timed step pays page faults for it
+    assert result["info"]["malloc"] == "steady"
     assert "plain10-shc" in md.read_text()
+
+
+def test_malloc_system_keeps_the_defaults_and_says_so(tmp_path):
+    js = tmp_path / "smoke.json"
+    argv = ["bench", "--shapes", "smoke", "--methods", "plain", "--batch", "2", "--reps", "1"]
+    argv += ["--warmup", "0", "--no-memory", "--malloc", "system", "--json", str(js)]
+    code, _out, err = run_cli(argv)
+    assert code == 0, err
+    assert json.loads(js.read_text())["info"]["malloc"] == "system"
