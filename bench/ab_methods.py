@@ -3,7 +3,7 @@ the small-image and narrow networks and two ImageNet ones.
 
     python bench/ab_methods.py --batch 128 --reps 5 --markdown bench/results/cpu_methods_ab_DATE.md
 
-SHC_CPU_METHOD=im2col, shift and taps (where a method does not apply the row says "-") and auto
+SHC_CPU_METHOD=im2col, shift, taps and direct (where a method does not apply the row says "-") and auto
 (what the kernel picks) are timed beside F.conv2d of the same shape, one thread, by process CPU
 time (the machine may be shared), all interleaved; ratios are of the minima and of the medians
 over the repetitions, forward and forward+backward (dx, dweight, dm, dbias). glibc's malloc is
@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -29,11 +30,27 @@ SHAPES = [(16, 16, 28, 1), (32, 32, 14, 1), (64, 64, 7, 1), (32, 32, 32, 1), (64
 SHAPES += [(128, 128, 8, 1), (128, 128, 4, 1), (256, 256, 4, 1), (3, 16, 28, 1)]
 SHAPES += [(16, 32, 28, 2), (32, 64, 14, 2), (64, 128, 7, 2), (128, 256, 8, 2)]
 SHAPES += [(64, 64, 56, 1), (512, 512, 7, 1)]
-METHODS = ("plain", "im2col", "shift", "taps", "auto")
+SHAPES += [(32, 32, 28, 1), (64, 64, 14, 1), (128, 128, 28, 1), (128, 128, 14, 1), (256, 256, 14, 1)]
+METHODS = ("plain", "im2col", "shift", "taps", "direct", "auto")
 
 
 def applies(method, stride):
-    return method != "shift" or stride == 1
+    return method not in ("shift", "direct") or stride == 1
+
+
+def parse_shape(text):
+    """'D>C@H/S' (S defaults to 1) -> (D, C, H, S)."""
+    try:
+        io, _, rest = text.partition("@")
+        d, c = io.split(">")
+        h, _, s = rest.partition("/")
+        shape = int(d), int(c), int(h), int(s or 1)
+    except ValueError:
+        msg = f"shape must look like 64>64@14 or 64>128@14/2, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: every size must be positive")
+    return shape
 
 
 def _step(method, x, w, m, b, stride, backward):
@@ -74,12 +91,14 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--markdown", default=None)
+    p.add_argument("--shape", type=parse_shape, action="append", default=None,
+                   help="time only these shapes, D>C@H or D>C@H/stride (quote it in a shell); repeatable")
     args = p.parse_args()
     torch.set_num_threads(1)
     malloc = steady_malloc()  # no timed call pays page faults for memory a previous call freed
     names = METHODS[1:]
     lines = [
-        f"Command: `python bench/ab_methods.py --batch {args.batch} --reps {args.reps}`",
+        "Command: `python bench/ab_methods.py " + " ".join(sys.argv[1:]) + "`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs,"
         f" torch {torch.__version__}, one thread, fp32, batch {args.batch}, padding 1, process CPU time,"
@@ -94,7 +113,7 @@ def main():
     ]
     print("\n".join(lines), flush=True)
     try:
-        for d, c, h, stride in SHAPES:
+        for d, c, h, stride in args.shape or SHAPES:
             row = time_shape(args.batch, d, c, h, stride, args.reps)
             lines.append(f"| {d}>{c}@{h}/{stride} | " + " | ".join(row[False] + row[True]) + " |")
             print(lines[-1], flush=True)

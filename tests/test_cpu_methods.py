@@ -1,9 +1,10 @@
-"""The CPU kernel's three methods of the modulated conv (csrc/cpu/shc_cpu.cpp): im2col (any conv),
+"""The CPU kernel's four methods of the modulated conv (csrc/cpu/shc_cpu.cpp): im2col (any conv),
 "shift" (stride-1 3x3: the padded plane read at a fixed offset per tap, the map scaling the
-weights) and "taps" (one group: a block of samples with the sample innermost, one GEMM per tap over
-the positions where it reads the image). Each gives the reference's forward and every gradient,
-on every shape; SHC_CPU_METHOD picks the method (auto, the faster per shape; im2col; shift or taps
-wherever they apply, im2col elsewhere) and a bad value is an error."""
+weights), "taps" (one group: a block of samples with the sample innermost, one GEMM per tap over
+the positions where it reads the image) and "direct" (shift's domain, fp32 on AVX2+FMA CPUs: a
+register tile summed over all nine taps and input planes). Each gives the reference's forward and
+every gradient, on every shape; SHC_CPU_METHOD picks the method (auto, the faster per shape;
+im2col; shift, taps or direct wherever they apply, im2col elsewhere) and a bad value is an error."""
 
 from __future__ import annotations
 
@@ -40,12 +41,14 @@ def _inputs(shape, dtype):
 def _run(fn, tensors, grad_seed=1):
     leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
     y = fn(*leaves)
-    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=y.dtype))
+    # drawn in fp32 whatever y's dtype, so runs in different dtypes get the same upstream gradient
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed))
+    y.backward(dy.to(y.dtype))
     return [y.detach()] + [t.grad for t in leaves]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("method", ["auto", "im2col", "shift", "taps"])
+@pytest.mark.parametrize("method", ["auto", "im2col", "shift", "taps", "direct"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_method_gives_the_reference(monkeypatch, shape, method, dtype):
     monkeypatch.setenv("SHC_CPU_METHOD", method)
@@ -57,6 +60,38 @@ def test_every_method_gives_the_reference(monkeypatch, shape, method, dtype):
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     for name, a, b in zip(("y", "dx", "dweight", "dm", "dbias"), got, want, strict=True):
         torch.testing.assert_close(a, b, **tol, msg=lambda s, name=name: f"{name}: {s}")
+
+
+# (N, D, C, H, W) for the direct method's edges: row blocks of 4 with a tail (C or D not a multiple
+# of 4), position tiles of 24 with a tail, planes wider than a tile, 1-2 row planes, one channel,
+# and a band split (a 64-channel 40x40 plane is more than the band's 48 Ki floats)
+DIRECT_SHAPES = [
+    (2, 3, 5, 9, 9),
+    (3, 7, 9, 4, 23),
+    (2, 1, 1, 1, 1),
+    (2, 6, 2, 2, 30),
+    (1, 5, 13, 11, 3),
+    (2, 64, 6, 40, 40),
+    (2, 9, 64, 12, 12),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", DIRECT_SHAPES)
+def test_direct_method_gives_the_reference(monkeypatch, shape, dtype):
+    """fp16 inputs are computed in fp32, so they go through the direct kernel too."""
+    monkeypatch.setenv("SHC_CPU_METHOD", "direct")
+    tensors = _inputs(shape, dtype)
+    got = _run(
+        lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1), tensors
+    )
+    # the reference in fp64 on the same (rounded) inputs
+    exact = [t.double() for t in tensors]
+    want = _run(lambda x, w, m, b: reference.modulated_conv2d(x, w, m, b, 1, 1, 1, 1), exact)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for name, a, b in zip(("y", "dx", "dweight", "dm", "dbias"), got, want, strict=True):
+        assert a.dtype == dtype, name
+        torch.testing.assert_close(a.double(), b, **tol, msg=lambda s, name=name: f"{name}: {s}")
 
 
 # (stride, padding, dilation, kernel size): the taps method takes any conv of one group
@@ -84,25 +119,29 @@ def test_taps_method_gives_the_reference_for_any_conv(monkeypatch, conv, n, dtyp
         torch.testing.assert_close(a, b, **tol, msg=lambda s, name=name: f"{name}: {s}")
 
 
-@pytest.mark.parametrize("method", ["shift", "taps"])
+@pytest.mark.parametrize("method", ["shift", "taps", "direct"])
 @pytest.mark.parametrize("route", ["both", "conv", "hyper"])
 def test_layer_gradients_match_the_reference_on_each_method(monkeypatch, route, method):
-    """The whole layer's one-call backward (shc::shc_conv2d_backward) on the shift and taps methods."""
+    """The whole layer's one-call backward (shc::shc_conv2d_backward) on the shift, taps and direct
+    methods (direct is fp32 only: that layer runs in fp32, the others in fp64)."""
     monkeypatch.setenv("SHC_CPU_METHOD", method)
-    layer = shc.SHCConv2d(4, 3, 3, padding=1, grad_route=route, backend="cpu").double()
-    x = torch.randn(5, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    dtype = torch.float32 if method == "direct" else torch.float64
+    layer = shc.SHCConv2d(4, 3, 3, padding=1, grad_route=route, backend="cpu").to(dtype)
+    x = torch.randn(5, 4, 5, 6, dtype=dtype, requires_grad=True)
     params = [x, layer.weight, layer.bias, *layer.hyper.parameters()]
     got = torch.autograd.grad(layer(x).square().sum(), params)
     layer.backend = "reference"
     want = torch.autograd.grad(layer(x).square().sum(), params)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
     for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("method", ["shift", "taps"])
+@pytest.mark.parametrize("method", ["shift", "taps", "direct"])
 def test_a_method_is_forced_only_where_it_applies(monkeypatch, method):
-    """SHC_CPU_METHOD=shift|taps forces the method only where it applies: the convs it does not
-    take (shift: stride 2, dilation, groups, other padding; taps: groups) go through im2col."""
+    """SHC_CPU_METHOD=shift|taps|direct forces the method only where it applies: the convs it does
+    not take (shift, direct: stride 2, dilation, groups, other padding; direct: fp64 too, which
+    this test runs in; taps: groups) go through im2col."""
     monkeypatch.setenv("SHC_CPU_METHOD", method)
     x, w, m, b = _inputs((2, 4, 4, 9, 9), torch.float64)
     for stride, padding, dilation, groups in ((2, 1, 1, 1), (1, 2, 2, 1), (1, 1, 1, 2), (1, 0, 1, 1)):

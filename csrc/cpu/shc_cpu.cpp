@@ -1,8 +1,8 @@
 // CPU kernels for the `shc` ops (schemas in csrc/shc.cpp).
 //
 // modulated_conv2d: y[n] = conv2d(x[n], W * m[n], bias, ...), with m[n] one scalar per tap.
-// Three methods (choose_method picks per shape): im2col, described here; "shift" and "taps",
-// described where they are defined. None materializes per-sample kernels nor the whole batch's
+// Four methods (choose_method picks per shape): im2col, described here; "shift", "taps" and
+// "direct", described where they are defined. None materializes per-sample kernels nor the whole batch's
 // im2col: each works on blocks of samples, so its memory does not grow with the batch.
 // im2col: samples are split into
 // chunks; one thread owns a chunk (so col2im scatters never race). A chunk is either one sample
@@ -26,7 +26,9 @@
 // SHC_CPU_COLS, SHC_CPU_COLS_BWD (GEMM columns per block), SHC_CPU_KROWS (reduction rows per
 // block), SHC_CPU_WS_BYTES (per-thread workspace), SHC_CPU_CHUNKS_PER_THREAD (all positive),
 // SHC_CPU_NO_BRGEMM (0, or 1: use BLAS), SHC_CPU_METHOD (auto: the faster per shape (default);
-// im2col; shift or taps, the two other methods below, wherever they apply; see choose_method).
+// im2col; shift, taps or direct, the other methods below, wherever they apply; see
+// choose_method), SHC_CPU_DIRECT_ISA (auto: the direct method's widest kernel this CPU runs
+// (default); avx2: its AVX2 kernel even on an AVX-512 CPU).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -42,10 +44,12 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
 #include "../conv_geometry.h"
+#include "direct.h"
 
 // The build targets x86-64-v2 (SSE4.2) so the wheel runs anywhere; the loops that touch every
 // element (im2col/col2im, the shift method's scaling and per-tap reductions, transposes, the
@@ -633,9 +637,10 @@ int64_t env_int(const char* name, int64_t dflt, int64_t lo, int64_t hi) {
   return static_cast<int64_t>(r);
 }
 
-// The three methods of the conv (see choose_method): im2col (any conv), shift (stride-1 3x3,
-// padding 1), taps (one group; small output planes).
-enum class Method { kAuto, kIm2col, kShift, kTaps };
+// The four methods of the conv (see choose_method): im2col (any conv), shift (stride-1 3x3,
+// padding 1), taps (one group; small output planes), direct (shift's convs, fp32, AVX2+FMA or
+// AVX-512 CPUs; its backward is shift's with dx by the direct kernel).
+enum class Method { kAuto, kIm2col, kShift, kTaps, kDirect };
 
 Method env_method() {
   const char* v = std::getenv("SHC_CPU_METHOD");
@@ -643,7 +648,9 @@ Method env_method() {
   if (std::strcmp(v, "im2col") == 0) return Method::kIm2col;
   if (std::strcmp(v, "shift") == 0) return Method::kShift;
   if (std::strcmp(v, "taps") == 0) return Method::kTaps;
-  TORCH_CHECK(false, "environment variable SHC_CPU_METHOD must be auto, im2col, shift or taps, got '", v, "'");
+  if (std::strcmp(v, "direct") == 0) return Method::kDirect;
+  TORCH_CHECK(false, "environment variable SHC_CPU_METHOD must be auto, im2col, shift, taps or direct, got '", v,
+              "'");
 }
 
 struct Knobs {
@@ -652,7 +659,8 @@ struct Knobs {
   int64_t ws_bytes;    // SHC_CPU_WS_BYTES: per-thread workspace budget
   int64_t chunks_per_thread;  // SHC_CPU_CHUNKS_PER_THREAD
   bool brgemm;         // brgemm probed OK and not SHC_CPU_NO_BRGEMM=1
-  Method method;       // SHC_CPU_METHOD: auto (the faster per shape), im2col, shift or taps (where it applies)
+  Method method;       // SHC_CPU_METHOD: auto (the faster per shape), im2col, shift, taps or direct (where it applies)
+  const direct::Kernel* direct;  // the direct method's widest kernel here (SHC_CPU_DIRECT_ISA=avx2 caps it), or null
 };
 
 Knobs read_knobs(bool backward) {
@@ -666,6 +674,11 @@ Knobs read_knobs(bool backward) {
   const int64_t no_brgemm = env_int("SHC_CPU_NO_BRGEMM", 0, 0, 1);
   k.brgemm = no_brgemm == 0 && brgemm_f32_ok();
   k.method = env_method();
+  const char* isa = std::getenv("SHC_CPU_DIRECT_ISA");
+  const bool cap = isa != nullptr && *isa != '\0' && std::strcmp(isa, "auto") != 0;
+  TORCH_CHECK(!cap || std::strcmp(isa, "avx2") == 0, "environment variable SHC_CPU_DIRECT_ISA must be auto or avx2, got '",
+              isa, "'");
+  k.direct = direct::kernel(cap);
   return k;
 }
 
@@ -820,12 +833,14 @@ struct ShiftLayout {
         std::memcpy(dst + c * plane + 1 + (h + 1) * Wp, src + (c * g.H + h) * g.W, sizeof(T) * g.W);
   }
   // rows of pitch Wp (count x Pp) into planes (count x H x W), dropping each row's last column
+  // (src rows of pitch ld: Pp, or the direct method's rounded-up width)
   template <typename T>
-  SHC_MULTIVERSION void unpad(const Geom& g, const T* src, int64_t count, const T* bias, T* dst) const {
+  SHC_MULTIVERSION void unpad(const Geom& g, const T* src, int64_t count, const T* bias, T* dst,
+                              int64_t ld) const {
     for (int64_t c = 0; c < count; ++c) {
       const T bv = bias != nullptr ? bias[c] : T(0);
       for (int64_t h = 0; h < g.H; ++h) {
-        const T* s = src + c * Pp + h * Wp;
+        const T* s = src + c * ld + h * Wp;
         T* d = dst + (c * g.H + h) * g.W;
 #pragma omp simd
         for (int64_t q = 0; q < g.W; ++q) d[q] = s[q] + bv;
@@ -877,15 +892,96 @@ void forward_shift(const Geom& g, const Knobs& k, const T* x, const T* w, const 
     for (int64_t n = next(); n >= 0; n = next()) {
       L.pad(g, x + n * g.D * g.H * g.W, g.D, xp.data());
       shift_conv(L, g.C, g.D, wt.data(), m + n * 9, false, xp.data(), a.data(), acc.data(), k.brgemm);
-      L.unpad(g, acc.data(), g.C, bias, y + n * g.C * g.P);
+      L.unpad(g, acc.data(), g.C, bias, y + n * g.C * g.P, L.Pp);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// The "direct" method (fp32, on CPUs with AVX2 and FMA or AVX-512; the shift method's domain):
+// the shift method's zero-bordered planes of pitch W + 1, but each register tile (AVX-512: 8
+// output rows x 48 positions, AVX2: 4 x 24) is accumulated over all nine taps and every input
+// plane in one pass (direct.h), the map folded into the sample's weight panel:
+//   out[r][o] = sum_s sum_k (m[src(s)] A[r, k, src(s)]) in[k][o + tap(s)]
+// forward: A = W (rows c, k = d), in = the padded x, src(s) = s;
+// dx:      A = W^T (rows d, k = c), in = the padded dy, src(s) = 8 - s (the transposed conv).
+// Positions past the plane are computed up to the next whole vector (the input planes get a
+// tile's worth of slack, the output rows are a whole number of tiles), like the junk column,
+// and dropped.
+struct DirectLayout {
+  ShiftLayout L;
+  const direct::Kernel& kern;
+  int64_t rows, inner, rblocks, ld;  // output rows, reduction planes, row blocks, output pitch
+  int64_t off[9];
+  DirectLayout(const Geom& g, const direct::Kernel& kernel, bool transposed)
+      : L(g),
+        kern(kernel),
+        rows(transposed ? g.D : g.C),
+        inner(transposed ? g.C : g.D),
+        rblocks((rows + kern.rows - 1) / kern.rows),
+        ld((L.Pp + kern.tile - 1) / kern.tile * kern.tile) {
+    for (int64_t s = 0; s < 9; ++s) off[s] = L.tap(s);
+  }
+  int64_t panel_size() const { return rblocks * 9 * inner * kern.rows; }
+  int64_t input_size() const { return inner * L.plane + kern.tile; }
+  int64_t output_size() const { return rblocks * kern.rows * ld; }
+};
+
+// The unscaled panel wp[rb][s][k][r] = A[rb*4 + r, k, src(s)] (zero past the last row), for the
+// weight w (C, D, 3, 3): forward A[c, d, t] = w[c, d, t]; transposed A[d, c, t] = w[c, d, t].
+void direct_panel(const DirectLayout& dl, const float* w, int64_t D, bool transposed, float* wp) {
+  const int64_t R = dl.kern.rows;
+  for (int64_t rb = 0; rb < dl.rblocks; ++rb)
+    for (int64_t s = 0; s < 9; ++s)
+      for (int64_t k = 0; k < dl.inner; ++k)
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t row = rb * R + r;
+          float v = 0.f;
+          if (row < dl.rows) v = transposed ? w[(k * D + row) * 9 + (8 - s)] : w[(row * D + k) * 9 + s];
+          wp[((rb * 9 + s) * dl.inner + k) * R + r] = v;
+        }
+}
+
+// One sample: out = the padded `in` convolved with the panel scaled by its map m (9 values).
+void direct_sample(const DirectLayout& dl, const float* wp, const float* m, bool transposed, const float* in,
+                   float* panel, float* out) {
+  const int64_t size = dl.inner * dl.kern.rows;
+  for (int64_t rb = 0; rb < dl.rblocks; ++rb)
+    for (int64_t s = 0; s < 9; ++s) {
+      const int64_t at = (rb * 9 + s) * size;
+      scale_copy(size, m[transposed ? 8 - s : s], wp + at, panel + at);
+    }
+  dl.kern.conv(in, dl.L.plane, dl.inner, dl.off, panel, dl.rblocks, dl.L.Pp, out, dl.ld);
+}
+
+void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, const float* w, const float* m,
+                    const float* bias, float* y) {
+  const DirectLayout dl(g, kern, false);
+  Buf<float> wp(dl.panel_size());
+  direct_panel(dl, w, g.D, false, wp.data());
+  run_chunks(g.N, num_workers(g.N), /*dynamic=*/true, [&](int64_t, auto& next) {
+    std::vector<float> xp(static_cast<size_t>(dl.input_size()), 0.f);  // zero border and slack, written once
+    Buf<float> panel(dl.panel_size()), acc(dl.output_size());
+    for (int64_t n = next(); n >= 0; n = next()) {
+      dl.L.pad(g, x + n * g.D * g.H * g.W, g.D, xp.data());
+      direct_sample(dl, wp.data(), m + n * 9, false, xp.data(), panel.data(), acc.data());
+      dl.L.unpad(g, acc.data(), g.C, bias, y + n * g.C * g.P, dl.ld);
     }
   });
 }
 
 template <typename T>
 void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, const T* w, const T* m, T* dx,
-                    T* gw, double* dm, double* db, const ChunkDone* done) {
+                    T* gw, double* dm, double* db, const ChunkDone* done,
+                    const direct::Kernel* direct_dx = nullptr) {
+  // direct_dx (fp32, the direct method): dx by that micro-kernel, not 9 GEMMs
   const ShiftLayout L(g);
+  const bool use_direct = std::is_same_v<T, float> && direct_dx != nullptr && dx != nullptr;
+  std::optional<DirectLayout> dl;
+  if (use_direct) dl.emplace(g, *direct_dx, true);
+  Buf<float> wpT(use_direct ? dl->panel_size() : 0);
+  if constexpr (std::is_same_v<T, float>)
+    if (use_direct) direct_panel(*dl, w, g.D, true, wpT.data());
   const int64_t CD = g.C * g.D, HW = g.H * g.W;
   const bool need_gt = gw != nullptr || dm != nullptr;  // G_t: for grad_weight and dm
   Buf<T> wtT(9 * CD);  // W_t^T (D x C), tap-major: dx's weights and dm's dot
@@ -897,9 +993,10 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
   // grad_weight and grad_bias are summed per worker: a fixed sample -> worker map (deterministic)
   run_chunks(g.N, nworkers, /*dynamic=*/gw == nullptr && db == nullptr, [&](int64_t wid, auto& next) {
     std::vector<T> xp(need_gt ? static_cast<size_t>(g.D * L.plane) : 0, T(0));
-    std::vector<T> dyp(dx != nullptr ? static_cast<size_t>(g.C * L.plane) : 0, T(0));
+    std::vector<T> dyp(dx != nullptr ? static_cast<size_t>(use_direct ? dl->input_size() : g.C * L.plane) : 0, T(0));
     std::vector<T> dyT(need_gt ? static_cast<size_t>(L.Pp * g.C) : 0, T(0));  // column W stays zero
-    Buf<T> a(dx != nullptr ? 9 * CD : 0), dxacc(dx != nullptr ? g.D * L.Pp : 0), gt(need_gt ? CD : 0);
+    Buf<T> a(dx != nullptr ? (use_direct ? dl->panel_size() : 9 * CD) : 0), gt(need_gt ? CD : 0);
+    Buf<T> dxacc(dx != nullptr ? (use_direct ? dl->output_size() : g.D * L.Pp) : 0);
     T* myacc = gw != nullptr ? acc.data() + wid * 9 * CD : nullptr;
     for (int64_t n = next(); n >= 0; n = next()) {
       const T* dyn = dy + n * g.C * HW;
@@ -919,8 +1016,16 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
       }
       if (dx != nullptr) {
         L.pad(g, dyn, g.C, dyp.data());
+        if constexpr (std::is_same_v<T, float>) {
+          if (use_direct) {
+            direct_sample(*dl, wpT.data(), m + n * 9, true, dyp.data(), a.data(), dxacc.data());
+            L.unpad(g, dxacc.data(), g.D, static_cast<const T*>(nullptr), dx + n * g.D * HW, dl->ld);
+            if (done != nullptr) (*done)(n, 1);
+            continue;
+          }
+        }
         shift_conv(L, g.D, g.C, wtT.data(), m + n * 9, true, dyp.data(), a.data(), dxacc.data(), k.brgemm);
-        L.unpad(g, dxacc.data(), g.D, static_cast<const T*>(nullptr), dx + n * g.D * HW);
+        L.unpad(g, dxacc.data(), g.D, static_cast<const T*>(nullptr), dx + n * g.D * HW, L.Pp);
       }
       if (done != nullptr) (*done)(n, 1);
     }
@@ -1140,11 +1245,23 @@ void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const
 //   64>128@7/2: 0.74x against 1.24x; 64>64@7, batch 32, blocks of 8 samples: 0.98x against
 //   shift's 1.16x, fwd+bwd 1.02x against 1.24x) and is far slower on large planes (a block there
 //   holds 1-2 samples: 4.3x at 16>16@28).
-Method choose_method(const Geom& g, const Knobs& k, size_t elem) {
+// - direct (2026-12-04, bench/results/cpu_methods_ab_b*_2026-12-04*.md; AMD EPYC with AVX-512,
+//   and the same machine with oneDNN, MKL and the direct kernel capped at AVX2) beats shift and
+//   im2col on the shift method's planes above 8x8 up to 128 x 128 channels, forward and
+//   fwd+bwd, on both ISAs (AVX-512, batch 32, forward: 16>16@28 0.73x against shift's 0.89x,
+//   32>32@14 0.99x against 1.13x, 64>64@56 0.90x against im2col's 1.06x, 128>128@28 0.97x
+//   against 1.06x; AVX2: 0.71x against 0.78x, 0.90x against 0.92x, 0.99x against 1.06x) and
+//   loses to im2col from 256 x 256 channels (256>256@14: 1.14x against 1.10x); its backward
+//   (shift's) loses to im2col's on a 3-channel input (fwd+bwd 0.81x against 0.74x), where its
+//   forward still wins (0.62x against 0.95x).
+Method choose_method(const Geom& g, const Knobs& k, size_t elem, bool backward) {
+  const bool direct_ok = shift_taps(g) && elem == sizeof(float) && k.direct != nullptr;
+  if (k.method == Method::kDirect && direct_ok) return Method::kDirect;
   if (k.method == Method::kShift && shift_taps(g)) return Method::kShift;
   if (k.method == Method::kTaps && taps_apply(g)) return Method::kTaps;
   if (k.method != Method::kAuto) return Method::kIm2col;
   if (taps_apply(g) && g.P <= 64 && g.D >= 8 && taps_block(g, elem, k) >= 8) return Method::kTaps;
+  if (direct_ok && g.C * g.D <= 128 * 128 && (!backward || g.D >= 8)) return Method::kDirect;
   if (shift_taps(g) && g.D >= 8 && g.C * g.D <= 64 * 64 && g.H >= 7 && g.W >= 7 &&
       g.C * g.H * (g.W + 1) <= 128 * 1024)
     return Method::kShift;
@@ -1155,8 +1272,10 @@ template <typename T>
 void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bias, T* y) {
   const Knobs k = read_knobs(false);
   if (g.N > 0) {
-    const Method method = choose_method(g, k, sizeof(T));
+    const Method method = choose_method(g, k, sizeof(T), false);
     if (method == Method::kShift) return forward_shift<T>(g, k, x, w, m, bias, y);
+    if constexpr (std::is_same_v<T, float>)
+      if (method == Method::kDirect) return forward_direct(g, *k.direct, x, w, m, bias, y);
     if (method == Method::kTaps) return forward_taps<T>(g, k, x, w, m, bias, y);
   }
   const Blocking blk = choose_blocking(g, sizeof(T), k);
@@ -1228,8 +1347,10 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
     return;
   }
   const Knobs k = read_knobs(true);
-  const Method method = choose_method(g, k, sizeof(T));
-  if (method == Method::kShift) return backward_shift<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
+  const Method method = choose_method(g, k, sizeof(T), true);
+  if (method == Method::kShift || method == Method::kDirect)
+    return backward_shift<T>(g, k, dy, x, w, m, dx, gw, dm, db, done,
+                             method == Method::kDirect ? k.direct : nullptr);
   if (method == Method::kTaps) return backward_taps<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
   const Blocking blk = choose_blocking(g, sizeof(T), k);
   const int64_t nthreads = num_workers(blk.nchunks);  // workers, each with its own accumulator
