@@ -77,17 +77,18 @@ DIRECT_SHAPES = [
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("shape", DIRECT_SHAPES)
-def test_direct_method_gives_the_reference(monkeypatch, shape, dtype):
-    """fp16 inputs are computed in fp32, so they go through the direct kernel too."""
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("shape", DIRECT_SHAPES + [(2, 4, 3, 8, 11), (3, 9, 17, 15, 14)])
+def test_direct_method_gives_the_reference(monkeypatch, shape, stride, dtype):
+    """fp16 inputs are computed in fp32, so they go through the direct kernel too. Stride 2 (the
+    four phase planes; odd and even H and W) is the forward only: its backward is im2col's."""
     monkeypatch.setenv("SHC_CPU_METHOD", "direct")
     tensors = _inputs(shape, dtype)
-    got = _run(
-        lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1), tensors
-    )
+    args = ([stride] * 2, [1, 1], [1, 1], 1)
+    got = _run(lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, *args), tensors)
     # the reference in fp64 on the same (rounded) inputs
     exact = [t.double() for t in tensors]
-    want = _run(lambda x, w, m, b: reference.modulated_conv2d(x, w, m, b, 1, 1, 1, 1), exact)
+    want = _run(lambda x, w, m, b: reference.modulated_conv2d(x, w, m, b, stride, 1, 1, 1), exact)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     for name, a, b in zip(("y", "dx", "dweight", "dm", "dbias"), got, want, strict=True):
         assert a.dtype == dtype, name

@@ -24,13 +24,16 @@ namespace shc_cpu {
 namespace direct {
 namespace {
 
-// conv(in, plane, K, off, panel, rblocks, P, out, ldo): out (rblocks * rows rows of pitch ldo)
+// conv(in, plane, K, off, panel, rblocks, P, band, out, ldo): out (rblocks * rows rows of pitch ldo)
 // over positions [0, P) rounded up to whole vectors, at most to round_up(P, tile) (ldo is at
 // least that); in holds K planes of pitch `plane`, each readable `tile`
 // floats past position P + max(off) (the caller's slack); panel is rblocks blocks of
-// 9 * K * rows floats, panel[((rb * 9 + s) * K + k) * rows + r].
-using ConvFn = void (*)(const float*, int64_t, int64_t, const int64_t*, const float*, int64_t, int64_t, float*,
-                        int64_t);
+// 9 * K * rows floats, panel[((rb * 9 + s) * K + k) * rows + r]. Positions go in bands of `band`
+// (a multiple of tile, sized by the caller so that a band's input stays in L2), every row block
+// passing over a band before the next: a 64-channel 56x56 plane (850 KiB) was otherwise re-read
+// from L3 per block.
+using ConvFn = void (*)(const float*, int64_t, int64_t, const int64_t*, const float*, int64_t, int64_t, int64_t,
+                        float*, int64_t);
 struct Kernel {
   int64_t rows;  // rows per register tile (output channels forward, input channels for dx)
   int64_t tile;  // positions per register tile
@@ -38,13 +41,8 @@ struct Kernel {
   const char* isa;
 };
 
-// Positions go in bands whose input (K planes of the band and its two halo rows, off[8]) fits in
-// ~192 KiB of L2, every row block passing over a band before the next: a 64-channel 56x56 plane
-// (850 KiB) was otherwise re-read from L3 per block. (A macro: each ISA's copy must be compiled
-// for that ISA for its tile to inline.)
-#define SHC_DIRECT_BANDS(ROWS, TILE, TILES_FN)                                                           \
-  const int64_t fit = (int64_t(48) << 10) / (K > 0 ? K : 1) - off[8] - (TILE);                          \
-  const int64_t band = (fit > (TILE) ? fit / (TILE) : 1) * (TILE);                                       \
+// The band loop (a macro: each ISA's copy must be compiled for that ISA for its tile to inline).
+#define SHC_DIRECT_BANDS(ROWS, TILES_FN)                                                                  \
   for (int64_t o0 = 0; o0 < P; o0 += band) {                                                             \
     const int64_t n = (o0 + band < P ? band : P - o0);                                                   \
     for (int64_t rb = 0; rb < rblocks; ++rb)                                                             \
@@ -91,8 +89,9 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tiles_avx2(const 
 
 __attribute__((target("avx2,fma"))) inline void conv_avx2(const float* in, int64_t plane, int64_t K,
                                                            const int64_t* off, const float* panel,
-                                                           int64_t rblocks, int64_t P, float* out, int64_t ldo) {
-  SHC_DIRECT_BANDS(4, 24, tiles_avx2)
+                                                           int64_t rblocks, int64_t P, int64_t band, float* out,
+                                                           int64_t ldo) {
+  SHC_DIRECT_BANDS(4, tiles_avx2)
 }
 
 // One AVX-512 tile: rows [0, 8) and positions [0, 16 V), 8 V named zmm accumulators (of 32).
@@ -164,8 +163,9 @@ __attribute__((target("avx512f"), always_inline)) inline void tiles_avx512(const
 
 __attribute__((target("avx512f"))) inline void conv_avx512(const float* in, int64_t plane, int64_t K,
                                                             const int64_t* off, const float* panel,
-                                                            int64_t rblocks, int64_t P, float* out, int64_t ldo) {
-  SHC_DIRECT_BANDS(8, 48, tiles_avx512)
+                                                            int64_t rblocks, int64_t P, int64_t band, float* out,
+                                                            int64_t ldo) {
+  SHC_DIRECT_BANDS(8, tiles_avx512)
 }
 #endif
 #undef SHC_DIRECT_BANDS

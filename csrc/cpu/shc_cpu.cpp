@@ -833,14 +833,12 @@ struct ShiftLayout {
         std::memcpy(dst + c * plane + 1 + (h + 1) * Wp, src + (c * g.H + h) * g.W, sizeof(T) * g.W);
   }
   // rows of pitch Wp (count x Pp) into planes (count x H x W), dropping each row's last column
-  // (src rows of pitch ld: Pp, or the direct method's rounded-up width)
   template <typename T>
-  SHC_MULTIVERSION void unpad(const Geom& g, const T* src, int64_t count, const T* bias, T* dst,
-                              int64_t ld) const {
+  SHC_MULTIVERSION void unpad(const Geom& g, const T* src, int64_t count, const T* bias, T* dst) const {
     for (int64_t c = 0; c < count; ++c) {
       const T bv = bias != nullptr ? bias[c] : T(0);
       for (int64_t h = 0; h < g.H; ++h) {
-        const T* s = src + c * ld + h * Wp;
+        const T* s = src + c * Pp + h * Wp;
         T* d = dst + (c * g.H + h) * g.W;
 #pragma omp simd
         for (int64_t q = 0; q < g.W; ++q) d[q] = s[q] + bv;
@@ -892,7 +890,7 @@ void forward_shift(const Geom& g, const Knobs& k, const T* x, const T* w, const 
     for (int64_t n = next(); n >= 0; n = next()) {
       L.pad(g, x + n * g.D * g.H * g.W, g.D, xp.data());
       shift_conv(L, g.C, g.D, wt.data(), m + n * 9, false, xp.data(), a.data(), acc.data(), k.brgemm);
-      L.unpad(g, acc.data(), g.C, bias, y + n * g.C * g.P, L.Pp);
+      L.unpad(g, acc.data(), g.C, bias, y + n * g.C * g.P);
     }
   });
 }
@@ -908,23 +906,76 @@ void forward_shift(const Geom& g, const Knobs& k, const T* x, const T* w, const 
 // Positions past the plane are computed up to the next whole vector (the input planes get a
 // tile's worth of slack, the output rows are a whole number of tiles), like the junk column,
 // and dropped.
+//
+// Stride 2 (forward only): each padded input plane is split into its four phases
+// (row parity a, column parity b), phase[a][b][i][j] = x_pad[2i + a][2j + b], i <= OH, j <= OW,
+// each of pitch Wp = OW + 1. Tap (ky, kx) of output (oh, ow) reads x_pad[2oh + ky][2ow + kx] =
+// phase[ky % 2][kx % 2][oh + ky / 2][ow + kx / 2]: output position oh * Wp + ow plus a fixed
+// offset per tap, the same kernel as stride 1 (im2col there builds 9 x D rows for every output
+// position and runs a GEMM over them: 1.1-1.4x a plain conv at batch 32).
+inline bool direct_stride2(const Geom& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.ph == 1 && g.pw == 1 && g.dh == 1 && g.dw == 1 &&
+         g.groups == 1;
+}
+
 struct DirectLayout {
-  ShiftLayout L;
   const direct::Kernel& kern;
+  bool phases;                       // stride 2: four phase planes per input channel
+  int64_t Wp, Pq, plane, Pp;         // output pitch (OW + 1), phase size, per-channel input, positions
   int64_t rows, inner, rblocks, ld;  // output rows, reduction planes, row blocks, output pitch
+  int64_t band;                      // positions per band (the band's input fits in ~192 KiB)
   int64_t off[9];
   DirectLayout(const Geom& g, const direct::Kernel& kernel, bool transposed)
-      : L(g),
-        kern(kernel),
+      : kern(kernel),
+        phases(g.sh == 2),
+        Wp(g.OW + 1),
+        Pq((g.OH + 1) * Wp + 1),
+        plane(phases ? 4 * Pq : ShiftLayout(g).plane),
+        Pp(g.OH * Wp),
         rows(transposed ? g.D : g.C),
         inner(transposed ? g.C : g.D),
         rblocks((rows + kern.rows - 1) / kern.rows),
-        ld((L.Pp + kern.tile - 1) / kern.tile * kern.tile) {
-    for (int64_t s = 0; s < 9; ++s) off[s] = L.tap(s);
+        ld((Pp + kern.tile - 1) / kern.tile * kern.tile) {
+    const ShiftLayout L(g);
+    for (int64_t s = 0; s < 9; ++s) {
+      const int64_t ky = s / 3, kx = s % 3;
+      off[s] = phases ? ((ky % 2) * 2 + kx % 2) * Pq + (ky / 2) * Wp + kx / 2 : L.tap(s);
+    }
+    // per reduction plane a band of n positions reads n + halo floats (stride 1), or four
+    // phases of n + halo (stride 2)
+    const int64_t reads = phases ? 4 : 1, halo = phases ? Wp + 1 : off[8];
+    const int64_t fit = (int64_t(48) << 10) / (reads * std::max<int64_t>(1, inner)) - halo - kern.tile;
+    band = std::max<int64_t>(1, fit / kern.tile) * kern.tile;
   }
   int64_t panel_size() const { return rblocks * 9 * inner * kern.rows; }
-  int64_t input_size() const { return inner * L.plane + kern.tile; }
+  int64_t input_size() const { return inner * plane + kern.tile; }
   int64_t output_size() const { return rblocks * kern.rows * ld; }
+  // count planes (H x W) into the padded planes (stride 1) or the phases (stride 2); what maps to
+  // the zero border is never written (the buffer is zeroed once)
+  void pad(const Geom& g, const float* src, int64_t count, float* dst) const {
+    if (!phases) return ShiftLayout(g).pad(g, src, count, dst);
+    for (int64_t c = 0; c < count; ++c)
+      for (int64_t r = 0; r < g.H; ++r) {  // x row r is x_pad row r + 1 = 2i + a
+        const int64_t a = (r + 1) % 2, i = (r + 1) / 2;
+        const float* srow = src + (c * g.H + r) * g.W;
+        float* even = dst + c * plane + (a * 2) * Pq + i * Wp;  // b = 0: x column 2j - 1
+        float* odd = even + Pq;                                 // b = 1: x column 2j
+        for (int64_t j = 1; 2 * j - 1 < g.W; ++j) even[j] = srow[2 * j - 1];
+        for (int64_t j = 0; 2 * j < g.W; ++j) odd[j] = srow[2 * j];
+      }
+  }
+  // rows of pitch Wp (count x ld) into planes (count x OH x OW), adding the bias
+  void unpad(const Geom& g, const float* src, int64_t count, const float* bias, float* dst) const {
+    for (int64_t c = 0; c < count; ++c) {
+      const float bv = bias != nullptr ? bias[c] : 0.f;
+      for (int64_t h = 0; h < g.OH; ++h) {
+        const float* sr = src + c * ld + h * Wp;
+        float* d = dst + (c * g.OH + h) * g.OW;
+#pragma omp simd
+        for (int64_t q = 0; q < g.OW; ++q) d[q] = sr[q] + bv;
+      }
+    }
+  }
 };
 
 // The unscaled panel wp[rb][s][k][r] = A[rb*4 + r, k, src(s)] (zero past the last row), for the
@@ -951,7 +1002,7 @@ void direct_sample(const DirectLayout& dl, const float* wp, const float* m, bool
       const int64_t at = (rb * 9 + s) * size;
       scale_copy(size, m[transposed ? 8 - s : s], wp + at, panel + at);
     }
-  dl.kern.conv(in, dl.L.plane, dl.inner, dl.off, panel, dl.rblocks, dl.L.Pp, out, dl.ld);
+  dl.kern.conv(in, dl.plane, dl.inner, dl.off, panel, dl.rblocks, dl.Pp, dl.band, out, dl.ld);
 }
 
 void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, const float* w, const float* m,
@@ -963,9 +1014,9 @@ void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, c
     std::vector<float> xp(static_cast<size_t>(dl.input_size()), 0.f);  // zero border and slack, written once
     Buf<float> panel(dl.panel_size()), acc(dl.output_size());
     for (int64_t n = next(); n >= 0; n = next()) {
-      dl.L.pad(g, x + n * g.D * g.H * g.W, g.D, xp.data());
+      dl.pad(g, x + n * g.D * g.H * g.W, g.D, xp.data());
       direct_sample(dl, wp.data(), m + n * 9, false, xp.data(), panel.data(), acc.data());
-      dl.L.unpad(g, acc.data(), g.C, bias, y + n * g.C * g.P, dl.ld);
+      dl.unpad(g, acc.data(), g.C, bias, y + n * g.C * g.P);
     }
   });
 }
@@ -1019,13 +1070,13 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
         if constexpr (std::is_same_v<T, float>) {
           if (use_direct) {
             direct_sample(*dl, wpT.data(), m + n * 9, true, dyp.data(), a.data(), dxacc.data());
-            L.unpad(g, dxacc.data(), g.D, static_cast<const T*>(nullptr), dx + n * g.D * HW, dl->ld);
+            dl->unpad(g, dxacc.data(), g.D, nullptr, dx + n * g.D * HW);
             if (done != nullptr) (*done)(n, 1);
             continue;
           }
         }
         shift_conv(L, g.D, g.C, wtT.data(), m + n * 9, true, dyp.data(), a.data(), dxacc.data(), k.brgemm);
-        L.unpad(g, dxacc.data(), g.D, static_cast<const T*>(nullptr), dx + n * g.D * HW, L.Pp);
+        L.unpad(g, dxacc.data(), g.D, static_cast<const T*>(nullptr), dx + n * g.D * HW);
       }
       if (done != nullptr) (*done)(n, 1);
     }
@@ -1255,7 +1306,8 @@ void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const
 //   (shift's) loses to im2col's on a 3-channel input (fwd+bwd 0.81x against 0.74x), where its
 //   forward still wins (0.62x against 0.95x).
 Method choose_method(const Geom& g, const Knobs& k, size_t elem, bool backward) {
-  const bool direct_ok = shift_taps(g) && elem == sizeof(float) && k.direct != nullptr;
+  const bool direct_ok = (shift_taps(g) || (!backward && direct_stride2(g))) && elem == sizeof(float) &&
+                         k.direct != nullptr;
   if (k.method == Method::kDirect && direct_ok) return Method::kDirect;
   if (k.method == Method::kShift && shift_taps(g)) return Method::kShift;
   if (k.method == Method::kTaps && taps_apply(g)) return Method::kTaps;
