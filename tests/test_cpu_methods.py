@@ -76,13 +76,17 @@ DIRECT_SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("isa", ["auto", "avx2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shape", DIRECT_SHAPES + [(2, 4, 3, 8, 11), (3, 9, 17, 15, 14)])
-def test_direct_method_gives_the_reference(monkeypatch, shape, stride, dtype):
+def test_direct_method_gives_the_reference(monkeypatch, shape, stride, dtype, isa):
     """fp16 inputs are computed in fp32, so they go through the direct kernel too. Stride 2 (the
-    four phase planes; odd and even H and W) is the forward only: its backward is im2col's."""
+    four phase planes; odd and even H and W) is the forward only: its backward is im2col's.
+    SHC_CPU_DIRECT_ISA=avx2 runs the AVX2 kernel where the CPU also has the AVX-512 one (on an
+    AVX2-only CPU both runs take the AVX2 kernel)."""
     monkeypatch.setenv("SHC_CPU_METHOD", "direct")
+    monkeypatch.setenv("SHC_CPU_DIRECT_ISA", isa)
     tensors = _inputs(shape, dtype)
     args = ([stride] * 2, [1, 1], [1, 1], 1)
     got = _run(lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, *args), tensors)
@@ -154,11 +158,15 @@ def test_a_method_is_forced_only_where_it_applies(monkeypatch, method):
         )
 
 
-@pytest.mark.parametrize("value", ["3", "Shift", "shift "])
-def test_bad_method_knob_is_an_error_naming_it(monkeypatch, value):
-    monkeypatch.setenv("SHC_CPU_METHOD", value)
+@pytest.mark.parametrize(
+    "knob, value",
+    [("SHC_CPU_METHOD", "3"), ("SHC_CPU_METHOD", "Shift"), ("SHC_CPU_METHOD", "shift "),
+     ("SHC_CPU_DIRECT_ISA", "avx512"), ("SHC_CPU_DIRECT_ISA", "AVX2")],
+)
+def test_bad_method_knob_is_an_error_naming_it(monkeypatch, knob, value):
+    monkeypatch.setenv(knob, value)
     x, w, m, b = _inputs((2, 8, 8, 14, 14), torch.float32)
-    with pytest.raises(RuntimeError, match="SHC_CPU_METHOD"):
+    with pytest.raises(RuntimeError, match=f"{knob} must be .*got '{value}'"):
         torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1)
 
 
