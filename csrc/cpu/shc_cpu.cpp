@@ -709,6 +709,7 @@ struct Knobs {
   bool brgemm;         // brgemm probed OK and not SHC_CPU_NO_BRGEMM=1
   Method method;       // SHC_CPU_METHOD: auto (the faster per shape), im2col, shift, taps or direct (where it applies)
   const direct::Kernel* direct;  // the direct method's widest kernel here (SHC_CPU_DIRECT_ISA=avx2 caps it), or null
+  bool backward;                 // read for a backward (cols is SHC_CPU_COLS_BWD)
 };
 
 Knobs read_knobs(bool backward) {
@@ -727,6 +728,7 @@ Knobs read_knobs(bool backward) {
   TORCH_CHECK(!cap || std::strcmp(isa, "avx2") == 0, "environment variable SHC_CPU_DIRECT_ISA must be auto or avx2, got '",
               isa, "'");
   k.direct = direct::kernel(cap);
+  k.backward = backward;
   return k;
 }
 
@@ -1250,10 +1252,11 @@ inline int64_t taps_block(const Geom& g, size_t elem, const Knobs& k) {
   const int64_t cap = std::max<int64_t>(1, k.ws_bytes / std::max<int64_t>(1, per_sample));
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t balance = std::max<int64_t>(1, (g.N + nthreads - 1) / nthreads);
-  // planes above 32 positions take twice the columns (7x7 and 8x8: 16 samples, not 8; batch 32,
-  // one thread, forward against F.conv2d: 64>64@8 1.04x -> 0.94x, 64>64@7 0.97x -> 0.88x; 4x4
-  // planes were no faster with 1024)
-  const int64_t cols = g.P > 32 ? 2 * k.cols : k.cols;
+  // forwards on planes above 32 positions take twice the columns (7x7 and 8x8: 16 samples, not
+  // 8; batch 32, one thread, against F.conv2d: 64>64@8 1.04x -> 0.94x, 64>64@7 0.97x -> 0.88x;
+  // 4x4 planes were no faster). The backward keeps 8: with 16, 128>128@8 fwd+bwd went from 1.04x
+  // to 1.18x with oneDNN, MKL and the kernels capped at AVX2.
+  const int64_t cols = !k.backward && g.P > 32 ? 2 * k.cols : k.cols;
   const int64_t nb = std::max<int64_t>(1, std::min({cols / std::max<int64_t>(1, g.P), cap, balance, g.N}));
   return nb >= 8 ? nb - nb % 8 : nb;
 }
