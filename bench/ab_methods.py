@@ -2,9 +2,11 @@
 the small-image and narrow networks and two ImageNet ones.
 
     python bench/ab_methods.py --batch 128 --reps 5 --markdown bench/results/cpu_methods_ab_DATE.md
+    python bench/ab_methods.py --batch 32 --shape '64>64@8' --shape '32>64@16/2'
 
-SHC_CPU_METHOD=im2col, shift, taps and direct (where a method does not apply the row says "-") and auto
-(what the kernel picks) are timed beside F.conv2d of the same shape, one thread, by process CPU
+SHC_CPU_METHOD=im2col, shift, taps and direct (where a method does not apply the row says "-"; on
+stride 2 direct takes the forward only, so its fwd+bwd there is im2col's backward) and auto (what
+the kernel picks) are timed beside F.conv2d of the same shape, one thread, by process CPU
 time (the machine may be shared), all interleaved; ratios are of the minima and of the medians
 over the repetitions, forward and forward+backward (dx, dweight, dm, dbias). glibc's malloc is
 first told to keep freed memory (shc_kernels.bench.steady_malloc), as `shc bench` does.

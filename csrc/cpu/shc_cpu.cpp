@@ -1368,15 +1368,17 @@ void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const
 //   64>128@7/2: 0.74x against 1.24x; 64>64@7, batch 32, blocks of 8 samples: 0.98x against
 //   shift's 1.16x, fwd+bwd 1.02x against 1.24x) and is far slower on large planes (a block there
 //   holds 1-2 samples: 4.3x at 16>16@28).
-// - direct (2026-12-04, bench/results/cpu_methods_ab_b*_2026-12-04*.md; AMD EPYC with AVX-512,
-//   and the same machine with oneDNN, MKL and the direct kernel capped at AVX2) beats shift and
-//   im2col on the shift method's planes above 8x8 up to 128 x 128 channels, forward and
-//   fwd+bwd, on both ISAs (AVX-512, batch 32, forward: 16>16@28 0.73x against shift's 0.89x,
-//   32>32@14 0.99x against 1.13x, 64>64@56 0.90x against im2col's 1.06x, 128>128@28 0.97x
-//   against 1.06x; AVX2: 0.71x against 0.78x, 0.90x against 0.92x, 0.99x against 1.06x) and
-//   loses to im2col from 256 x 256 channels (256>256@14: 1.14x against 1.10x); its backward
-//   (shift's) loses to im2col's on a 3-channel input (fwd+bwd 0.81x against 0.74x), where its
-//   forward still wins (0.62x against 0.95x).
+// - direct (bench/results/cpu_methods_ab_b{32,128}_2026-12-04.md: AMD EPYC with AVX-512;
+//   cpu_methods_ab_b32_avx2_2026-12-04.md: the same machine with oneDNN, MKL and the direct
+//   kernel capped at AVX2) beats shift and im2col on the shift method's planes above 8x8 up to
+//   128 x 128 channels, forward and fwd+bwd, on both ISAs (AVX-512, batch 32, forward: 16>16@28
+//   0.83x against shift's 1.05x, 32>32@14 1.00x against 1.12x, 64>64@56 0.85x against im2col's
+//   1.00x, 128>128@28 0.96x against shift's 1.08x; AVX2: 0.65x against 0.75x, 0.97x against
+//   1.00x, 0.97x against 1.04x) and on stride 2 above 8x8 outputs (16>32@28/2: 0.96x against
+//   im2col's 1.18x; 32>64@14/2, 7x7 out: 1.23x against taps' 0.86x); from 256 x 256 channels it
+//   is no faster than im2col (256>256@14: 1.10x against 1.09x); its backward (shift's) loses to
+//   im2col's on a 3-channel input (fwd+bwd 0.75x against 0.71x), where its forward wins (0.73x
+//   against 1.11x).
 Method choose_method(const Geom& g, const Knobs& k, size_t elem, bool backward) {
   const bool direct_ok = (shift_taps(g) || (!backward && direct_stride2(g))) && elem == sizeof(float) &&
                          k.direct != nullptr;
