@@ -173,18 +173,22 @@ def test_bad_method_knob_is_an_error_naming_it(monkeypatch, knob, value):
 # plane sizes around the statistics' paths: four planes at a time below 128 elements (full
 # vectors of 8, a masked tail), one plane at a time from 128 (blocks of 512 in 32 lanes, a
 # tail of vectors and a masked one); plane counts that leave 1-3 planes after the fours
-PLANES = [(1, 1), (1, 3), (2, 4), (3, 3), (4, 4), (7, 7), (1, 127), (8, 16), (9, 15), (28, 28)]
+PLANES = [(1, 1), (1, 3), (2, 4), (3, 3), (4, 4), (7, 7), (1, 127), (8, 16), (9, 15), (28, 28), (112, 112)]
 
 
 @pytest.mark.parametrize("hw", PLANES)
 @pytest.mark.parametrize("planes", [(1, 1), (2, 3), (3, 5)])
 def test_channel_stats_match_fp64_on_every_plane_size(hw, planes):
     g = torch.Generator().manual_seed(hw[0] * 31 + hw[1])
-    # an offset far above the spread: the shift by each plane's first element keeps its variance
+    # an offset far above the spread (a one-pass sum of squares in float loses the variance), and
+    # planes whose first element is far from the rest (a one-pass shift by x[0] loses it)
     x = torch.randn(*planes, *hw, generator=g) * 0.5 + 300.0
-    mu, sigma = torch.ops.shc.channel_stats(x, 1e-5)
-    xd = x.double()
-    want_mu = xd.mean((2, 3))
-    want_sigma = (xd.var((2, 3), unbiased=False) + 1e-5).sqrt()
-    torch.testing.assert_close(mu.double(), want_mu, rtol=1e-6, atol=0)
-    torch.testing.assert_close(sigma.double(), want_sigma, rtol=1e-4, atol=1e-6)
+    y = torch.randn(*planes, *hw, generator=g) * 0.01 + 1.0
+    y.view(*planes, -1)[..., 0] = 1000.0
+    for t in (x, y):
+        mu, sigma = torch.ops.shc.channel_stats(t, 1e-5)
+        td = t.double()
+        want_mu = td.mean((2, 3))
+        want_sigma = (td.var((2, 3), unbiased=False) + 1e-5).sqrt()
+        torch.testing.assert_close(mu.double(), want_mu, rtol=1e-6, atol=0)
+        torch.testing.assert_close(sigma.double(), want_sigma, rtol=1e-4, atol=1e-6)
