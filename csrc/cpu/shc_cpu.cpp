@@ -1696,20 +1696,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
 }
 
 // ---------------------------------------------------------------------------------------
-// Mean and population variance of one plane in two passes: the mean, then the sums of x - k and
-// its square with k the mean rounded to T, var = s2/n - (s1/n)^2 (the corrected two-pass formula:
-// s1 is only k's rounding error, so nothing cancels). fp64 planes sum in double. fp32 planes sum
-// in float over blocks of 512 elements in 32 lanes (each lane adds 16 values, then the lanes
-// pairwise), the blocks' sums in double: converting every element to double kept the pass at
-// ~6 G elements/s (~65 us for a 32 x 16 x 28x28 input, which x.sum() reads at 26). (One pass
-// shifted by x[0] instead of the mean lost up to a factor n of float precision when x[0] was far
-// from the mean.) The order is fixed (deterministic); the AVX2 copies below add in another
-// fixed order. On x86-64 the portable copy is also compiled for AVX2 (the build targets x86-64-v2).
+// Mean and population variance of one plane from the sums of x - k and its square, k = x[0]:
+// var = s2/n - m1^2 with m1 = s1/n. That loses a factor 1 + m1^2/var of the sums' precision, so
+// when m1^2 > kShiftFar * var (x[0] far from the mean) the plane is summed again with k its mean
+// (then m1 is only k's rounding error: the corrected two-pass formula). fp64 planes sum in
+// double. fp32 planes sum in float over blocks of 512 elements in 32 lanes (each lane adds 16
+// values, then the lanes pairwise), the blocks' sums in double: converting every element to
+// double kept the pass at ~6 G elements/s (~65 us for a 32 x 16 x 28x28 input, which x.sum()
+// reads at 26); two passes on every plane cost +45% on small planes. The order is fixed
+// (deterministic); the AVX2 copies below add in another fixed order. On x86-64 the portable copy
+// is also compiled for AVX2 (the rest of the build targets x86-64-v2).
+constexpr double kShiftFar = 16.0;
 #define SHC_PLANE_MOMENTS(NAME, T, LANES, BLOCK)                            \
-  SHC_MULTIVERSION void NAME(const T* x, int64_t n, double* mean, double* var) { \
-    double s0 = 0.0;                                                       \
-    _Pragma("omp simd reduction(+ : s0)") for (int64_t q = 0; q < n; ++q) s0 += static_cast<double>(x[q]); \
-    const T k = static_cast<T>(s0 / static_cast<double>(n));               \
+  SHC_MULTIVERSION void NAME##_shifted(const T* x, int64_t n, T k, double* mean, double* var) { \
     double s1 = 0.0, s2 = 0.0;                                             \
     for (int64_t q0 = 0; q0 < n; q0 += BLOCK) {                            \
       const int64_t q1 = std::min<int64_t>(n, q0 + BLOCK);                 \
@@ -1734,6 +1733,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
     const double m1 = s1 / static_cast<double>(n);                         \
     *mean = static_cast<double>(k) + m1;                                   \
     *var = std::max(0.0, s2 / static_cast<double>(n) - m1 * m1);           \
+  }                                                                        \
+  void NAME(const T* x, int64_t n, double* mean, double* var) {            \
+    NAME##_shifted(x, n, x[0], mean, var);                                 \
+    const double m1 = *mean - static_cast<double>(x[0]);                   \
+    if (m1 * m1 > kShiftFar * *var) NAME##_shifted(x, n, static_cast<T>(*mean), mean, var); \
   }
 SHC_PLANE_MOMENTS(plane_moments_portable, float, 32, 512)
 SHC_PLANE_MOMENTS(plane_moments, double, 16, INT64_MAX)
@@ -1750,32 +1754,15 @@ __attribute__((target("avx2"))) float hsum8(__m256 v) {
   return _mm_cvtss_f32(_mm_hadd_ps(s, s));
 }
 
-// The sum of n floats: blocks of 512 in four vectors, the blocks in double, the last < 32 in
-// vectors of 8 and the last < 8 masked.
+// Lanes [0, left) of a vector of 8.
 __attribute__((target("avx2"))) __m256i tail_mask(int64_t left) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-__attribute__((target("avx2"))) double sum_avx2(const float* x, int64_t n) {
-  double s = 0.0;
-  int64_t q = 0;
-  while (q + 32 <= n) {
-    const int64_t qend = std::min<int64_t>(n, q + 512);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; q + 32 <= qend; q += 32) {
-      a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + q)), a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x + q + 8));
-      a2 = _mm256_add_ps(a2, _mm256_loadu_ps(x + q + 16)), a3 = _mm256_add_ps(a3, _mm256_loadu_ps(x + q + 24));
-    }
-    s += hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  }
-  __m256 a = _mm256_setzero_ps();
-  for (; q + 8 <= n; q += 8) a = _mm256_add_ps(a, _mm256_loadu_ps(x + q));
-  if (q < n) a = _mm256_add_ps(a, _mm256_maskload_ps(x + q, tail_mask(n - q)));
-  return s + hsum8(a);
-}
 
-__attribute__((target("avx2"))) void plane_moments_avx2(const float* x, int64_t n, double* mean, double* var) {
-  const float k = static_cast<float>(sum_avx2(x, n) / static_cast<double>(n));
+// Mean and variance from the sums of x - k and its square, k given.
+__attribute__((target("avx2"))) void moments_shifted_avx2(const float* x, int64_t n, float k, double* mean,
+                                                          double* var) {
   const __m256 kv = _mm256_set1_ps(k);
   double s1 = 0.0, s2 = 0.0;
   int64_t q = 0;
@@ -1810,6 +1797,12 @@ __attribute__((target("avx2"))) void plane_moments_avx2(const float* x, int64_t 
   *var = std::max(0.0, s2 / static_cast<double>(n) - m1 * m1);
 }
 
+__attribute__((target("avx2"))) void plane_moments_avx2(const float* x, int64_t n, double* mean, double* var) {
+  moments_shifted_avx2(x, n, x[0], mean, var);
+  const double m1 = *mean - static_cast<double>(x[0]);
+  if (m1 * m1 > kShiftFar * *var) moments_shifted_avx2(x, n, static_cast<float>(*mean), mean, var);
+}
+
 // Four consecutive planes of n < 128 (small planes: one plane at a time paid ~10 ns for its
 // horizontal sums and scalar tail, 190 us for the 16384 planes of 128 x 128 x 7x7): each plane's
 // sums in one vector, the four planes' horizontal sums in one tree, the moments in double
@@ -1821,24 +1814,13 @@ __attribute__((target("avx2"))) __m128 hsum4x8(__m256 a0, __m256 a1, __m256 a2, 
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-__attribute__((target("avx2"))) void moments4_avx2(const float* x, int64_t n, double* mean, double* var) {
+// The four planes' moments from the sums of x - ks[i] and its square.
+__attribute__((target("avx2"))) void moments4_shifted_avx2(const float* x, int64_t n, const float* ks, double* mean,
+                                                           double* var) {
   const float *x0 = x, *x1 = x + n, *x2 = x + 2 * n, *x3 = x + 3 * n;
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  int64_t q = 0;
-  for (; q + 8 <= n; q += 8) {
-    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x0 + q)), a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x1 + q));
-    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(x2 + q)), a3 = _mm256_add_ps(a3, _mm256_loadu_ps(x3 + q));
-  }
-  if (q < n) {
-    const __m256i mask = tail_mask(n - q);
-    a0 = _mm256_add_ps(a0, _mm256_maskload_ps(x0 + q, mask)), a1 = _mm256_add_ps(a1, _mm256_maskload_ps(x1 + q, mask));
-    a2 = _mm256_add_ps(a2, _mm256_maskload_ps(x2 + q, mask)), a3 = _mm256_add_ps(a3, _mm256_maskload_ps(x3 + q, mask));
-  }
-  alignas(16) float ks[4];  // each plane's mean, the shift of the second pass
-  _mm_store_ps(ks, _mm_div_ps(hsum4x8(a0, a1, a2, a3), _mm_set1_ps(static_cast<float>(n))));
   const __m256 k0 = _mm256_set1_ps(ks[0]), k1 = _mm256_set1_ps(ks[1]), k2 = _mm256_set1_ps(ks[2]);
   const __m256 k3 = _mm256_set1_ps(ks[3]);
-  a0 = a1 = a2 = a3 = _mm256_setzero_ps();
   const auto step = [&](__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 keep) __attribute__((target("avx2"))) {
     const __m256 d0 = _mm256_and_ps(_mm256_sub_ps(v0, k0), keep), d1 = _mm256_and_ps(_mm256_sub_ps(v1, k1), keep);
     const __m256 d2 = _mm256_and_ps(_mm256_sub_ps(v2, k2), keep), d3 = _mm256_and_ps(_mm256_sub_ps(v3, k3), keep);
@@ -1847,7 +1829,8 @@ __attribute__((target("avx2"))) void moments4_avx2(const float* x, int64_t n, do
     b2 = _mm256_add_ps(b2, _mm256_mul_ps(d2, d2)), b3 = _mm256_add_ps(b3, _mm256_mul_ps(d3, d3));
   };
   const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-  for (q = 0; q + 8 <= n; q += 8)
+  int64_t q = 0;
+  for (; q + 8 <= n; q += 8)
     step(_mm256_loadu_ps(x0 + q), _mm256_loadu_ps(x1 + q), _mm256_loadu_ps(x2 + q), _mm256_loadu_ps(x3 + q), all);
   if (q < n) {
     const __m256i mask = tail_mask(n - q);
@@ -1857,10 +1840,22 @@ __attribute__((target("avx2"))) void moments4_avx2(const float* x, int64_t n, do
   const __m256d s1 = _mm256_cvtps_pd(hsum4x8(a0, a1, a2, a3)), s2 = _mm256_cvtps_pd(hsum4x8(b0, b1, b2, b3));
   const __m256d inv = _mm256_set1_pd(1.0 / static_cast<double>(n));
   const __m256d m1 = _mm256_mul_pd(s1, inv);
-  const __m256d k = _mm256_cvtps_pd(_mm_load_ps(ks));
-  _mm256_storeu_pd(mean, _mm256_add_pd(k, m1));
+  _mm256_storeu_pd(mean, _mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(ks)), m1));
   const __m256d v = _mm256_sub_pd(_mm256_mul_pd(s2, inv), _mm256_mul_pd(m1, m1));
   _mm256_storeu_pd(var, _mm256_max_pd(v, _mm256_setzero_pd()));
+}
+
+__attribute__((target("avx2"))) void moments4_avx2(const float* x, int64_t n, double* mean, double* var) {
+  float ks[4] = {x[0], x[n], x[2 * n], x[3 * n]};
+  moments4_shifted_avx2(x, n, ks, mean, var);
+  bool far = false;
+  for (int i = 0; i < 4; ++i) {
+    const double m1 = mean[i] - static_cast<double>(ks[i]);
+    far = far || m1 * m1 > kShiftFar * var[i];
+  }
+  if (!far) return;
+  for (int i = 0; i < 4; ++i) ks[i] = static_cast<float>(mean[i]);
+  moments4_shifted_avx2(x, n, ks, mean, var);
 }
 
 bool moments_avx2() {
