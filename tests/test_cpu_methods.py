@@ -173,7 +173,7 @@ def test_bad_method_knob_is_an_error_naming_it(monkeypatch, knob, value):
 # plane sizes around the statistics' paths: four planes at a time below 128 elements (full
 # vectors of 8, a masked tail), one plane at a time from 128 (blocks of 512 in 32 lanes, a
 # tail of vectors and a masked one); plane counts that leave 1-3 planes after the fours
-PLANES = [(1, 1), (1, 3), (2, 4), (3, 3), (4, 4), (7, 7), (1, 127), (8, 16), (9, 15), (28, 28), (112, 112)]
+PLANES = [(1, 1), (1, 3), (2, 4), (3, 3), (4, 4), (7, 7), (1, 127), (8, 16), (9, 15), (28, 28), (224, 224)]
 
 
 @pytest.mark.parametrize("hw", PLANES)
@@ -191,4 +191,5 @@ def test_channel_stats_match_fp64_on_every_plane_size(hw, planes):
         want_mu = td.mean((2, 3))
         want_sigma = (td.var((2, 3), unbiased=False) + 1e-5).sqrt()
         torch.testing.assert_close(mu.double(), want_mu, rtol=1e-6, atol=0)
-        torch.testing.assert_close(sigma.double(), want_sigma, rtol=1e-4, atol=1e-6)
+        # a one pass shifted by x[0] is 3e-5 off on y's 28x28 planes, 3e-4 on 224x224 (emulated)
+        torch.testing.assert_close(sigma.double(), want_sigma, rtol=2e-5, atol=1e-6)
