@@ -1,10 +1,12 @@
 """The CPU kernel's four methods of the modulated conv (csrc/cpu/shc_cpu.cpp): im2col (any conv),
 "shift" (stride-1 3x3: the padded plane read at a fixed offset per tap, the map scaling the
 weights), "taps" (one group: a block of samples with the sample innermost, one GEMM per tap over
-the positions where it reads the image) and "direct" (shift's domain, fp32 on AVX2+FMA CPUs: a
-register tile summed over all nine taps and input planes). Each gives the reference's forward and
+the positions where it reads the image) and "direct" (shift's domain and stride-2 forwards, fp32
+on AVX-512 or AVX2+FMA CPUs: a register tile summed over all nine taps and input planes). Each
+gives the reference's forward and
 every gradient, on every shape; SHC_CPU_METHOD picks the method (auto, the faster per shape;
-im2col; shift, taps or direct wherever they apply, im2col elsewhere) and a bad value is an error."""
+im2col; shift, taps or direct wherever they apply, im2col elsewhere) and a bad value is an
+error."""
 
 from __future__ import annotations
 
@@ -62,11 +64,13 @@ def test_every_method_gives_the_reference(monkeypatch, shape, method, dtype):
         torch.testing.assert_close(a, b, **tol, msg=lambda s, name=name: f"{name}: {s}")
 
 
-# (N, D, C, H, W) for the direct method's edges: row blocks of 4 with a tail (C or D not a multiple
-# of 4), position tiles of 24 with a tail, planes wider than a tile, 1-2 row planes, one channel,
-# and a band split (a 64-channel 40x40 plane is more than the band's 48 Ki floats)
+# (N, D, C, H, W) for the direct method's edges: row blocks (4 rows with AVX2, 8 with AVX-512)
+# with a tail (C or D not a multiple), position tiles (24; or 48, the last one 1, 2 or 3 vectors
+# of 16: H * (W + 1) = 90, 27, 62 leave 42, 27, 14), planes wider than a tile, 1-2 row planes,
+# one channel, and a band split (a 64-channel 40x40 plane is more than the band's 48 Ki floats)
 DIRECT_SHAPES = [
     (2, 3, 5, 9, 9),
+    (2, 5, 7, 3, 8),
     (3, 7, 9, 4, 23),
     (2, 1, 1, 1, 1),
     (2, 6, 2, 2, 30),
