@@ -2071,7 +2071,6 @@ shc_conv2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at:
       const int64_t HW = g.H * g.W, D = g.D, T = g.T;
       // The hypernetwork backward of samples [n0, n0 + nb) and their dx's hypernetwork route.
       const ChunkDone finish_samples = [&](int64_t n0, int64_t nb) {
-        std::vector<double> gz(hyper_x ? 2 * D : 0);
         for (int64_t n = n0; n < n0 + nb; ++n) {
           const double* mv = md.const_data_ptr<double>() + n * T;
           double* gln = gl.mutable_data_ptr<double>() + n * T;
@@ -2084,17 +2083,18 @@ shc_conv2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at:
           for (int64_t t = 0; t < T; ++t)
             for (int64_t k = 0; k < K; ++k) gp[k] += gln[t] * f2[t * K + k];
           for (int64_t k = 0; k < K; ++k) gp[k] = hn[k] > 0.0 ? gp[k] : 0.0;
-          if (!hyper_x) continue;
-          std::fill(gz.begin(), gz.end(), 0.0);
-          const double* f1 = f1d.const_data_ptr<double>();
-          for (int64_t k = 0; k < K; ++k) {
-            const double a = gp[k];
-            if (a == 0.0) continue;
-            for (int64_t j = 0; j < 2 * D; ++j) gz[j] += a * f1[k * 2 * D + j];
-          }
+        }
+        if (!hyper_x) return;
+        // gz (nb x 2D) = gpre (nb x K) @ fc1_weight (K x 2D): one BLAS call for the chunk (a loop
+        // per sample took 2-3 ms of a 512>512@4 layer's 36 ms fwd+bwd at batch 32)
+        std::vector<double> gz(static_cast<size_t>(nb * 2 * D));
+        mm<double>(nb, 2 * D, K, gpre.const_data_ptr<double>() + n0 * K, K, f1d.const_data_ptr<double>(), 2 * D,
+                   gz.data(), 2 * D, false, false);
+        for (int64_t n = n0; n < n0 + nb; ++n) {
+          const double* gzn = gz.data() + (n - n0) * 2 * D;
           const double* zn = zd.const_data_ptr<double>() + n * 2 * D;
           for (int64_t d = 0; d < D; ++d)
-            stats_backward_plane(dxp + (n * D + d) * HW, xp + (n * D + d) * HW, HW, gz[d], gz[D + d], zn[d],
+            stats_backward_plane(dxp + (n * D + d) * HW, xp + (n * D + d) * HW, HW, gzn[d], gzn[D + d], zn[d],
                                  zn[D + d], conv_x);
         }
       };
