@@ -725,8 +725,8 @@ Knobs read_knobs(bool backward) {
   k.method = env_method();
   const char* isa = std::getenv("SHC_CPU_DIRECT_ISA");
   const bool cap = isa != nullptr && *isa != '\0' && std::strcmp(isa, "auto") != 0;
-  TORCH_CHECK(!cap || std::strcmp(isa, "avx2") == 0, "environment variable SHC_CPU_DIRECT_ISA must be auto or avx2, got '",
-              isa, "'");
+  TORCH_CHECK(!cap || std::strcmp(isa, "avx2") == 0,
+              "environment variable SHC_CPU_DIRECT_ISA must be auto or avx2, got '", isa, "'");
   k.direct = direct::kernel(cap);
   k.backward = backward;
   return k;
@@ -874,6 +874,22 @@ void sum_tap_major(const T* acc, int64_t nworkers, int64_t C, int64_t D, int64_t
   }
 }
 
+// count blocks of rows x cols at row pitch `pitch` (block pitch ld; each row's columns past cols
+// are dropped) into dense planes (count x rows x cols), adding bias[c] where bias is given.
+template <typename T>
+SHC_MULTIVERSION void rows_to_planes(const T* src, int64_t count, int64_t rows, int64_t cols, int64_t pitch,
+                                     int64_t ld, const T* bias, T* dst) {
+  for (int64_t c = 0; c < count; ++c) {
+    const T bv = bias != nullptr ? bias[c] : T(0);
+    for (int64_t h = 0; h < rows; ++h) {
+      const T* s = src + c * ld + h * pitch;
+      T* d = dst + (c * rows + h) * cols;
+#pragma omp simd
+      for (int64_t q = 0; q < cols; ++q) d[q] = s[q] + bv;
+    }
+  }
+}
+
 struct ShiftLayout {
   int64_t Wp, plane, Pp;  // row pitch, padded plane (with one element before and after), GEMM width
   explicit ShiftLayout(const Geom& g) : Wp(g.W + 1), plane((g.H + 2) * (g.W + 1) + 2), Pp(g.H * (g.W + 1)) {}
@@ -893,16 +909,8 @@ struct ShiftLayout {
   }
   // rows of pitch Wp (count x Pp) into planes (count x H x W), dropping each row's last column
   template <typename T>
-  SHC_MULTIVERSION void unpad(const Geom& g, const T* src, int64_t count, const T* bias, T* dst) const {
-    for (int64_t c = 0; c < count; ++c) {
-      const T bv = bias != nullptr ? bias[c] : T(0);
-      for (int64_t h = 0; h < g.H; ++h) {
-        const T* s = src + c * Pp + h * Wp;
-        T* d = dst + (c * g.H + h) * g.W;
-#pragma omp simd
-        for (int64_t q = 0; q < g.W; ++q) d[q] = s[q] + bv;
-      }
-    }
+  void unpad(const Geom& g, const T* src, int64_t count, const T* bias, T* dst) const {
+    rows_to_planes(src, count, g.H, g.W, Wp, Pp, bias, dst);
   }
 };
 
@@ -1036,15 +1044,7 @@ struct DirectLayout {
   }
   // rows of pitch Wp (count x ld) into planes (count x OH x OW), adding the bias
   void unpad(const Geom& g, const float* src, int64_t count, const float* bias, float* dst) const {
-    for (int64_t c = 0; c < count; ++c) {
-      const float bv = bias != nullptr ? bias[c] : 0.f;
-      for (int64_t h = 0; h < g.OH; ++h) {
-        const float* sr = src + c * ld + h * Wp;
-        float* d = dst + (c * g.OH + h) * g.OW;
-#pragma omp simd
-        for (int64_t q = 0; q < g.OW; ++q) d[q] = sr[q] + bv;
-      }
-    }
+    rows_to_planes(src, count, g.OH, g.OW, Wp, ld, bias, dst);
   }
 };
 
@@ -1698,7 +1698,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
 // ---------------------------------------------------------------------------------------
 // Mean and population variance of one plane from the sums of x - k and its square, k = x[0]:
 // var = s2/n - m1^2 with m1 = s1/n. That loses a factor 1 + m1^2/var of the sums' precision, so
-// when m1^2 > kShiftFar * var (x[0] far from the mean) the plane is summed again with k its mean
+// when m1^2 > 16 var (x[0] far from the mean: shift_far) the plane is summed again with k its mean
 // (then m1 is only k's rounding error: the corrected two-pass formula). fp64 planes sum in
 // double. fp32 planes sum in float over blocks of 512 elements in 32 lanes (each lane adds 16
 // values, then the lanes pairwise), the blocks' sums in double: converting every element to
@@ -1706,7 +1706,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cpu(
 // reads at 26); two passes on every plane cost +45% on small planes. The order is fixed
 // (deterministic); the AVX2 copies below add in another fixed order. On x86-64 the portable copy
 // is also compiled for AVX2 (the rest of the build targets x86-64-v2).
-constexpr double kShiftFar = 16.0;
+// whether the shift k of a one-pass result (mean, var) was far from the mean
+inline bool shift_far(double mean, double k, double var) {
+  constexpr double kShiftFar = 16.0;
+  return (mean - k) * (mean - k) > kShiftFar * var;
+}
 #define SHC_PLANE_MOMENTS(NAME, T, LANES, BLOCK)                            \
   SHC_MULTIVERSION void NAME##_shifted(const T* x, int64_t n, T k, double* mean, double* var) { \
     double s1 = 0.0, s2 = 0.0;                                             \
@@ -1736,8 +1740,7 @@ constexpr double kShiftFar = 16.0;
   }                                                                        \
   void NAME(const T* x, int64_t n, double* mean, double* var) {            \
     NAME##_shifted(x, n, x[0], mean, var);                                 \
-    const double m1 = *mean - static_cast<double>(x[0]);                   \
-    if (m1 * m1 > kShiftFar * *var) NAME##_shifted(x, n, static_cast<T>(*mean), mean, var); \
+    if (shift_far(*mean, static_cast<double>(x[0]), *var)) NAME##_shifted(x, n, static_cast<T>(*mean), mean, var); \
   }
 SHC_PLANE_MOMENTS(plane_moments_portable, float, 32, 512)
 SHC_PLANE_MOMENTS(plane_moments, double, 16, INT64_MAX)
@@ -1758,7 +1761,6 @@ __attribute__((target("avx2"))) float hsum8(__m256 v) {
 __attribute__((target("avx2"))) __m256i tail_mask(int64_t left) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
-
 
 // Mean and variance from the sums of x - k and its square, k given.
 __attribute__((target("avx2"))) void moments_shifted_avx2(const float* x, int64_t n, float k, double* mean,
@@ -1799,14 +1801,10 @@ __attribute__((target("avx2"))) void moments_shifted_avx2(const float* x, int64_
 
 __attribute__((target("avx2"))) void plane_moments_avx2(const float* x, int64_t n, double* mean, double* var) {
   moments_shifted_avx2(x, n, x[0], mean, var);
-  const double m1 = *mean - static_cast<double>(x[0]);
-  if (m1 * m1 > kShiftFar * *var) moments_shifted_avx2(x, n, static_cast<float>(*mean), mean, var);
+  if (shift_far(*mean, static_cast<double>(x[0]), *var))
+    moments_shifted_avx2(x, n, static_cast<float>(*mean), mean, var);
 }
 
-// Four consecutive planes of n < 128 (small planes: one plane at a time paid ~10 ns for its
-// horizontal sums and scalar tail, 190 us for the 16384 planes of 128 x 128 x 7x7): each plane's
-// sums in one vector, the four planes' horizontal sums in one tree, the moments in double
-// vectors. mean and var get four values each.
 // The sums of four consecutive planes of n in one vector [plane 0, 1, 2, 3] (per 128-bit half,
 // the halves added).
 __attribute__((target("avx2"))) __m128 hsum4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
@@ -1845,14 +1843,15 @@ __attribute__((target("avx2"))) void moments4_shifted_avx2(const float* x, int64
   _mm256_storeu_pd(var, _mm256_max_pd(v, _mm256_setzero_pd()));
 }
 
+// Four consecutive planes of n < 128 (small planes: one plane at a time paid ~10 ns for its
+// horizontal sums and scalar tail, 190 us for the 16384 planes of 128 x 128 x 7x7): each plane's
+// sums in one vector, the four planes' horizontal sums in one tree, the moments in double
+// vectors. mean and var get four values each.
 __attribute__((target("avx2"))) void moments4_avx2(const float* x, int64_t n, double* mean, double* var) {
   float ks[4] = {x[0], x[n], x[2 * n], x[3 * n]};
   moments4_shifted_avx2(x, n, ks, mean, var);
   bool far = false;
-  for (int i = 0; i < 4; ++i) {
-    const double m1 = mean[i] - static_cast<double>(ks[i]);
-    far = far || m1 * m1 > kShiftFar * var[i];
-  }
+  for (int i = 0; i < 4; ++i) far = far || shift_far(mean[i], static_cast<double>(ks[i]), var[i]);
   if (!far) return;
   for (int i = 0; i < 4; ++i) ks[i] = static_cast<float>(mean[i]);
   moments4_shifted_avx2(x, n, ks, mean, var);
