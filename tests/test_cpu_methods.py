@@ -197,3 +197,51 @@ def test_channel_stats_match_fp64_on_every_plane_size(hw, planes):
         torch.testing.assert_close(mu.double(), want_mu, rtol=1e-6, atol=0)
         # a one pass shifted by x[0] is 3e-5 off on y's 28x28 planes, 3e-4 on 224x224 (emulated)
         torch.testing.assert_close(sigma.double(), want_sigma, rtol=2e-5, atol=1e-6)
+
+
+def _layer_fp64(x, w, b, f1w, f1b, f2w, f2b, stride):
+    """z = cat(mu, sigma), h, m and y of shc::shc_conv2d, computed in fp64."""
+    xd = x.double()
+    z = torch.cat([xd.mean((2, 3)), (xd.var((2, 3), unbiased=False) + 1e-5).sqrt()], 1)
+    h = torch.relu(z @ f1w.double().t() + (0 if f1b is None else f1b.double()))
+    m = torch.sigmoid(h @ f2w.double().t() + (0 if f2b is None else f2b.double())).view(-1, 3, 3)
+    bd = None if b is None else b.double()
+    return z, h, m, reference.modulated_conv2d(xd, w.double(), m, bd, stride, 1, 1, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("n", [1, 26, 37])
+def test_fused_taps_forward_computes_the_statistics_and_map_per_block(monkeypatch, n, stride, dtype):
+    """Where the conv takes the taps method, shc::shc_conv2d computes each block's statistics
+    (samples in the lanes: groups of 16, 8 and 1) and map inside the conv's loop. Its z, h, m and y
+    match fp64 on planes offset far above their spread and on planes whose first element is far
+    from the rest (the one-pass shift by x[0] is summed again by the mean there), with and without
+    the hypernetwork's biases."""
+    monkeypatch.setenv("SHC_CPU_METHOD", "taps")
+    g = torch.Generator().manual_seed(n * 10 + stride)
+    d, c, hw = 9, 12, 8 if stride == 1 else 13
+    x = torch.randn(n, d, hw, hw, generator=g) * 0.5 + 300.0
+    x[: n // 2] = x[: n // 2] * 0.02 + 1.0 - 300.0 * 0.02
+    x.view(n, d, -1)[: n // 2, :, 0] = 1000.0
+    w = torch.randn(c, d, 3, 3, generator=g) * 0.1
+    f1w, f1b = torch.randn(16, 2 * d, generator=g) * 0.01, torch.randn(16, generator=g)
+    f2w, f2b = torch.randn(9, 16, generator=g) * 0.1, torch.randn(9, generator=g)
+    biases = [(torch.randn(c, generator=g), f1b, f2b), (None, None, None)]
+    for b, b1, b2 in biases:
+        args = [t if t is None else t.to(dtype) for t in (x, w, b, f1w, b1, f2w, b2)]
+        got = torch.ops.shc.shc_conv2d(*args, [stride] * 2, [1, 1], [1, 1], 1, 1e-5, "both")
+        want = _layer_fp64(*args, stride)
+        y, m, z, h = got
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        assert y.dtype == dtype and z.dtype == h.dtype == m.dtype == compute
+        zt = 1e-12 if dtype == torch.float64 else 2e-5
+        torch.testing.assert_close(z.double()[:, :d], want[0][:, :d], rtol=zt / 20, atol=0)
+        torch.testing.assert_close(z.double()[:, d:], want[0][:, d:], rtol=zt, atol=1e-6)
+        tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-4}[dtype]
+        for name, a, r in (("h", h, want[1]), ("m", m, want[2])):
+            torch.testing.assert_close(
+                a.double(), r, rtol=tol, atol=tol, msg=lambda s, name=name: f"{name}: {s}"
+            )
+        ytol = 2e-2 if dtype == torch.float16 else tol
+        torch.testing.assert_close(y.double(), want[3], rtol=ytol, atol=ytol)

@@ -1276,8 +1276,15 @@ void taps_map(const Geom& g, const T* m, int64_t n0, int64_t nb, T* mt) {
     for (int64_t t = 0; t < g.T; ++t) mt[t * nb + s] = m[(n0 + s) * g.T + t];
 }
 
+// shc::shc_conv2d's fused forward computes the map per block of samples, from the block's
+// transposed input xs[d][q][s] while it is in cache: block_map(xs, n0, nb, mt) writes those
+// samples' m tap-major (mt[t * nb + s]). Without it the map is read from m.
 template <typename T>
-void forward_taps(const Geom& g, const Knobs& k, const T* x, const T* w, const T* m, const T* bias, T* y) {
+using BlockMap = std::function<void(const T* xs, int64_t n0, int64_t nb, T* mt)>;
+
+template <typename T>
+void forward_taps(const Geom& g, const Knobs& k, const T* x, const T* w, const T* m, const T* bias, T* y,
+                  const BlockMap<T>* block_map = nullptr) {
   const int64_t CD = g.C * g.D, HW = g.H * g.W, nbmax = taps_block(g, sizeof(T), k);
   Buf<T> wt(g.T * CD);  // W_t (C x D), tap-major
   taps_major(w, g.C, g.D, g.T, false, wt.data());
@@ -1287,7 +1294,8 @@ void forward_taps(const Geom& g, const Knobs& k, const T* x, const T* w, const T
     for (int64_t ch = next(); ch >= 0; ch = next()) {
       const int64_t n0 = ch * nbmax, nb = std::min(nbmax, g.N - n0), L = g.P * nb;
       transpose<T>(nb, g.D * HW, x + n0 * g.D * HW, g.D * HW, xs.data(), nb);
-      taps_map(g, m, n0, nb, mt.data());
+      if (block_map != nullptr) (*block_map)(xs.data(), n0, nb, mt.data());
+      else taps_map(g, m, n0, nb, mt.data());
       for (int64_t c = 0; c < g.C; ++c)  // the GEMMs accumulate onto the bias
         std::fill(ys.data() + c * L, ys.data() + (c + 1) * L, bias != nullptr ? bias[c] : T(0));
       for (int64_t t = 0; t < g.T; ++t) {
@@ -1637,6 +1645,16 @@ void check_grad_y(const at::Tensor& grad_y, const Geom& g, const char* op) {
   TORCH_CHECK(at::isFloatingType(grad_y.scalar_type()), op, ": grad_y must be floating point");
 }
 
+// The conv's bias checked and in the compute type (undefined when there is none).
+at::Tensor conv_bias(const std::optional<at::Tensor>& bias, const Geom& g, at::ScalarType ct, const char* op) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  check_cpu(*bias, "bias");
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.C, op, ": bias must have shape (", g.C, "), got ",
+              bias->sizes());
+  TORCH_CHECK(at::isFloatingType(bias->scalar_type()), op, ": bias must be floating point");
+  return bias->to(ct).contiguous();
+}
+
 // ---------------------------------------------------------------------------------------
 at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& m,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
@@ -1644,15 +1662,7 @@ at::Tensor modulated_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, c
   const Geom g = make_geom(x, weight, m, stride, padding, dilation, groups, "shc::modulated_conv2d");
   const at::ScalarType ct = compute_type(x.scalar_type());
   const at::MemoryFormat fmt = x.suggest_memory_format();
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    check_cpu(*bias, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.C,
-                "shc::modulated_conv2d: bias must have shape (", g.C, "), got ", bias->sizes());
-    TORCH_CHECK(at::isFloatingType(bias->scalar_type()),
-                "shc::modulated_conv2d: bias must be floating point");
-    b = bias->to(ct).contiguous();
-  }
+  const at::Tensor b = conv_bias(bias, g, ct, "shc::modulated_conv2d");
   at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().dtype(ct));
   if (g.N == 0) return finish(y, x.scalar_type(), fmt);
   at::Tensor xc = x.to(ct).contiguous();
@@ -1984,6 +1994,114 @@ at::Tensor channel_stats_backward_cpu(const at::Tensor& grad_mu, const at::Tenso
 
 // The whole layer (shc::shc_conv2d): statistics, the hypernetwork (a few small GEMMs through
 // ATen), then the modulated conv. Also returns m, z = cat(mu, sigma) and h for the backward.
+// The statistics of a taps block from its transposed input xs[d][q][s] (nb samples in the lanes,
+// HW positions q): mu and sigma of sample s, channel d go to z[s * 2D + d] and z[s * 2D + D + d].
+// Each lane sums as plane_moments sums one plane: shifted by its first element, summed again
+// shifted by its mean where that was far (shift_far); fp32 in float over blocks of 32 positions,
+// the blocks' sums in double; fp64 in double.
+template <typename T, int64_t W>
+SHC_MULTIVERSION void lane_moments(const T* xd, int64_t HW, int64_t nb, double* mean, double* var) {
+  constexpr int64_t kBlock = std::is_same_v<T, float> ? 32 : INT64_MAX;
+  T k[W];
+  for (int64_t j = 0; j < W; ++j) k[j] = xd[j];
+  for (int pass = 0; pass < 2; ++pass) {
+    double s1[W] = {}, s2[W] = {};
+    for (int64_t q0 = 0; q0 < HW; q0 += std::min(kBlock, HW - q0)) {
+      const int64_t q1 = q0 + std::min(kBlock, HW - q0);
+      T a1[W] = {}, a2[W] = {};
+      for (int64_t q = q0; q < q1; ++q) {
+        const T* v = xd + q * nb;
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) {
+          const T dlt = v[j] - k[j];
+          a1[j] += dlt;
+          a2[j] += dlt * dlt;
+        }
+      }
+      for (int64_t j = 0; j < W; ++j) s1[j] += static_cast<double>(a1[j]), s2[j] += static_cast<double>(a2[j]);
+    }
+    bool far = false;
+    for (int64_t j = 0; j < W; ++j) {
+      const double m1 = s1[j] / static_cast<double>(HW);
+      mean[j] = static_cast<double>(k[j]) + m1;
+      var[j] = std::max(0.0, s2[j] / static_cast<double>(HW) - m1 * m1);
+      far = far || shift_far(mean[j], static_cast<double>(k[j]), var[j]);
+    }
+    if (pass > 0 || !far) return;
+    for (int64_t j = 0; j < W; ++j) k[j] = static_cast<T>(mean[j]);  // every lane again: the order stays fixed
+  }
+}
+
+template <typename T>
+void lane_stats(const T* xs, int64_t D, int64_t HW, int64_t nb, double eps, T* z) {
+  double mean[16], var[16];
+  for (int64_t d = 0; d < D; ++d) {
+    const T* xd = xs + d * HW * nb;
+    for (int64_t s0 = 0; s0 < nb;) {
+      const int64_t w = nb - s0 >= 16 ? 16 : nb - s0 >= 8 ? 8 : 1;
+      if (w == 16) lane_moments<T, 16>(xd + s0, HW, nb, mean, var);
+      else if (w == 8) lane_moments<T, 8>(xd + s0, HW, nb, mean, var);
+      else lane_moments<T, 1>(xd + s0, HW, nb, mean, var);
+      for (int64_t j = 0; j < w; ++j) {
+        z[(s0 + j) * 2 * D + d] = static_cast<T>(mean[j]);
+        z[(s0 + j) * 2 * D + D + d] = static_cast<T>(std::sqrt(var[j] + eps));
+      }
+      s0 += w;
+    }
+  }
+}
+
+// The hypernetwork on nb rows of z (2D each): h = relu(z fc1^T + b1) (hid each), m = sigmoid(h
+// fc2^T + b2) (T each); fc1t (2D x hid) and fc2t (hid x T) are the weights transposed, a null bias
+// is zero.
+template <typename T>
+void hyper_rows(const T* z, int64_t nb, int64_t D2, int64_t hid, int64_t taps, const T* fc1t, const T* b1,
+                const T* fc2t, const T* b2, bool brgemm, T* h, T* m) {
+  const auto linear = [&](const T* in, int64_t K, int64_t n, const T* wt, const T* b, T* out) {
+    if (b != nullptr)
+      for (int64_t s = 0; s < nb; ++s) std::copy(b, b + n, out + s * n);
+    mm<T>(nb, n, K, in, K, wt, n, out, n, b != nullptr, brgemm);
+  };
+  linear(z, D2, hid, fc1t, b1, h);
+  for (int64_t i = 0; i < nb * hid; ++i) h[i] = std::max(h[i], T(0));
+  linear(h, hid, taps, fc2t, b2, m);
+  for (int64_t i = 0; i < nb * taps; ++i) m[i] = T(1) / (T(1) + std::exp(-m[i]));
+}
+
+// shc::shc_conv2d's forward where the conv takes the taps method: each block's statistics and map
+// are computed inside the conv's loop, from the transposed block it gathers from, so x is read
+// from memory once, not twice (a stride-2 layer into a 4x4-8x8 plane reads four input values per
+// output position, and the separate statistics pass was 5-9% of such a layer's forward).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_taps(
+    const Geom& g, const Knobs& k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& b,
+    const at::Tensor& fc1_weight, const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
+    const std::optional<at::Tensor>& fc2_bias, int64_t hid, double eps, at::ScalarType ct) {
+  const at::TensorOptions o = x.options().dtype(ct);
+  at::Tensor z = at::empty({g.N, 2 * g.D}, o), h = at::empty({g.N, hid}, o), m = at::empty({g.N, g.kh, g.kw}, o);
+  at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, o);
+  const at::Tensor xc = x.to(ct).contiguous(), wc = weight.to(ct).contiguous();
+  const at::Tensor fc1t = fc1_weight.to(ct).t().contiguous(), fc2t = fc2_weight.to(ct).t().contiguous();
+  const auto opt = [ct](const std::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() ? t->to(ct).contiguous() : at::Tensor();
+  };
+  const at::Tensor b1 = opt(fc1_bias), b2 = opt(fc2_bias);
+  AT_DISPATCH_FLOATING_TYPES(ct, "shc_conv2d_cpu_taps", [&] {
+    using S = scalar_t;
+    S *zp = z.mutable_data_ptr<S>(), *hp = h.mutable_data_ptr<S>(), *mp = m.mutable_data_ptr<S>();
+    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<S>() : nullptr; };
+    const BlockMap<S> block_map = [&](const S* xs, int64_t n0, int64_t nb, S* mt) {
+      S *zb = zp + n0 * 2 * g.D, *mb = mp + n0 * g.T;
+      lane_stats<S>(xs, g.D, g.H * g.W, nb, eps, zb);
+      hyper_rows<S>(zb, nb, 2 * g.D, hid, g.T, ptr(fc1t), ptr(b1), ptr(fc2t), ptr(b2), k.brgemm, hp + n0 * hid, mb);
+      for (int64_t s = 0; s < nb; ++s)
+        for (int64_t t = 0; t < g.T; ++t) mt[t * nb + s] = mb[s * g.T + t];
+    };
+    forward_taps<S>(g, k, xc.const_data_ptr<S>(), wc.const_data_ptr<S>(), nullptr, ptr(b), y.mutable_data_ptr<S>(),
+                    &block_map);
+  });
+  return std::make_tuple(finish(y, x.scalar_type(), x.suggest_memory_format()), m, z, h);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& fc1_weight, const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
@@ -2002,10 +2120,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
     if (t->has_value() && (*t)->defined()) check_cpu(**t, name);
   const int64_t kh = weight.size(2), kw = weight.size(3);
   // Geometry first (a map of the right shape stands in for m), so a bad conv fails before any work.
-  make_geom(x, weight, at::empty({x.size(0), kh, kw}, x.options()), stride, padding, dilation, groups, op);
-  shc::hypernetwork_hidden(x.size(1), kh * kw, fc1_weight, fc1_bias, fc2_weight, fc2_bias, op);
+  const Geom g =
+      make_geom(x, weight, at::empty({x.size(0), kh, kw}, x.options()), stride, padding, dilation, groups, op);
+  const int64_t hid = shc::hypernetwork_hidden(x.size(1), kh * kw, fc1_weight, fc1_bias, fc2_weight, fc2_bias, op);
   TORCH_CHECK(x.size(2) * x.size(3) > 0, op, ": x must have a non-empty H x W plane, got ", x.sizes());
   const at::ScalarType ct = compute_type(x.scalar_type());
+  const Knobs k = read_knobs(false);
+  if (g.N > 0 && choose_method(g, k, at::elementSize(ct), false) == Method::kTaps)
+    return shc_conv2d_taps(g, k, x, weight, conv_bias(bias, g, ct, op), fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                           hid, eps, ct);
   const int64_t N = x.size(0), D = x.size(1), HW = x.size(2) * x.size(3);
   at::Tensor z = at::empty({N, 2 * D}, x.options().dtype(ct));  // cat(mu, sigma), written in place
   if (N * D > 0) {
