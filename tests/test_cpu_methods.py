@@ -109,7 +109,7 @@ CONVS = [(2, 1, 1, 3), (1, 2, 2, 3), (1, 0, 1, 3), (2, 0, 1, 3), (1, 0, 1, 1), (
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("conv", CONVS)
-@pytest.mark.parametrize("n", [1, 19])
+@pytest.mark.parametrize("n", [1, 19, 40])  # 19, 40: blocks of 8-32 samples (the AVX2 copies) and a tail
 def test_taps_method_gives_the_reference_for_any_conv(monkeypatch, conv, n, dtype):
     monkeypatch.setenv("SHC_CPU_METHOD", "taps")
     stride, padding, dilation, k = conv

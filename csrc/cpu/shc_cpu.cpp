@@ -1209,8 +1209,8 @@ void for_runs(const Geom& g, const TapWindow& w, const F& f) {
 
 // cols[d][(r, c)][s] = ms[s] * xs[d][ih][iw][s] over the window (packed: ld per d = rows*cols*nb).
 template <typename T>
-SHC_MULTIVERSION void taps_gather(const Geom& g, const TapWindow& w, const T* xs, const T* ms, int64_t nb,
-                                  T* cols) {
+SHC_MULTIVERSION void taps_gather_portable(const Geom& g, const TapWindow& w, const T* xs, const T* ms, int64_t nb,
+                                           T* cols) {
   const int64_t HW = g.H * g.W, nr = w.rows(), nc = w.cols();
   for (int64_t d = 0; d < g.D; ++d)
     for (int64_t r = 0; r < nr; ++r) {
@@ -1228,8 +1228,8 @@ SHC_MULTIVERSION void taps_gather(const Geom& g, const TapWindow& w, const T* xs
 // dxs[d][ih][iw][s] += ms[s] * dcols[d][(r, c)][s];  dm[s] += dcols[d][(r, c)][s] * xs[d][ih][iw][s]
 // (either may be null).
 template <typename T>
-SHC_MULTIVERSION void taps_scatter(const Geom& g, const TapWindow& w, const T* dcols, const T* xs, const T* ms,
-                                   int64_t nb, T* dxs, double* dm) {
+SHC_MULTIVERSION void taps_scatter_portable(const Geom& g, const TapWindow& w, const T* dcols, const T* xs,
+                                            const T* ms, int64_t nb, T* dxs, double* dm) {
   const int64_t HW = g.H * g.W, nr = w.rows(), nc = w.cols();
   for (int64_t d = 0; d < g.D; ++d)
     for (int64_t r = 0; r < nr; ++r) {
@@ -1249,6 +1249,102 @@ SHC_MULTIVERSION void taps_scatter(const Geom& g, const TapWindow& w, const T* d
         }
       }
     }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// fp32 copies in AVX2 for blocks of 8, 16, 24 or 32 samples (V vectors of 8 lanes, the map's and
+// dm's lanes in registers). The portable loops run a short vector loop per position and summed dm
+// in double per element: the scatter took 12% of a 64>64@8 layer's fwd+bwd, batch 128. Here dm
+// sums in float over one channel's window (at most P products per lane), then in double.
+template <int V>
+__attribute__((target("avx2,fma"))) void taps_gather_avx2(const Geom& g, const TapWindow& w, const float* xs,
+                                                          const float* ms, float* cols) {
+  constexpr int64_t nb = 8 * V;
+  const int64_t HW = g.H * g.W, nr = w.rows(), nc = w.cols(), step = g.sw * nb;
+  __m256 mv[V];
+  for (int v = 0; v < V; ++v) mv[v] = _mm256_loadu_ps(ms + 8 * v);
+  for (int64_t d = 0; d < g.D; ++d)
+    for (int64_t r = 0; r < nr; ++r) {
+      const int64_t ih = (w.r0 + r) * g.sh + w.roff;
+      const float* src = xs + (d * HW + ih * g.W + w.c0 * g.sw + w.coff) * nb;
+      float* dst = cols + (d * nr + r) * nc * nb;
+      for (int64_t c = 0; c < nc; ++c, src += step, dst += nb)
+        for (int v = 0; v < V; ++v) _mm256_storeu_ps(dst + 8 * v, _mm256_mul_ps(mv[v], _mm256_loadu_ps(src + 8 * v)));
+    }
+}
+
+template <int V>
+__attribute__((target("avx2,fma"))) void taps_scatter_avx2(const Geom& g, const TapWindow& w, const float* dcols,
+                                                           const float* xs, const float* ms, float* dxs, double* dm) {
+  constexpr int64_t nb = 8 * V;
+  const int64_t HW = g.H * g.W, nr = w.rows(), nc = w.cols(), step = g.sw * nb;
+  __m256 mv[V];
+  for (int v = 0; v < V; ++v) mv[v] = _mm256_loadu_ps(ms + 8 * v);
+  for (int64_t d = 0; d < g.D; ++d) {
+    __m256 acc[V];
+    for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
+    for (int64_t r = 0; r < nr; ++r) {
+      const int64_t at = (d * HW + ((w.r0 + r) * g.sh + w.roff) * g.W + w.c0 * g.sw + w.coff) * nb;
+      const float* src = dcols + (d * nr + r) * nc * nb;
+      const float* xv = xs + at;
+      float* dv = dxs != nullptr ? dxs + at : nullptr;
+      for (int64_t c = 0; c < nc; ++c, src += nb, xv += step) {
+        for (int v = 0; v < V; ++v) {
+          const __m256 dc = _mm256_loadu_ps(src + 8 * v);
+          if (dm != nullptr) acc[v] = _mm256_fmadd_ps(dc, _mm256_loadu_ps(xv + 8 * v), acc[v]);
+          if (dv != nullptr) _mm256_storeu_ps(dv + 8 * v, _mm256_fmadd_ps(mv[v], dc, _mm256_loadu_ps(dv + 8 * v)));
+        }
+        if (dv != nullptr) dv += step;
+      }
+    }
+    if (dm != nullptr)
+      for (int v = 0; v < V; ++v) {
+        double* o = dm + 8 * v;
+        const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(acc[v]));
+        const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(acc[v], 1));
+        _mm256_storeu_pd(o, _mm256_add_pd(_mm256_loadu_pd(o), lo));
+        _mm256_storeu_pd(o + 4, _mm256_add_pd(_mm256_loadu_pd(o + 4), hi));
+      }
+  }
+}
+
+bool have_avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+// Calls f(std::integral_constant<int, V>) for nb = 8 V, V in 1..4, and returns true; false otherwise.
+template <typename F>
+bool with_vectors(int64_t nb, const F& f) {
+  if (!have_avx2_fma()) return false;
+  switch (nb) {
+    case 8: return f(std::integral_constant<int, 1>{}), true;
+    case 16: return f(std::integral_constant<int, 2>{}), true;
+    case 24: return f(std::integral_constant<int, 3>{}), true;
+    case 32: return f(std::integral_constant<int, 4>{}), true;
+    default: return false;
+  }
+}
+#endif
+
+template <typename T>
+void taps_gather(const Geom& g, const TapWindow& w, const T* xs, const T* ms, int64_t nb, T* cols) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if constexpr (std::is_same_v<T, float>)
+    if (with_vectors(nb, [&](auto v) { taps_gather_avx2<decltype(v)::value>(g, w, xs, ms, cols); })) return;
+#endif
+  taps_gather_portable(g, w, xs, ms, nb, cols);
+}
+
+template <typename T>
+void taps_scatter(const Geom& g, const TapWindow& w, const T* dcols, const T* xs, const T* ms, int64_t nb, T* dxs,
+                  double* dm) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if constexpr (std::is_same_v<T, float>)
+    if (with_vectors(nb, [&](auto v) { taps_scatter_avx2<decltype(v)::value>(g, w, dcols, xs, ms, dxs, dm); }))
+      return;
+#endif
+  taps_scatter_portable(g, w, dcols, xs, ms, nb, dxs, dm);
 }
 
 // Samples per block: ~SHC_CPU_COLS GEMM columns (nb * P), within the per-thread workspace, and a
