@@ -209,16 +209,18 @@ def _layer_fp64(x, w, b, f1w, f1b, f2w, f2b, stride):
     return z, h, m, reference.modulated_conv2d(xd, w.double(), m, bd, stride, 1, 1, 1)
 
 
+@pytest.mark.parametrize("method", ["taps", "direct", "im2col"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("n", [1, 26, 37])
-def test_fused_taps_forward_computes_the_statistics_and_map_per_block(monkeypatch, n, stride, dtype):
-    """Where the conv takes the taps method, shc::shc_conv2d computes each block's statistics
-    (samples in the lanes: groups of 16, 8 and 1) and map inside the conv's loop. Its z, h, m and y
-    match fp64 on planes offset far above their spread and on planes whose first element is far
-    from the rest (the one-pass shift by x[0] is summed again by the mean there), with and without
-    the hypernetwork's biases."""
-    monkeypatch.setenv("SHC_CPU_METHOD", "taps")
+def test_layer_forward_statistics_and_map_match_fp64_on_each_method(monkeypatch, n, stride, dtype, method):
+    """Where the conv takes the taps method, shc::shc_conv2d computes each block's statistics (the
+    samples in the lanes, groups of 16, 8 and 1) and map inside the conv's loop; the other methods
+    compute them before the conv (direct is fp32 only: fp64 runs im2col). On every path z, h, m
+    and y match fp64 on planes offset far above their spread and on planes whose first element is
+    far from the rest (the one-pass shift by x[0] is summed again by the mean there), with and
+    without the hypernetwork's biases."""
+    monkeypatch.setenv("SHC_CPU_METHOD", method)
     g = torch.Generator().manual_seed(n * 10 + stride)
     d, c, hw = 9, 12, 8 if stride == 1 else 13
     x = torch.randn(n, d, hw, hw, generator=g) * 0.5 + 300.0
