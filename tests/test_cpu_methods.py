@@ -174,10 +174,11 @@ def test_bad_method_knob_is_an_error_naming_it(monkeypatch, knob, value):
         torch.ops.shc.modulated_conv2d(x, w, m, b, [1, 1], [1, 1], [1, 1], 1)
 
 
-# plane sizes around the statistics' paths: four planes at a time below 128 elements (full
-# vectors of 8, a masked tail), one plane at a time from 128 (blocks of 512 in 32 lanes, a
+# plane sizes around the statistics' paths: four planes at a time below 512 elements (blocks of
+# 128 in vectors of 8, a masked tail), one plane at a time from 512 (blocks of 512 in 32 lanes, a
 # tail of vectors and a masked one); plane counts that leave 1-3 planes after the fours
-PLANES = [(1, 1), (1, 3), (2, 4), (3, 3), (4, 4), (7, 7), (1, 127), (8, 16), (9, 15), (28, 28), (224, 224)]
+PLANES = [(1, 1), (1, 3), (2, 4), (3, 3), (4, 4), (7, 7), (1, 127), (8, 16), (9, 15), (14, 14), (13, 23)]
+PLANES += [(1, 511), (16, 32), (28, 28), (224, 224)]
 
 
 @pytest.mark.parametrize("hw", PLANES)

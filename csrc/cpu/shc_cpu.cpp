@@ -1933,30 +1933,36 @@ __attribute__((target("avx2"))) __m128 hsum4x8(__m256 a0, __m256 a1, __m256 a2, 
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-// The four planes' moments from the sums of x - ks[i] and its square.
+// The four planes' moments from the sums of x - ks[i] and its square: in float over blocks of
+// 128 (each lane adds at most 16 values, as in the one-plane path), the blocks' sums in double.
 __attribute__((target("avx2"))) void moments4_shifted_avx2(const float* x, int64_t n, const float* ks, double* mean,
                                                            double* var) {
   const float *x0 = x, *x1 = x + n, *x2 = x + 2 * n, *x3 = x + 3 * n;
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   const __m256 k0 = _mm256_set1_ps(ks[0]), k1 = _mm256_set1_ps(ks[1]), k2 = _mm256_set1_ps(ks[2]);
   const __m256 k3 = _mm256_set1_ps(ks[3]);
-  const auto step = [&](__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 keep) __attribute__((target("avx2"))) {
-    const __m256 d0 = _mm256_and_ps(_mm256_sub_ps(v0, k0), keep), d1 = _mm256_and_ps(_mm256_sub_ps(v1, k1), keep);
-    const __m256 d2 = _mm256_and_ps(_mm256_sub_ps(v2, k2), keep), d3 = _mm256_and_ps(_mm256_sub_ps(v3, k3), keep);
-    a0 = _mm256_add_ps(a0, d0), a1 = _mm256_add_ps(a1, d1), a2 = _mm256_add_ps(a2, d2), a3 = _mm256_add_ps(a3, d3);
-    b0 = _mm256_add_ps(b0, _mm256_mul_ps(d0, d0)), b1 = _mm256_add_ps(b1, _mm256_mul_ps(d1, d1));
-    b2 = _mm256_add_ps(b2, _mm256_mul_ps(d2, d2)), b3 = _mm256_add_ps(b3, _mm256_mul_ps(d3, d3));
-  };
-  const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-  int64_t q = 0;
-  for (; q + 8 <= n; q += 8)
-    step(_mm256_loadu_ps(x0 + q), _mm256_loadu_ps(x1 + q), _mm256_loadu_ps(x2 + q), _mm256_loadu_ps(x3 + q), all);
-  if (q < n) {
-    const __m256i mask = tail_mask(n - q);
-    step(_mm256_maskload_ps(x0 + q, mask), _mm256_maskload_ps(x1 + q, mask), _mm256_maskload_ps(x2 + q, mask),
-         _mm256_maskload_ps(x3 + q, mask), _mm256_castsi256_ps(mask));
+  __m256d s1 = _mm256_setzero_pd(), s2 = s1;
+  for (int64_t q0 = 0; q0 < n; q0 += 128) {
+    const int64_t q1 = std::min<int64_t>(n, q0 + 128);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    const auto step = [&](__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 keep) __attribute__((target("avx2"))) {
+      const __m256 d0 = _mm256_and_ps(_mm256_sub_ps(v0, k0), keep), d1 = _mm256_and_ps(_mm256_sub_ps(v1, k1), keep);
+      const __m256 d2 = _mm256_and_ps(_mm256_sub_ps(v2, k2), keep), d3 = _mm256_and_ps(_mm256_sub_ps(v3, k3), keep);
+      a0 = _mm256_add_ps(a0, d0), a1 = _mm256_add_ps(a1, d1), a2 = _mm256_add_ps(a2, d2), a3 = _mm256_add_ps(a3, d3);
+      b0 = _mm256_add_ps(b0, _mm256_mul_ps(d0, d0)), b1 = _mm256_add_ps(b1, _mm256_mul_ps(d1, d1));
+      b2 = _mm256_add_ps(b2, _mm256_mul_ps(d2, d2)), b3 = _mm256_add_ps(b3, _mm256_mul_ps(d3, d3));
+    };
+    const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    int64_t q = q0;
+    for (; q + 8 <= q1; q += 8)
+      step(_mm256_loadu_ps(x0 + q), _mm256_loadu_ps(x1 + q), _mm256_loadu_ps(x2 + q), _mm256_loadu_ps(x3 + q), all);
+    if (q < q1) {
+      const __m256i mask = tail_mask(q1 - q);
+      step(_mm256_maskload_ps(x0 + q, mask), _mm256_maskload_ps(x1 + q, mask), _mm256_maskload_ps(x2 + q, mask),
+           _mm256_maskload_ps(x3 + q, mask), _mm256_castsi256_ps(mask));
+    }
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(hsum4x8(a0, a1, a2, a3)));
+    s2 = _mm256_add_pd(s2, _mm256_cvtps_pd(hsum4x8(b0, b1, b2, b3)));
   }
-  const __m256d s1 = _mm256_cvtps_pd(hsum4x8(a0, a1, a2, a3)), s2 = _mm256_cvtps_pd(hsum4x8(b0, b1, b2, b3));
   const __m256d inv = _mm256_set1_pd(1.0 / static_cast<double>(n));
   const __m256d m1 = _mm256_mul_pd(s1, inv);
   _mm256_storeu_pd(mean, _mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(ks)), m1));
@@ -1964,10 +1970,16 @@ __attribute__((target("avx2"))) void moments4_shifted_avx2(const float* x, int64
   _mm256_storeu_pd(var, _mm256_max_pd(v, _mm256_setzero_pd()));
 }
 
-// Four consecutive planes of n < 128 (small planes: one plane at a time paid ~10 ns for its
-// horizontal sums and scalar tail, 190 us for the 16384 planes of 128 x 128 x 7x7): each plane's
-// sums in one vector, the four planes' horizontal sums in one tree, the moments in double
-// vectors. mean and var get four values each.
+// Planes from this size on go one at a time, in blocks of 512. shc::channel_stats, one thread,
+// four planes at a time against one: 32 x 32 x 14x14 23 -> 20 us, 128 x 32 x 14x14 78 -> 64 us;
+// 28x28 no different; 56x56 459 -> 737 us (four streams a plane apart).
+constexpr int64_t kMoments4Max = 512;
+
+// Four consecutive planes of n < kMoments4Max (small planes: one plane at a time paid ~10 ns for
+// its horizontal sums and scalar tail, 190 us for the 16384 planes of 128 x 128 x 7x7; and ~28 ns a
+// plane of 14x14, 29 us for 32 x 32 x 14x14): each plane's sums in one vector, the four planes'
+// horizontal sums in one tree per block of 128, the moments in double vectors. mean and var get
+// four values each.
 __attribute__((target("avx2"))) void moments4_avx2(const float* x, int64_t n, double* mean, double* var) {
   float ks[4] = {x[0], x[n], x[2 * n], x[3 * n]};
   moments4_shifted_avx2(x, n, ks, mean, var);
@@ -1997,7 +2009,7 @@ template <typename T>
 int64_t moments_batch(const T* x, int64_t p, int64_t e, int64_t n, double* mean, double* var) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if constexpr (std::is_same_v<T, float>) {
-    if (n >= 128 || !moments_avx2()) return 0;
+    if (n >= kMoments4Max || !moments_avx2()) return 0;
     int64_t q = p;
     for (; q + 4 <= e; q += 4) moments4_avx2(x + q * n, n, mean + (q - p), var + (q - p));
     return q - p;
