@@ -2236,32 +2236,46 @@ void hyper_rows(const T* z, int64_t nb, int64_t D2, int64_t hid, int64_t taps, c
 // 64>128@7/2, batch 128, 2-3% faster). The same per sample inside the direct method's loop
 // measured no faster (16>32@28/2, 32>32@14, 128>128@14, batch 32: within +-0.04 either way), so
 // that method keeps the separate statistics pass.
+// The hypernetwork's parameters for hyper_rows, in the compute type: the weights transposed, the
+// biases undefined where absent.
+struct HyperParams {
+  at::Tensor fc1t, b1, fc2t, b2;
+  HyperParams(const at::Tensor& fc1_weight, const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
+              const std::optional<at::Tensor>& fc2_bias, at::ScalarType ct) {
+    const auto opt = [ct](const std::optional<at::Tensor>& t) {
+      return t.has_value() && t->defined() ? t->to(ct).contiguous() : at::Tensor();
+    };
+    fc1t = fc1_weight.to(ct).t().contiguous(), fc2t = fc2_weight.to(ct).t().contiguous();
+    b1 = opt(fc1_bias), b2 = opt(fc2_bias);
+  }
+  // rows [n0, n0 + nb) of h and m from those of z
+  template <typename S>
+  void rows(const at::Tensor& z, int64_t n0, int64_t nb, bool brgemm, at::Tensor& h, at::Tensor& m) const {
+    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<S>() : nullptr; };
+    const int64_t D2 = z.size(1), hid = h.size(1), taps = m.numel() / std::max<int64_t>(1, m.size(0));
+    hyper_rows<S>(z.const_data_ptr<S>() + n0 * D2, nb, D2, hid, taps, ptr(fc1t), ptr(b1), ptr(fc2t), ptr(b2), brgemm,
+                  h.mutable_data_ptr<S>() + n0 * hid, m.mutable_data_ptr<S>() + n0 * taps);
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_taps(
     const Geom& g, const Knobs& k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& b,
-    const at::Tensor& fc1_weight, const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
-    const std::optional<at::Tensor>& fc2_bias, int64_t hid, double eps, at::ScalarType ct) {
+    const HyperParams& hp, int64_t hid, double eps, at::ScalarType ct) {
   const at::TensorOptions o = x.options().dtype(ct);
   at::Tensor z = at::empty({g.N, 2 * g.D}, o), h = at::empty({g.N, hid}, o), m = at::empty({g.N, g.kh, g.kw}, o);
   at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, o);
   const at::Tensor xc = x.to(ct).contiguous(), wc = weight.to(ct).contiguous();
-  const at::Tensor fc1t = fc1_weight.to(ct).t().contiguous(), fc2t = fc2_weight.to(ct).t().contiguous();
-  const auto opt = [ct](const std::optional<at::Tensor>& t) {
-    return t.has_value() && t->defined() ? t->to(ct).contiguous() : at::Tensor();
-  };
-  const at::Tensor b1 = opt(fc1_bias), b2 = opt(fc2_bias);
   AT_DISPATCH_FLOATING_TYPES(ct, "shc_conv2d_cpu_taps", [&] {
     using S = scalar_t;
-    S *zp = z.mutable_data_ptr<S>(), *hp = h.mutable_data_ptr<S>(), *mp = m.mutable_data_ptr<S>();
-    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<S>() : nullptr; };
+    S *zp = z.mutable_data_ptr<S>(), *mp = m.mutable_data_ptr<S>();
     const BlockMap<S> block_map = [&](const S* xs, int64_t n0, int64_t nb, S* mt) {
-      S *zb = zp + n0 * 2 * g.D, *mb = mp + n0 * g.T;
-      lane_stats<S>(xs, g.D, g.H * g.W, nb, eps, zb);
-      hyper_rows<S>(zb, nb, 2 * g.D, hid, g.T, ptr(fc1t), ptr(b1), ptr(fc2t), ptr(b2), k.brgemm, hp + n0 * hid, mb);
+      lane_stats<S>(xs, g.D, g.H * g.W, nb, eps, zp + n0 * 2 * g.D);
+      hp.rows<S>(z, n0, nb, k.brgemm, h, m);
       for (int64_t s = 0; s < nb; ++s)
-        for (int64_t t = 0; t < g.T; ++t) mt[t * nb + s] = mb[s * g.T + t];
+        for (int64_t t = 0; t < g.T; ++t) mt[t * nb + s] = mp[(n0 + s) * g.T + t];
     };
-    forward_taps<S>(g, k, xc.const_data_ptr<S>(), wc.const_data_ptr<S>(), nullptr, ptr(b), y.mutable_data_ptr<S>(),
-                    &block_map);
+    forward_taps<S>(g, k, xc.const_data_ptr<S>(), wc.const_data_ptr<S>(), nullptr,
+                    b.defined() ? b.const_data_ptr<S>() : nullptr, y.mutable_data_ptr<S>(), &block_map);
   });
   return std::make_tuple(finish(y, x.scalar_type(), x.suggest_memory_format()), m, z, h);
 }
@@ -2290,25 +2304,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
   TORCH_CHECK(x.size(2) * x.size(3) > 0, op, ": x must have a non-empty H x W plane, got ", x.sizes());
   const at::ScalarType ct = compute_type(x.scalar_type());
   const Knobs k = read_knobs(false);
+  const HyperParams hp(fc1_weight, fc1_bias, fc2_weight, fc2_bias, ct);
   if (g.N > 0 && choose_method(g, k, at::elementSize(ct), false) == Method::kTaps)
-    return shc_conv2d_taps(g, k, x, weight, conv_bias(bias, g, ct, op), fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                           hid, eps, ct);
+    return shc_conv2d_taps(g, k, x, weight, conv_bias(bias, g, ct, op), hp, hid, eps, ct);
   const int64_t N = x.size(0), D = x.size(1), HW = x.size(2) * x.size(3);
-  at::Tensor z = at::empty({N, 2 * D}, x.options().dtype(ct));  // cat(mu, sigma), written in place
-  if (N * D > 0) {
+  const at::TensorOptions o = x.options().dtype(ct);
+  // z = cat(mu, sigma), h = relu(z fc1^T + b1), m = sigmoid(h fc2^T + b2), written in place
+  at::Tensor z = at::empty({N, 2 * D}, o), h = at::empty({N, hid}, o), m = at::empty({N, kh, kw}, o);
+  if (N > 0) {
     const at::Tensor xc = x.to(ct).contiguous();
     AT_DISPATCH_FLOATING_TYPES(ct, "shc_conv2d_cpu_stats", [&] {
       scalar_t* zp = z.mutable_data_ptr<scalar_t>();
-      stats_impl<scalar_t>(xc.const_data_ptr<scalar_t>(), N * D, D, HW, eps, zp, zp + D, 2 * D);
+      if (D > 0) stats_impl<scalar_t>(xc.const_data_ptr<scalar_t>(), N * D, D, HW, eps, zp, zp + D, 2 * D);
+      hp.rows<scalar_t>(z, 0, N, k.brgemm, h, m);
     });
   }
-  // h = relu(z fc1^T + b1), m = sigmoid(h fc2^T + b2): one GEMM each, the activations in place.
-  const auto linear = [ct](const at::Tensor& in, const at::Tensor& w, const std::optional<at::Tensor>& b) {
-    const at::Tensor wt = w.to(ct).t();
-    return b.has_value() && b->defined() ? at::addmm(b->to(ct), in, wt) : at::mm(in, wt);
-  };
-  at::Tensor h = linear(z, fc1_weight, fc1_bias).relu_();
-  at::Tensor m = linear(h, fc2_weight, fc2_bias).sigmoid_().view({N, kh, kw});
   at::Tensor y = modulated_conv2d_cpu(x, weight, m, bias, stride, padding, dilation, groups);
   return std::make_tuple(y, m, z, h);
 }
