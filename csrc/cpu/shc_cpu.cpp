@@ -1363,11 +1363,15 @@ inline int64_t taps_block(const Geom& g, size_t elem, const Knobs& k) {
   const int64_t cap = std::max<int64_t>(1, fit >= 16 ? fit : std::min<int64_t>(16, 2 * fit));
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t balance = std::max<int64_t>(1, (g.N + nthreads - 1) / nthreads);
-  // forwards on planes above 32 positions take twice the columns (7x7 and 8x8: 16 samples, not
-  // 8; batch 32, one thread, against F.conv2d: 64>64@8 1.04x -> 0.94x, 64>64@7 0.97x -> 0.88x;
-  // 4x4 planes were no faster). The backward keeps 8: with 16, 128>128@8 fwd+bwd went from 1.04x
-  // to 1.18x with oneDNN, MKL and the kernels capped at AVX2.
-  const int64_t cols = !k.backward && g.P > 32 ? 2 * k.cols : k.cols;
+  // Forwards on planes above 32 positions take twice the columns (7x7 and 8x8: 16 samples, not
+  // 8; batch 32, one thread, against F.conv2d: 64>64@8 1.04x -> 0.94x, 64>64@7 0.97x -> 0.88x),
+  // on planes of 9-32 positions half (4x4: 16 samples, not 32, so a block's GEMM operands stay in
+  // L2; the layer, one thread, forward: 128>128@8/2 batch 32 1.17x -> 1.09x, batch 128 1.20x ->
+  // 1.11x, 64>128@7/2 batch 128 1.18x -> 1.06x, 128>128@4 batch 32 0.97x -> 0.86x; 256>256@4 and
+  // 64>64@4 no different; 2x2 planes, which keep the full columns, were slower with half). The
+  // backward keeps the columns: with 16 samples, not 8, 128>128@8 fwd+bwd went from 1.04x to 1.18x
+  // with oneDNN, MKL and the kernels capped at AVX2.
+  const int64_t cols = k.backward ? k.cols : g.P > 32 ? 2 * k.cols : g.P > 8 ? k.cols / 2 : k.cols;
   const int64_t nb = std::max<int64_t>(1, std::min({cols / std::max<int64_t>(1, g.P), cap, balance, g.N}));
   return nb >= 8 ? nb - nb % 8 : nb;
 }
