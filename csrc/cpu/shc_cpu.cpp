@@ -2111,13 +2111,6 @@ at::Tensor channel_stats_backward_cpu(const at::Tensor& grad_mu, const at::Tenso
   return finish(dx, x.scalar_type(), fmt);
 }
 
-// The whole layer (shc::shc_conv2d): statistics, the hypernetwork (a few small GEMMs through
-// ATen), then the modulated conv. Also returns m, z = cat(mu, sigma) and h for the backward.
-// The statistics of a taps block from its transposed input xs[d][q][s] (nb samples in the lanes,
-// HW positions q): mu and sigma of sample s, channel d go to z[s * 2D + d] and z[s * 2D + D + d].
-// Each lane sums as plane_moments sums one plane: shifted by its first element, summed again
-// shifted by its mean where that was far (shift_far); fp32 in float over blocks of 32 positions,
-// the blocks' sums in double; fp64 in double.
 // a1[j] = sum over q in [q0, q1) of xd[q * nb + j] - k[j], a2[j] of its square, in T
 template <typename T, int64_t W>
 SHC_MULTIVERSION void lane_block_sums(const T* xd, int64_t q0, int64_t q1, int64_t nb, const T* k, T* a1, T* a2) {
@@ -2154,6 +2147,10 @@ __attribute__((target("avx2"))) void lane_block_sums_avx2(const float* xd, int64
 }
 #endif
 
+// The moments of W lanes: lane j is xd[q * nb + j] over the HW positions q. Each lane sums as
+// plane_moments sums one plane: shifted by its first element, summed again shifted by its mean
+// where that was far (shift_far); fp32 in float over blocks of 32 positions, the blocks' sums in
+// double; fp64 in double.
 template <typename T, int64_t W>
 SHC_MULTIVERSION void lane_moments(const T* xd, int64_t HW, int64_t nb, double* mean, double* var) {
   constexpr int64_t kBlock = std::is_same_v<T, float> ? 32 : INT64_MAX;
@@ -2197,6 +2194,9 @@ inline double sqrt_nonneg(double v) {
 #endif
 }
 
+// The statistics of a taps block from its transposed input xs[d][q][s] (nb samples in the lanes,
+// in groups of 16, 8 and 1): mu and sigma of sample s, channel d go to z[s * 2D + d] and
+// z[s * 2D + D + d].
 template <typename T>
 void lane_stats(const T* xs, int64_t D, int64_t HW, int64_t nb, double eps, T* z) {
   double mean[16], var[16];
@@ -2233,13 +2233,6 @@ void hyper_rows(const T* z, int64_t nb, int64_t D2, int64_t hid, int64_t taps, c
   for (int64_t i = 0; i < nb * taps; ++i) m[i] = T(1) / (T(1) + std::exp(-m[i]));
 }
 
-// shc::shc_conv2d's forward where the conv takes the taps method: each block's statistics and map
-// are computed inside the conv's loop, from the transposed block it gathers from, so x is read
-// from memory once, not twice (a stride-2 layer into a 4x4-8x8 plane reads four input values per
-// output position, and the separate statistics pass was 5-9% of such a layer's forward; fused,
-// 64>128@7/2, batch 128, 2-3% faster). The same per sample inside the direct method's loop
-// measured no faster (16>32@28/2, 32>32@14, 128>128@14, batch 32: within +-0.04 either way), so
-// that method keeps the separate statistics pass.
 // The hypernetwork's parameters for hyper_rows, in the compute type: the weights transposed, the
 // biases undefined where absent.
 struct HyperParams {
@@ -2262,6 +2255,13 @@ struct HyperParams {
   }
 };
 
+// shc::shc_conv2d's forward where the conv takes the taps method: each block's statistics and map
+// are computed inside the conv's loop, from the transposed block it gathers from, so x is read
+// from memory once, not twice (a stride-2 layer into a 4x4-8x8 plane reads four input values per
+// output position, and the separate statistics pass was 5-9% of such a layer's forward; fused,
+// 64>128@7/2, batch 128, 2-3% faster). The same per sample inside the direct method's loop
+// measured no faster (16>32@28/2, 32>32@14, 128>128@14, batch 32: within +-0.04 either way), so
+// that method keeps the separate statistics pass.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_taps(
     const Geom& g, const Knobs& k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& b,
     const HyperParams& hp, int64_t hid, double eps, at::ScalarType ct) {
@@ -2284,6 +2284,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_taps(
   return std::make_tuple(finish(y, x.scalar_type(), x.suggest_memory_format()), m, z, h);
 }
 
+// The whole layer (shc::shc_conv2d): statistics, the hypernetwork (hyper_rows), then the modulated
+// conv; inside the conv's loop where it takes the taps method (shc_conv2d_taps). Also returns m,
+// z = cat(mu, sigma) and h for the backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& fc1_weight, const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
