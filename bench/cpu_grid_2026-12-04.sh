@@ -7,27 +7,5 @@
 # (AVX-512 here) and with oneDNN, MKL and the direct kernel capped at AVX2 (the ISA of a CPU
 # without AVX-512). One thread, CPU time: only ratios measured in the same run are quoted. The
 # grid takes 5 repetitions (3 before): single small layers moved by +-0.1 between 3-rep runs.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-R=bench/results
-D=2026-12-04
-SHC=(.venv/bin/python -m shc_kernels bench --warmup 1)
-uptime
-for b in 32 128; do
-  "${SHC[@]}" --threads 1 --clock thread --shapes grid --methods plain shc:cpu --batch $b --reps 5 --no-memory \
-    --json $R/cpu_grid_b${b}_1t_$D.json --markdown $R/cpu_grid_b${b}_1t_$D.md
-done
-for b in 32 128; do
-  "${SHC[@]}" --threads 1 --clock thread --shapes core --methods plain shc:cpu --batch $b --reps 3 \
-    --json $R/cpu_core_b${b}_1t_$D.json --markdown $R/cpu_core_b${b}_1t_$D.md
-done
-for model in plain10 resnet18; do
-  "${SHC[@]}" --threads 1 --model $model --width 0.25 --image-size 28 --num-classes 10 --batch 128 --reps 7 \
-    --json $R/cpu_${model}_w0.25_28px_b128_1t_$D.json --markdown $R/cpu_${model}_w0.25_28px_b128_1t_$D.md
-done
-for b in 128 32; do  # the modulated conv alone: each method and auto against F.conv2d
-  .venv/bin/python bench/ab_methods.py --batch $b --reps 5 --markdown $R/cpu_methods_ab_b${b}_$D.md
-done
-ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 SHC_CPU_DIRECT_ISA=avx2 \
-  .venv/bin/python bench/ab_methods.py --batch 32 --reps 5 --markdown $R/cpu_methods_ab_b32_avx2_$D.md
-uptime
+# The same commands are now bench/cpu_grid.sh; this runs them under this run's tag.
+exec bash "$(dirname "$0")/cpu_grid.sh" 2026-12-04 --no-small
