@@ -80,6 +80,18 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 namespace shc_cpu {
 namespace {
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// Whether this CPU runs the hand-written AVX2 copies below (probed once).
+bool cpu_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2");
+  return ok;
+}
+bool cpu_avx2_fma() {
+  static const bool ok = cpu_avx2() && __builtin_cpu_supports("fma");
+  return ok;
+}
+#endif
+
 // ---------------------------------------------------------------------------------------
 // Row-major GEMM: C(MxN, ldc) = alpha * op(A) @ op(B) + beta * C.
 // op(A) is MxK: A stored (M x K, lda) or, with transA, (K x M, lda). Same for B (K x N).
@@ -254,8 +266,7 @@ template <typename T, bool kAdd = false>
 SHC_MULTIVERSION void transpose(int64_t rows, int64_t cols, const T* src, int64_t ld_src, T* dst, int64_t ld_dst) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if constexpr (std::is_same_v<T, float>) {
-    static const bool avx2 = __builtin_cpu_supports("avx2");
-    if (avx2) return transpose_avx2<kAdd>(rows, cols, src, ld_src, dst, ld_dst);
+    if (cpu_avx2()) return transpose_avx2<kAdd>(rows, cols, src, ld_src, dst, ld_dst);
   }
 #endif
   const auto tile = [&](int64_t r, int64_t c) {
@@ -1292,7 +1303,8 @@ __attribute__((target("avx2,fma"))) void taps_scatter_avx2(const Geom& g, const 
         for (int v = 0; v < V; ++v) {
           const __m256 dc = _mm256_loadu_ps(src + 8 * v);
           if (dm != nullptr) acc[v] = _mm256_fmadd_ps(dc, _mm256_loadu_ps(xv + 8 * v), acc[v]);
-          if (dv != nullptr) _mm256_storeu_ps(dv + 8 * v, _mm256_fmadd_ps(mv[v], dc, _mm256_loadu_ps(dv + 8 * v)));
+          if (dv != nullptr)  // a product and a sum, as the portable copy rounds them
+            _mm256_storeu_ps(dv + 8 * v, _mm256_add_ps(_mm256_loadu_ps(dv + 8 * v), _mm256_mul_ps(mv[v], dc)));
         }
         if (dv != nullptr) dv += step;
       }
@@ -1308,15 +1320,10 @@ __attribute__((target("avx2,fma"))) void taps_scatter_avx2(const Geom& g, const 
   }
 }
 
-bool have_avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
-
 // Calls f(std::integral_constant<int, V>) for nb = 8 V, V in 1..4, and returns true; false otherwise.
 template <typename F>
 bool with_vectors(int64_t nb, const F& f) {
-  if (!have_avx2_fma()) return false;
+  if (!cpu_avx2_fma()) return false;
   switch (nb) {
     case 8: return f(std::integral_constant<int, 1>{}), true;
     case 16: return f(std::integral_constant<int, 2>{}), true;
@@ -1994,15 +2001,11 @@ __attribute__((target("avx2"))) void moments4_avx2(const float* x, int64_t n, do
   moments4_shifted_avx2(x, n, ks, mean, var);
 }
 
-bool moments_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2");
-  return ok;
-}
 #endif
 
 void plane_moments(const float* x, int64_t n, double* mean, double* var) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (moments_avx2()) return plane_moments_avx2(x, n, mean, var);
+  if (cpu_avx2()) return plane_moments_avx2(x, n, mean, var);
 #endif
   plane_moments_portable(x, n, mean, var);
 }
@@ -2013,7 +2016,7 @@ template <typename T>
 int64_t moments_batch(const T* x, int64_t p, int64_t e, int64_t n, double* mean, double* var) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if constexpr (std::is_same_v<T, float>) {
-    if (n >= kMoments4Max || !moments_avx2()) return 0;
+    if (n >= kMoments4Max || !cpu_avx2()) return 0;
     int64_t q = p;
     for (; q + 4 <= e; q += 4) moments4_avx2(x + q * n, n, mean + (q - p), var + (q - p));
     return q - p;
@@ -2164,7 +2167,7 @@ SHC_MULTIVERSION void lane_moments(const T* xd, int64_t HW, int64_t nb, double* 
       bool done = false;
 #if defined(__x86_64__) && defined(__GNUC__)
       if constexpr (std::is_same_v<T, float> && W % 8 == 0) {
-        if (moments_avx2()) lane_block_sums_avx2<W / 8>(xd, q0, q1, nb, k, a1, a2), done = true;
+        if (cpu_avx2()) lane_block_sums_avx2<W / 8>(xd, q0, q1, nb, k, a1, a2), done = true;
       }
 #endif
       if (!done) lane_block_sums<T, W>(xd, q0, q1, nb, k, a1, a2);
@@ -2275,8 +2278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_taps(
     const BlockMap<S> block_map = [&](const S* xs, int64_t n0, int64_t nb, S* mt) {
       lane_stats<S>(xs, g.D, g.H * g.W, nb, eps, zp + n0 * 2 * g.D);
       hp.rows<S>(z, n0, nb, k.brgemm, h, m);
-      for (int64_t s = 0; s < nb; ++s)
-        for (int64_t t = 0; t < g.T; ++t) mt[t * nb + s] = mp[(n0 + s) * g.T + t];
+      taps_map(g, mp, n0, nb, mt);
     };
     forward_taps<S>(g, k, xc.const_data_ptr<S>(), wc.const_data_ptr<S>(), nullptr,
                     b.defined() ? b.const_data_ptr<S>() : nullptr, y.mutable_data_ptr<S>(), &block_map);
