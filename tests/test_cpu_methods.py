@@ -66,8 +66,9 @@ def test_every_method_gives_the_reference(monkeypatch, shape, method, dtype):
 
 # (N, D, C, H, W) for the direct method's edges: row blocks (4 rows with AVX2, 8 with AVX-512)
 # with a tail (C or D not a multiple), position tiles (24; or 48, the last one 1, 2 or 3 vectors
-# of 16: H * (W + 1) = 90, 27, 62 leave 42, 27, 14), planes wider than a tile, 1-2 row planes,
-# one channel, and a band split (a 64-channel 40x40 plane is more than the band's 48 Ki floats)
+# of 16: H * W = 60, 24, 81 leave 12, 24, 33), planes wider than a tile, 1-2 row planes, one
+# channel and one column (both edge masks on one position), and a band split (a 64-channel 40x40
+# plane is more than the band's 48 Ki floats)
 DIRECT_SHAPES = [
     (2, 3, 5, 9, 9),
     (2, 5, 7, 3, 8),

@@ -24,44 +24,73 @@ namespace shc_cpu {
 namespace direct {
 namespace {
 
-// conv(in, plane, K, off, panel, rblocks, P, band, out, ldo): out (rblocks * rows rows of pitch ldo)
-// over positions [0, P) rounded up to whole vectors, at most to round_up(P, tile) (ldo is at
-// least that); in holds K planes of pitch `plane`, each readable `tile`
-// floats past position P + max(off) (the caller's slack); panel is rblocks blocks of
-// 9 * K * rows floats, panel[((rb * 9 + s) * K + k) * rows + r]. Positions go in bands of `band`
-// (a multiple of tile, sized by the caller so that a band's input stays in L2), every row block
-// passing over a band before the next: a 64-channel 56x56 plane (850 KiB) was otherwise re-read
-// from L3 per block.
-using ConvFn = void (*)(const float*, int64_t, int64_t, const int64_t*, const float*, int64_t, int64_t, int64_t,
-                        float*, int64_t);
+// conv(a): a.out[r * a.ldo + o] = bias[r] + sum_s sum_k panel[s][k][r] * in[k * plane + o + off[s]]
+// for the rows r < a.nrows and the positions o < a.P (ldo >= P: the output is written in place,
+// e.g. straight into y's planes). in holds K planes of pitch `plane`, each readable `tile` floats
+// past position P + max(off) (the caller's slack); tap s reads in[k * plane + o + off[s]] where
+// edge[s][o] is all ones and zero where it is 0 (the image's left and right edges: the planes have
+// no padding columns, so a tap that steps past a row's end reads the next row's first element,
+// and masks it); edge[s] holds round_up(P, tile) entries. panel is rblocks = ceil(nrows / rows)
+// blocks of 9 * K * rows floats, panel[((rb * 9 + s) * K + k) * rows + r], and bias rblocks * rows
+// floats. Positions go in bands of `band` (a multiple of tile, sized by the caller so that a band's
+// input stays in L2), every row block passing over a band before the next: a 64-channel 56x56
+// plane (850 KiB) was otherwise re-read from L3 per block. Positions past P are computed up to
+// the next whole vector and not stored.
+struct Args {
+  const float* in;
+  int64_t plane, K;
+  const int64_t* off;
+  const int32_t* const* edge;
+  const float* panel;
+  const float* bias;
+  int64_t nrows, P, band;
+  float* out;
+  int64_t ldo;
+};
+using ConvFn = void (*)(const Args&);
+// split(src, n, even, odd): src[2i] -> even[i], src[2i + 1] -> odd[i], i < ceil(n / 2) (odd: n / 2)
+using SplitFn = void (*)(const float*, int64_t, float*, float*);
 struct Kernel {
   int64_t rows;  // rows per register tile (output channels forward, input channels for dx)
   int64_t tile;  // positions per register tile
   ConvFn conv;
+  SplitFn split;
   const char* isa;
 };
 
 // The band loop (a macro: each ISA's copy must be compiled for that ISA for its tile to inline).
-#define SHC_DIRECT_BANDS(ROWS, TILES_FN)                                                                  \
-  for (int64_t o0 = 0; o0 < P; o0 += band) {                                                             \
-    const int64_t n = (o0 + band < P ? band : P - o0);                                                   \
-    for (int64_t rb = 0; rb < rblocks; ++rb)                                                             \
-      TILES_FN(in + o0, plane, K, off, panel + rb * 9 * K * (ROWS), out + rb * (ROWS) * ldo + o0, ldo, n); \
+// TILES_FN(a, o0, n, rb): band [o0, o0 + n) of row block rb.
+#define SHC_DIRECT_BANDS(ROWS, TILES_FN)                                    \
+  const int64_t rblocks = (a.nrows + (ROWS) - 1) / (ROWS);                  \
+  for (int64_t o0 = 0; o0 < a.P; o0 += a.band) {                           \
+    const int64_t n = (o0 + a.band < a.P ? a.band : a.P - o0);             \
+    for (int64_t rb = 0; rb < rblocks; ++rb) TILES_FN(a, o0, n, rb);        \
   }
 
+inline void split_portable(const float* src, int64_t n, float* even, float* odd) {
+  for (int64_t i = 0; 2 * i < n; ++i) even[i] = src[2 * i];
+  for (int64_t i = 0; 2 * i + 1 < n; ++i) odd[i] = src[2 * i + 1];
+}
+
 #if SHC_DIRECT_X86
-// One AVX2 tile: rows [0, 4) and positions [0, 24). The accumulators are named, not an array:
-// GCC kept an array of __m256 on the stack and stored it back on every step (1.9x slower).
-__attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const float* in, int64_t plane, int64_t K,
-                                                                         const int64_t* off, const float* panel,
-                                                                         float* out, int64_t ldo) {
+// One AVX2 tile: rows [0, 4) of row block rb and positions [o, o + 24), of which the first rem
+// (>= 1) are stored. The accumulators are named, not an array: GCC kept an array of __m256 on
+// the stack and stored it back on every step (1.9x slower). The edge masks are ANDed into the loads.
+__attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const Args& a, int64_t o, int64_t rb,
+                                                                         int64_t rem) {
+  const int64_t K = a.K, plane = a.plane;
+  const float* in = a.in + o;
+  const float* panel = a.panel + rb * 9 * K * 4;
   __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
   __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
   for (int s = 0; s < 9; ++s) {
-    const float* is = in + off[s];
+    const float* is = in + a.off[s];
     const float* ps = panel + s * K * 4;
+    const float* e = reinterpret_cast<const float*>(a.edge[s] + o);
+    const __m256 m0 = _mm256_loadu_ps(e), m1 = _mm256_loadu_ps(e + 8), m2 = _mm256_loadu_ps(e + 16);
     for (int64_t k = 0; k < K; ++k, is += plane, ps += 4) {
-      const __m256 x0 = _mm256_loadu_ps(is), x1 = _mm256_loadu_ps(is + 8), x2 = _mm256_loadu_ps(is + 16);
+      const __m256 x0 = _mm256_and_ps(m0, _mm256_loadu_ps(is)), x1 = _mm256_and_ps(m1, _mm256_loadu_ps(is + 8)),
+                   x2 = _mm256_and_ps(m2, _mm256_loadu_ps(is + 16));
       __m256 w = _mm256_broadcast_ss(ps);
       a00 = _mm256_fmadd_ps(w, x0, a00), a01 = _mm256_fmadd_ps(w, x1, a01), a02 = _mm256_fmadd_ps(w, x2, a02);
       w = _mm256_broadcast_ss(ps + 1);
@@ -72,45 +101,96 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const f
       a30 = _mm256_fmadd_ps(w, x0, a30), a31 = _mm256_fmadd_ps(w, x1, a31), a32 = _mm256_fmadd_ps(w, x2, a32);
     }
   }
-  _mm256_storeu_ps(out, a00), _mm256_storeu_ps(out + 8, a01), _mm256_storeu_ps(out + 16, a02);
-  out += ldo;
-  _mm256_storeu_ps(out, a10), _mm256_storeu_ps(out + 8, a11), _mm256_storeu_ps(out + 16, a12);
-  out += ldo;
-  _mm256_storeu_ps(out, a20), _mm256_storeu_ps(out + 8, a21), _mm256_storeu_ps(out + 16, a22);
-  out += ldo;
-  _mm256_storeu_ps(out, a30), _mm256_storeu_ps(out + 8, a31), _mm256_storeu_ps(out + 16, a32);
+  const int64_t r0 = rb * 4, nr = a.nrows - r0 < 4 ? a.nrows - r0 : 4;
+  const __m256 b0 = _mm256_broadcast_ss(a.bias + r0), b1 = _mm256_broadcast_ss(a.bias + r0 + 1),
+               b2 = _mm256_broadcast_ss(a.bias + r0 + 2), b3 = _mm256_broadcast_ss(a.bias + r0 + 3);
+  float* out = a.out + r0 * a.ldo + o;
+  if (rem >= 24) {
+#define SHC_YSTORE(r)                                              \
+  if (nr > (r)) {                                                  \
+    _mm256_storeu_ps(out, _mm256_add_ps(a##r##0, b##r));           \
+    _mm256_storeu_ps(out + 8, _mm256_add_ps(a##r##1, b##r));       \
+    _mm256_storeu_ps(out + 16, _mm256_add_ps(a##r##2, b##r));      \
+  }                                                                \
+  out += a.ldo
+    SHC_YSTORE(0);
+    SHC_YSTORE(1);
+    SHC_YSTORE(2);
+    SHC_YSTORE(3);
+#undef SHC_YSTORE
+  } else {
+    const __m256i left = _mm256_set1_epi32(static_cast<int>(rem));
+    const __m256i k0 = _mm256_cmpgt_epi32(left, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i k1 = _mm256_cmpgt_epi32(left, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15));
+    const __m256i k2 = _mm256_cmpgt_epi32(left, _mm256_setr_epi32(16, 17, 18, 19, 20, 21, 22, 23));
+#define SHC_YSTORE(r)                                                    \
+  if (nr > (r)) {                                                        \
+    _mm256_maskstore_ps(out, k0, _mm256_add_ps(a##r##0, b##r));          \
+    _mm256_maskstore_ps(out + 8, k1, _mm256_add_ps(a##r##1, b##r));      \
+    _mm256_maskstore_ps(out + 16, k2, _mm256_add_ps(a##r##2, b##r));     \
+  }                                                                      \
+  out += a.ldo
+    SHC_YSTORE(0);
+    SHC_YSTORE(1);
+    SHC_YSTORE(2);
+    SHC_YSTORE(3);
+#undef SHC_YSTORE
+  }
 }
 
-__attribute__((target("avx2,fma"), always_inline)) inline void tiles_avx2(const float* in, int64_t plane, int64_t K,
-                                                                          const int64_t* off, const float* panel,
-                                                                          float* out, int64_t ldo, int64_t n) {
-  for (int64_t o = 0; o < n; o += 24) tile_avx2(in + o, plane, K, off, panel, out + o, ldo);
+__attribute__((target("avx2,fma"), always_inline)) inline void tiles_avx2(const Args& a, int64_t o0, int64_t n,
+                                                                          int64_t rb) {
+  for (int64_t o = 0; o < n; o += 24) tile_avx2(a, o0 + o, rb, n - o);
 }
 
-__attribute__((target("avx2,fma"))) inline void conv_avx2(const float* in, int64_t plane, int64_t K,
-                                                           const int64_t* off, const float* panel,
-                                                           int64_t rblocks, int64_t P, int64_t band, float* out,
-                                                           int64_t ldo) {
-  SHC_DIRECT_BANDS(4, tiles_avx2)
+__attribute__((target("avx2,fma"))) inline void conv_avx2(const Args& a) { SHC_DIRECT_BANDS(4, tiles_avx2) }
+
+// 8 floats into their 4 even and 4 odd elements, twice, with two shuffles each
+__attribute__((target("avx2"))) inline void split_avx2(const float* src, int64_t n, float* even, float* odd) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 lo = _mm256_loadu_ps(src + i), hi = _mm256_loadu_ps(src + i + 8);
+    // [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6] -> 64-bit lanes 0 2 1 3: [lo0 lo2 lo4 lo6 hi0 hi2 hi4 hi6]
+    const __m256 e = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256 d = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    _mm256_storeu_ps(even + i / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
+    _mm256_storeu_ps(odd + i / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(d), 0xD8)));
+  }
+  split_portable(src + i, n - i, even + i / 2, odd + i / 2);
 }
 
-// One AVX-512 tile: rows [0, 8) and positions [0, 16 V), 8 V named zmm accumulators (of 32).
-// V = 3 but at a plane's last tile, which takes only the vectors it needs (a 14x14 plane is 210
-// positions: 4 x 48 + 18, so 224 computed, not 240).
+// One AVX-512 tile: rows [0, 8) of row block rb and positions [o, o + 16 V), 8 V named zmm
+// accumulators (of 32), of which the first rem (>= 1) positions are stored. V = 3 but at a
+// plane's last tile, which takes only the vectors it needs (a 14x14 plane is 196 positions:
+// 4 x 48 + 4, so 208 computed, not 240). The edge masks go into the loads (masked lanes read as
+// zero), the store masks into the stores.
 #define SHC_Z3(r) __m512 a##r##0 = _mm512_setzero_ps(), a##r##1 = a##r##0, a##r##2 = a##r##0
 #define SHC_ZROW(r)                                                       \
   w = _mm512_set1_ps(ps[r]);                                              \
   a##r##0 = _mm512_fmadd_ps(w, x0, a##r##0);                              \
   if constexpr (V > 1) a##r##1 = _mm512_fmadd_ps(w, x1, a##r##1);         \
   if constexpr (V > 2) a##r##2 = _mm512_fmadd_ps(w, x2, a##r##2)
-#define SHC_ZSTORE(r)                                                     \
-  _mm512_storeu_ps(out + (r) * ldo, a##r##0);                             \
-  if constexpr (V > 1) _mm512_storeu_ps(out + (r) * ldo + 16, a##r##1);   \
-  if constexpr (V > 2) _mm512_storeu_ps(out + (r) * ldo + 32, a##r##2)
+#define SHC_ZSTORE(r)                                                                                    \
+  if (nr > (r)) {                                                                                        \
+    const __m512 b = _mm512_set1_ps(bias[r]);                                                            \
+    _mm512_mask_storeu_ps(out + (r) * ldo, k0, _mm512_add_ps(a##r##0, b));                               \
+    if constexpr (V > 1) _mm512_mask_storeu_ps(out + (r) * ldo + 16, k1, _mm512_add_ps(a##r##1, b));     \
+    if constexpr (V > 2) _mm512_mask_storeu_ps(out + (r) * ldo + 32, k2, _mm512_add_ps(a##r##2, b));     \
+  }
+__attribute__((target("avx512f"), always_inline)) inline __mmask16 mask16(const int32_t* e) {
+  const __m512i v = _mm512_loadu_si512(e);
+  return _mm512_test_epi32_mask(v, v);
+}
+// the first n (clamped to [0, 16]) lanes
+__attribute__((target("avx512f"), always_inline)) inline __mmask16 first16(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
 template <int V>
-__attribute__((target("avx512f"), always_inline)) inline void tile_avx512(const float* in, int64_t plane, int64_t K,
-                                                                          const int64_t* off, const float* panel,
-                                                                          float* out, int64_t ldo) {
+__attribute__((target("avx512f"), always_inline)) inline void tile_avx512(const Args& a, int64_t o, int64_t rb,
+                                                                          int64_t rem) {
+  const int64_t K = a.K, plane = a.plane;
+  const float* in = a.in + o;
+  const float* panel = a.panel + rb * 9 * K * 8;
   SHC_Z3(0);
   SHC_Z3(1);
   SHC_Z3(2);
@@ -120,11 +200,14 @@ __attribute__((target("avx512f"), always_inline)) inline void tile_avx512(const 
   SHC_Z3(6);
   SHC_Z3(7);
   for (int s = 0; s < 9; ++s) {
-    const float* is = in + off[s];
+    const float* is = in + a.off[s];
     const float* ps = panel + s * K * 8;
+    const int32_t* e = a.edge[s] + o;
+    const __mmask16 m0 = mask16(e), m1 = V > 1 ? mask16(e + 16) : m0, m2 = V > 2 ? mask16(e + 32) : m0;
     for (int64_t k = 0; k < K; ++k, is += plane, ps += 8) {
-      const __m512 x0 = _mm512_loadu_ps(is);
-      const __m512 x1 = V > 1 ? _mm512_loadu_ps(is + 16) : x0, x2 = V > 2 ? _mm512_loadu_ps(is + 32) : x0;
+      const __m512 x0 = _mm512_maskz_loadu_ps(m0, is);
+      const __m512 x1 = V > 1 ? _mm512_maskz_loadu_ps(m1, is + 16) : x0;
+      const __m512 x2 = V > 2 ? _mm512_maskz_loadu_ps(m2, is + 32) : x0;
       __m512 w;
       SHC_ZROW(0);
       SHC_ZROW(1);
@@ -136,6 +219,10 @@ __attribute__((target("avx512f"), always_inline)) inline void tile_avx512(const 
       SHC_ZROW(7);
     }
   }
+  const int64_t r0 = rb * 8, nr = a.nrows - r0, ldo = a.ldo;
+  const float* bias = a.bias + r0;
+  float* out = a.out + r0 * ldo + o;
+  const __mmask16 k0 = first16(rem), k1 = first16(rem - 16), k2 = first16(rem - 32);
   SHC_ZSTORE(0);
   SHC_ZSTORE(1);
   SHC_ZSTORE(2);
@@ -150,22 +237,28 @@ __attribute__((target("avx512f"), always_inline)) inline void tile_avx512(const 
 #undef SHC_ZSTORE
 
 // The full tiles, then the last one with 1, 2 or 3 vectors.
-__attribute__((target("avx512f"), always_inline)) inline void tiles_avx512(const float* in, int64_t plane,
-                                                                           int64_t K, const int64_t* off,
-                                                                           const float* panel, float* out,
-                                                                           int64_t ldo, int64_t n) {
+__attribute__((target("avx512f"), always_inline)) inline void tiles_avx512(const Args& a, int64_t o0, int64_t n,
+                                                                           int64_t rb) {
   int64_t o = 0;
-  for (; o + 48 <= n; o += 48) tile_avx512<3>(in + o, plane, K, off, panel, out + o, ldo);
-  if (n - o > 32) tile_avx512<3>(in + o, plane, K, off, panel, out + o, ldo);
-  else if (n - o > 16) tile_avx512<2>(in + o, plane, K, off, panel, out + o, ldo);
-  else if (n - o > 0) tile_avx512<1>(in + o, plane, K, off, panel, out + o, ldo);
+  for (; o + 48 <= n; o += 48) tile_avx512<3>(a, o0 + o, rb, n - o);
+  if (n - o > 32) tile_avx512<3>(a, o0 + o, rb, n - o);
+  else if (n - o > 16) tile_avx512<2>(a, o0 + o, rb, n - o);
+  else if (n - o > 0) tile_avx512<1>(a, o0 + o, rb, n - o);
 }
 
-__attribute__((target("avx512f"))) inline void conv_avx512(const float* in, int64_t plane, int64_t K,
-                                                            const int64_t* off, const float* panel,
-                                                            int64_t rblocks, int64_t P, int64_t band, float* out,
-                                                            int64_t ldo) {
-  SHC_DIRECT_BANDS(8, tiles_avx512)
+__attribute__((target("avx512f"))) inline void conv_avx512(const Args& a) { SHC_DIRECT_BANDS(8, tiles_avx512) }
+
+// 32 floats into their 16 even and 16 odd elements with two two-source permutes; the tail masked
+__attribute__((target("avx512f"))) inline void split_avx512(const float* src, int64_t n, float* even, float* odd) {
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (int64_t i = 0; i < n; i += 32) {
+    const int64_t r = n - i;  // >= 32 but at the tail
+    const __m512 lo = _mm512_maskz_loadu_ps(first16(r), src + i);
+    const __m512 hi = _mm512_maskz_loadu_ps(first16(r - 16), src + i + 16);
+    _mm512_mask_storeu_ps(even + i / 2, first16((r + 1) / 2), _mm512_permutex2var_ps(lo, ie, hi));
+    _mm512_mask_storeu_ps(odd + i / 2, first16(r / 2), _mm512_permutex2var_ps(lo, io, hi));
+  }
 }
 #endif
 #undef SHC_DIRECT_BANDS
@@ -174,7 +267,7 @@ __attribute__((target("avx512f"))) inline void conv_avx512(const float* in, int6
 // (avx2) caps it, to measure the AVX2 kernel on an AVX-512 machine.
 inline const Kernel* kernel(bool cap_avx2) {
 #if SHC_DIRECT_X86
-  static const Kernel k512{8, 48, conv_avx512, "avx512"}, k256{4, 24, conv_avx2, "avx2"};
+  static const Kernel k512{8, 48, conv_avx512, split_avx512, "avx512"}, k256{4, 24, conv_avx2, split_avx2, "avx2"};
   static const bool has512 = __builtin_cpu_supports("avx512f");
   static const bool has256 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (has512 && !cap_avx2) return &k512;

@@ -994,22 +994,33 @@ void forward_shift(const Geom& g, const Knobs& k, const T* x, const T* w, const 
 
 // ---------------------------------------------------------------------------------------
 // The "direct" method (fp32, on CPUs with AVX2 and FMA or AVX-512; the shift method's domain):
-// the shift method's zero-bordered planes of pitch W + 1, but each register tile (AVX-512: 8
-// output rows x 48 positions, AVX2: 4 x 24) is accumulated over all nine taps and every input
-// plane in one pass (direct.h), the map folded into the sample's weight panel:
+// each register tile (AVX-512: 8 output rows x 48 positions, AVX2: 4 x 24) is accumulated over all
+// nine taps and every input plane in one pass (direct.h), the map folded into the sample's weight
+// panel:
 //   out[r][o] = sum_s sum_k (m[src(s)] A[r, k, src(s)]) in[k][o + tap(s)]
 // forward: A = W (rows c, k = d), in = the padded x, src(s) = s;
 // dx:      A = W^T (rows d, k = c), in = the padded dy, src(s) = 8 - s (the transposed conv).
+// Stride 1: a plane is stored whole (pitch W, position o = oh * W + ow) between a zero row above
+// and one below (and a zero element before and after): tap (ky, kx) of o reads o + ky * W + kx - 1
+// there. No padding column: a left tap (kx = 0) of ow = 0 reads the previous row's last element
+// and a right tap (kx = 2) of ow = W - 1 the next row's first, and the kernel masks those lanes
+// to zero (edge masks, one per position). The shift method's layout (pitch W + 1, its zero
+// column the padding on both sides) computed and dropped a column: 14x14 planes were 210
+// positions, 224 in whole vectors, now 196 in 208 (a 64>64@14 forward, batch 128: 1.19x a plain
+// conv before).
 // Positions past the plane are computed up to the next whole vector (the input planes get a
-// tile's worth of slack, the output rows are a whole number of tiles), like the junk column,
-// and dropped.
+// tile's worth of slack) and not stored: the tiles write straight into y (or dx), adding the bias,
+// the plane's last vector and the rows past C (D) masked off (a copy out of a tiled buffer was 3%
+// of a 32>32@14 forward).
 //
-// Stride 2 (forward only): each padded input plane is split into its four phases
-// (row parity a, column parity b), phase[a][b][i][j] = x_pad[2i + a][2j + b], i <= OH, j <= OW,
-// each of pitch Wp = OW + 1. Tap (ky, kx) of output (oh, ow) reads x_pad[2oh + ky][2ow + kx] =
-// phase[ky % 2][kx % 2][oh + ky / 2][ow + kx / 2]: output position oh * Wp + ow plus a fixed
-// offset per tap, the same kernel as stride 1 (im2col there builds 9 x D rows for every output
-// position and runs a GEMM over them: 1.1-1.4x a plain conv at batch 32).
+// Stride 2 (forward only): each padded input plane is split into its four phases (row parity a,
+// column parity b), phase[a][b][i][j] = x_pad[2i + a][2j + b], i <= OH, j <= OW. Tap (ky, kx) of
+// output (oh, ow) reads x_pad[2oh + ky][2ow + kx] = phase[ky % 2][kx % 2][oh + ky / 2][ow + kx / 2].
+// The phases are stored at pitch OW: phase b = 1 (x column 2j) from j = 0, phase b = 0 (x column
+// 2j - 1) from j = 1, whose j = 0 (the padding column) only the left taps read, at ow = 0, where
+// they are masked. Output position oh * OW + ow plus a fixed offset per tap, the same kernel as
+// stride 1 (im2col there builds 9 x D rows for every output position and runs a GEMM over them:
+// 1.1-1.4x a plain conv at batch 32).
 inline bool direct_stride2(const Geom& g) {
   return g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.ph == 1 && g.pw == 1 && g.dh == 1 && g.dw == 1 &&
          g.groups == 1;
@@ -1018,25 +1029,36 @@ inline bool direct_stride2(const Geom& g) {
 struct DirectLayout {
   const direct::Kernel& kern;
   bool phases;                       // stride 2: four phase planes per input channel
-  int64_t Wp, Pq, plane, Pp;         // output pitch (OW + 1), phase size, per-channel input, positions
-  int64_t rows, inner, rblocks, ld;  // output rows, reduction planes, row blocks, output pitch
+  int64_t Wp, Pq, plane, Pp;         // output pitch (OW), phase size, per-channel input, positions
+  int64_t rows, inner, rblocks, ld;  // output rows, reduction planes, row blocks, Pp in whole tiles
   int64_t band;                      // positions per band (the band's input fits in ~192 KiB)
   int64_t off[9];
+  std::vector<int32_t> edges;        // 3 x ld: all ones, then the left and the right taps' masks
+  const int32_t* edge[9];            // tap s's masks in edges
   DirectLayout(const Geom& g, const direct::Kernel& kernel, bool transposed)
       : kern(kernel),
         phases(g.sh == 2),
-        Wp(g.OW + 1),
+        Wp(g.OW),
         Pq((g.OH + 1) * Wp + 1),
-        plane(phases ? 4 * Pq : ShiftLayout(g).plane),
+        plane(phases ? 4 * Pq : (g.H + 2) * g.W + 2),
         Pp(g.OH * Wp),
         rows(transposed ? g.D : g.C),
         inner(transposed ? g.C : g.D),
         rblocks((rows + kern.rows - 1) / kern.rows),
-        ld((Pp + kern.tile - 1) / kern.tile * kern.tile) {
-    const ShiftLayout L(g);
+        ld((Pp + kern.tile - 1) / kern.tile * kern.tile),
+        edges(static_cast<size_t>(3 * ld), 0) {
+    for (int64_t o = 0; o < Pp; ++o) {
+      const int64_t ow = o % Wp;
+      edges[o] = -1;
+      edges[ld + o] = ow != 0 ? -1 : 0;
+      edges[2 * ld + o] = ow != Wp - 1 ? -1 : 0;
+    }
     for (int64_t s = 0; s < 9; ++s) {
       const int64_t ky = s / 3, kx = s % 3;
-      off[s] = phases ? ((ky % 2) * 2 + kx % 2) * Pq + (ky / 2) * Wp + kx / 2 : L.tap(s);
+      // the leading zero element of each plane (or phase) comes first
+      off[s] = phases ? 1 + ((ky % 2) * 2 + kx % 2) * Pq + (ky / 2) * Wp - (kx == 0) : 1 + ky * Wp + kx - 1;
+      const int64_t kind = kx == 0 ? 1 : (kx == 2 && !phases ? 2 : 0);
+      edge[s] = edges.data() + kind * ld;
     }
     // per reduction plane a band of n positions reads n + halo floats (stride 1), or four
     // phases of n + halo (stride 2)
@@ -1044,26 +1066,24 @@ struct DirectLayout {
     const int64_t fit = (int64_t(48) << 10) / (reads * std::max<int64_t>(1, inner)) - halo - kern.tile;
     band = std::max<int64_t>(1, fit / kern.tile) * kern.tile;
   }
+  DirectLayout(const DirectLayout&) = delete;  // edge points into edges
   int64_t panel_size() const { return rblocks * 9 * inner * kern.rows; }
   int64_t input_size() const { return inner * plane + kern.tile; }
-  int64_t output_size() const { return rblocks * kern.rows * ld; }
   // count planes (H x W) into the padded planes (stride 1) or the phases (stride 2); what maps to
   // the zero border is never written (the buffer is zeroed once)
   void pad(const Geom& g, const float* src, int64_t count, float* dst) const {
-    if (!phases) return ShiftLayout(g).pad(g, src, count, dst);
+    if (!phases) {
+      for (int64_t c = 0; c < count; ++c)
+        std::memcpy(dst + c * plane + 1 + g.W, src + c * g.H * g.W, sizeof(float) * g.H * g.W);
+      return;
+    }
     for (int64_t c = 0; c < count; ++c)
       for (int64_t r = 0; r < g.H; ++r) {  // x row r is x_pad row r + 1 = 2i + a
         const int64_t a = (r + 1) % 2, i = (r + 1) / 2;
         const float* srow = src + (c * g.H + r) * g.W;
-        float* even = dst + c * plane + (a * 2) * Pq + i * Wp;  // b = 0: x column 2j - 1
-        float* odd = even + Pq;                                 // b = 1: x column 2j
-        for (int64_t j = 1; 2 * j - 1 < g.W; ++j) even[j] = srow[2 * j - 1];
-        for (int64_t j = 0; 2 * j < g.W; ++j) odd[j] = srow[2 * j];
+        float* b0 = dst + c * plane + (a * 2) * Pq + 1 + i * Wp;  // phase b = 0: x column 2j - 1 at j - 1
+        kern.split(srow, g.W, b0 + Pq, b0);                        // phase b = 1: x column 2j at j
       }
-  }
-  // rows of pitch Wp (count x ld) into planes (count x OH x OW), adding the bias
-  void unpad(const Geom& g, const float* src, int64_t count, const float* bias, float* dst) const {
-    rows_to_planes(src, count, g.OH, g.OW, Wp, ld, bias, dst);
   }
 };
 
@@ -1082,16 +1102,17 @@ void direct_panel(const DirectLayout& dl, const float* w, int64_t D, bool transp
         }
 }
 
-// One sample: out = the padded `in` convolved with the panel scaled by its map m (9 values).
+// One sample: out (rows planes of Pp positions, written in place) = bias + the padded `in`
+// convolved with the panel scaled by its map m (9 values); bias holds rblocks * kern.rows values.
 void direct_sample(const DirectLayout& dl, const float* wp, const float* m, bool transposed, const float* in,
-                   float* panel, float* out) {
+                   float* panel, const float* bias, float* out) {
   const int64_t size = dl.inner * dl.kern.rows;
   for (int64_t rb = 0; rb < dl.rblocks; ++rb)
     for (int64_t s = 0; s < 9; ++s) {
       const int64_t at = (rb * 9 + s) * size;
       scale_copy(size, m[transposed ? 8 - s : s], wp + at, panel + at);
     }
-  dl.kern.conv(in, dl.plane, dl.inner, dl.off, panel, dl.rblocks, dl.Pp, dl.band, out, dl.ld);
+  dl.kern.conv({in, dl.plane, dl.inner, dl.off, dl.edge, panel, bias, dl.rows, dl.Pp, dl.band, out, dl.Pp});
 }
 
 void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, const float* w, const float* m,
@@ -1099,13 +1120,14 @@ void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, c
   const DirectLayout dl(g, kern, false);
   Buf<float> wp(dl.panel_size());
   direct_panel(dl, w, g.D, false, wp.data());
+  std::vector<float> bp(static_cast<size_t>(dl.rblocks * kern.rows), 0.f);  // the bias, zero past C
+  if (bias != nullptr) std::copy(bias, bias + g.C, bp.begin());
   run_chunks(g.N, num_workers(g.N), /*dynamic=*/true, [&](int64_t, auto& next) {
     std::vector<float> xp(static_cast<size_t>(dl.input_size()), 0.f);  // zero border and slack, written once
-    Buf<float> panel(dl.panel_size()), acc(dl.output_size());
+    Buf<float> panel(dl.panel_size());
     for (int64_t n = next(); n >= 0; n = next()) {
       dl.pad(g, x + n * g.D * g.H * g.W, g.D, xp.data());
-      direct_sample(dl, wp.data(), m + n * 9, false, xp.data(), panel.data(), acc.data());
-      dl.unpad(g, acc.data(), g.C, bias, y + n * g.C * g.P);
+      direct_sample(dl, wp.data(), m + n * 9, false, xp.data(), panel.data(), bp.data(), y + n * g.C * g.P);
     }
   });
 }
@@ -1122,6 +1144,7 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
   Buf<float> wpT(use_direct ? dl->panel_size() : 0);
   if constexpr (std::is_same_v<T, float>)
     if (use_direct) direct_panel(*dl, w, g.D, true, wpT.data());
+  const std::vector<float> zeros(use_direct ? static_cast<size_t>(dl->rblocks * direct_dx->rows) : 0, 0.f);  // dx: no bias
   const int64_t CD = g.C * g.D, HW = g.H * g.W;
   const bool need_gt = gw != nullptr || dm != nullptr;  // G_t: for grad_weight and dm
   Buf<T> wtT(9 * CD);  // W_t^T (D x C), tap-major: dx's weights and dm's dot
@@ -1136,7 +1159,7 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
     std::vector<T> dyp(dx != nullptr ? static_cast<size_t>(use_direct ? dl->input_size() : g.C * L.plane) : 0, T(0));
     std::vector<T> dyT(need_gt ? static_cast<size_t>(L.Pp * g.C) : 0, T(0));  // column W stays zero
     Buf<T> a(dx != nullptr ? (use_direct ? dl->panel_size() : 9 * CD) : 0), gt(need_gt ? CD : 0);
-    Buf<T> dxacc(dx != nullptr ? (use_direct ? dl->output_size() : g.D * L.Pp) : 0);
+    Buf<T> dxacc(dx != nullptr && !use_direct ? g.D * L.Pp : 0);
     T* myacc = gw != nullptr ? acc.data() + wid * 9 * CD : nullptr;
     for (int64_t n = next(); n >= 0; n = next()) {
       const T* dyn = dy + n * g.C * HW;
@@ -1155,15 +1178,15 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
         }
       }
       if (dx != nullptr) {
-        L.pad(g, dyn, g.C, dyp.data());
         if constexpr (std::is_same_v<T, float>) {
           if (use_direct) {
-            direct_sample(*dl, wpT.data(), m + n * 9, true, dyp.data(), a.data(), dxacc.data());
-            dl->unpad(g, dxacc.data(), g.D, nullptr, dx + n * g.D * HW);
+            dl->pad(g, dyn, g.C, dyp.data());
+            direct_sample(*dl, wpT.data(), m + n * 9, true, dyp.data(), a.data(), zeros.data(), dx + n * g.D * HW);
             if (done != nullptr) (*done)(n, 1);
             continue;
           }
         }
+        L.pad(g, dyn, g.C, dyp.data());
         shift_conv(L, g.D, g.C, wtT.data(), m + n * 9, true, dyp.data(), a.data(), dxacc.data(), k.brgemm);
         L.unpad(g, dxacc.data(), g.D, static_cast<const T*>(nullptr), dx + n * g.D * HW);
       }
