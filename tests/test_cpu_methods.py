@@ -217,8 +217,9 @@ def _layer_fp64(x, w, b, f1w, f1b, f2w, f2b, stride):
 @pytest.mark.parametrize("n", [1, 26, 37])
 def test_layer_forward_statistics_and_map_match_fp64_on_each_method(monkeypatch, n, stride, dtype, method):
     """Where the conv takes the taps method, shc::shc_conv2d computes each block's statistics (the
-    samples in the lanes, groups of 16, 8 and 1) and map inside the conv's loop; the other methods
-    compute them before the conv (direct is fp32 only: fp64 runs im2col). On every path z, h, m
+    samples in the lanes, groups of 16, 8 and 1) and map inside the conv's loop; the direct method
+    does so per block of up to 16 samples (26 and 37: blocks of 16 and a tail), fp32 and fp16 (fp64
+    runs im2col); im2col computes them before the conv. On every path z, h, m
     and y match fp64 on planes offset far above their spread and on planes whose first element is
     far from the rest (the one-pass shift by x[0] is summed again by the mean there), with and
     without the hypernetwork's biases."""

@@ -1115,19 +1115,36 @@ void direct_sample(const DirectLayout& dl, const float* wp, const float* m, bool
   dl.kern.conv({in, dl.plane, dl.inner, dl.off, dl.edge, panel, bias, dl.rows, dl.Pp, dl.band, out, dl.Pp});
 }
 
+// shc::shc_conv2d's fused forward computes the map per block of samples: block_map(n0, nb)
+// writes m for samples [n0, n0 + nb), from their x, which the block's pads then read from cache.
+using SampleBlockMap = std::function<void(int64_t n0, int64_t nb)>;
+
 void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, const float* w, const float* m,
-                    const float* bias, float* y) {
+                    const float* bias, float* y, const SampleBlockMap* block_map = nullptr) {
   const DirectLayout dl(g, kern, false);
   Buf<float> wp(dl.panel_size());
   direct_panel(dl, w, g.D, false, wp.data());
   std::vector<float> bp(static_cast<size_t>(dl.rblocks * kern.rows), 0.f);  // the bias, zero past C
   if (bias != nullptr) std::copy(bias, bias + g.C, bp.begin());
-  run_chunks(g.N, num_workers(g.N), /*dynamic=*/true, [&](int64_t, auto& next) {
+  // With block_map, blocks of up to 16 samples whose input fits in 256 KiB (L2), one per thread at
+  // least: the map's two small GEMMs per block, not per sample.
+  const int64_t HW = g.H * g.W, in_bytes = std::max<int64_t>(1, g.D * HW * int64_t(sizeof(float)));
+  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t nb = block_map == nullptr ? 1
+                                          : std::clamp<int64_t>(std::min((int64_t(256) << 10) / in_bytes,
+                                                                         (g.N + nthreads - 1) / nthreads),
+                                                                1, 16);
+  const int64_t nchunks = (g.N + nb - 1) / nb;
+  run_chunks(nchunks, num_workers(nchunks), /*dynamic=*/true, [&](int64_t, auto& next) {
     std::vector<float> xp(static_cast<size_t>(dl.input_size()), 0.f);  // zero border and slack, written once
     Buf<float> panel(dl.panel_size());
-    for (int64_t n = next(); n >= 0; n = next()) {
-      dl.pad(g, x + n * g.D * g.H * g.W, g.D, xp.data());
-      direct_sample(dl, wp.data(), m + n * 9, false, xp.data(), panel.data(), bp.data(), y + n * g.C * g.P);
+    for (int64_t ch = next(); ch >= 0; ch = next()) {
+      const int64_t n0 = ch * nb, n1 = std::min(g.N, n0 + nb);
+      if (block_map != nullptr) (*block_map)(n0, n1 - n0);
+      for (int64_t n = n0; n < n1; ++n) {
+        dl.pad(g, x + n * g.D * HW, g.D, xp.data());
+        direct_sample(dl, wp.data(), m + n * 9, false, xp.data(), panel.data(), bp.data(), y + n * g.C * g.P);
+      }
     }
   });
 }
@@ -2285,9 +2302,7 @@ struct HyperParams {
 // are computed inside the conv's loop, from the transposed block it gathers from, so x is read
 // from memory once, not twice (a stride-2 layer into a 4x4-8x8 plane reads four input values per
 // output position, and the separate statistics pass was 5-9% of such a layer's forward; fused,
-// 64>128@7/2, batch 128, 2-3% faster). The same per sample inside the direct method's loop
-// measured no faster (16>32@28/2, 32>32@14, 128>128@14, batch 32: within +-0.04 either way), so
-// that method keeps the separate statistics pass.
+// 64>128@7/2, batch 128, 2-3% faster). shc_conv2d_direct does the same for the direct method.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_taps(
     const Geom& g, const Knobs& k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& b,
     const HyperParams& hp, int64_t hid, double eps, at::ScalarType ct) {
@@ -2309,8 +2324,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_taps(
   return std::make_tuple(finish(y, x.scalar_type(), x.suggest_memory_format()), m, z, h);
 }
 
+// shc::shc_conv2d's forward where the conv takes the direct method (fp32): as shc_conv2d_taps, the
+// statistics and map per block of samples inside the conv's loop (forward_direct's block_map),
+// so x is read from memory once. Measured against the separate pass in one process, alternating
+// (one thread, the op's forward; median of the paired ratios over 41 pairs): batch 128,
+// 16>32@28/2 0.92-0.96, 32>32@14 0.98-0.99, 16>16@28 0.98, fwd+bwd 16>32@28/2 0.98; batch 32,
+// where x stays in cache: 16>32@28/2 and 32>32@14 1.00-1.01, 64>64@14 and 128>128@14 0.99.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_direct(const Geom& g, const Knobs& k,
+                                                                             const at::Tensor& x,
+                                                                             const at::Tensor& weight,
+                                                                             const at::Tensor& b,
+                                                                             const HyperParams& hp, int64_t hid,
+                                                                             double eps) {
+  const at::TensorOptions o = x.options().dtype(at::kFloat);
+  at::Tensor z = at::empty({g.N, 2 * g.D}, o), h = at::empty({g.N, hid}, o), m = at::empty({g.N, g.kh, g.kw}, o);
+  at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, o);
+  const at::Tensor xc = x.to(at::kFloat).contiguous(), wc = weight.to(at::kFloat).contiguous();
+  const float* xp = xc.const_data_ptr<float>();
+  float* zp = z.mutable_data_ptr<float>();
+  const int64_t D = g.D, HW = g.H * g.W;
+  const SampleBlockMap block_map = [&](int64_t n0, int64_t nb) {
+    std::vector<double> mean(static_cast<size_t>(nb * D)), var(static_cast<size_t>(nb * D));
+    const float* xb = xp + n0 * D * HW;
+    const int64_t done = moments_batch(xb, 0, nb * D, HW, mean.data(), var.data());
+    for (int64_t p = done; p < nb * D; ++p) plane_moments(xb + p * HW, HW, &mean[p], &var[p]);
+    for (int64_t p = 0; p < nb * D; ++p) {  // z = cat(mu, sigma), as stats_impl writes it
+      float* zn = zp + (n0 + p / D) * 2 * D + p % D;
+      zn[0] = static_cast<float>(mean[p]);
+      zn[D] = static_cast<float>(std::sqrt(var[p] + eps));
+    }
+    hp.rows<float>(z, n0, nb, k.brgemm, h, m);
+  };
+  forward_direct(g, *k.direct, xp, wc.const_data_ptr<float>(), m.const_data_ptr<float>(),
+                 b.defined() ? b.const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>(), &block_map);
+  return std::make_tuple(finish(y, x.scalar_type(), x.suggest_memory_format()), m, z, h);
+}
+
 // The whole layer (shc::shc_conv2d): statistics, the hypernetwork (hyper_rows), then the modulated
-// conv; inside the conv's loop where it takes the taps method (shc_conv2d_taps). Also returns m,
+// conv; inside the conv's loop where it takes the taps method (shc_conv2d_taps) or the direct one
+// (shc_conv2d_direct). Also returns m,
 // z = cat(mu, sigma) and h for the backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -2337,8 +2389,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
   const at::ScalarType ct = compute_type(x.scalar_type());
   const Knobs k = read_knobs(false);
   const HyperParams hp(fc1_weight, fc1_bias, fc2_weight, fc2_bias, ct);
-  if (g.N > 0 && choose_method(g, k, at::elementSize(ct), false) == Method::kTaps)
-    return shc_conv2d_taps(g, k, x, weight, conv_bias(bias, g, ct, op), hp, hid, eps, ct);
+  const Method method = g.N > 0 ? choose_method(g, k, at::elementSize(ct), false) : Method::kIm2col;
+  if (method == Method::kTaps) return shc_conv2d_taps(g, k, x, weight, conv_bias(bias, g, ct, op), hp, hid, eps, ct);
+  if (method == Method::kDirect && ct == at::kFloat)
+    return shc_conv2d_direct(g, k, x, weight, conv_bias(bias, g, ct, op), hp, hid, eps);
   const int64_t N = x.size(0), D = x.size(1), HW = x.size(2) * x.size(3);
   const at::TensorOptions o = x.options().dtype(ct);
   // z = cat(mu, sigma), h = relu(z fc1^T + b1), m = sigmoid(h fc2^T + b2), written in place
