@@ -48,8 +48,13 @@ struct Args {
   int64_t ldo;
 };
 using ConvFn = void (*)(const Args&);
-// split(src, n, even, odd): src[2i] -> even[i], src[2i + 1] -> odd[i], i < ceil(n / 2) (odd: n / 2)
-using SplitFn = void (*)(const float*, int64_t, float*, float*);
+// split(src, H, W, dst, Pq, Wp): one H x W plane into its stride-2 phases (shc_cpu.cpp's
+// DirectLayout): x row r is x_pad row r + 1 = 2i + a; its even columns 2j go to phase (a, 1) at
+// j, its odd ones 2j + 1 to phase (a, 0) at j; phase (a, b) holds row i at dst + (2a + b) Pq + 1
+// + i Wp. One call per plane, not per row (the call and its setup were most of the split's time:
+// one thread, batch 32, the layer's forward 0.86x of the per-row split at 32>32@32/2, 0.89x at
+// 16>32@28/2, also at batch 128; median of 61 paired runs in one process).
+using SplitFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t);
 struct Kernel {
   int64_t rows;  // rows per register tile (output channels forward, input channels for dx)
   int64_t tile;  // positions per register tile
@@ -57,6 +62,14 @@ struct Kernel {
   SplitFn split;
   const char* isa;
 };
+
+// The split's row loop over SPLIT_ROW(src, n, even, odd): src[2i] -> even[i], src[2i + 1] -> odd[i].
+#define SHC_SPLIT_ROWS(SPLIT_ROW)                                        \
+  for (int64_t r = 0; r < H; ++r) {                                      \
+    const int64_t a = (r + 1) % 2, i = (r + 1) / 2;                      \
+    float* b0 = dst + 2 * a * Pq + 1 + i * Wp;                           \
+    SPLIT_ROW(src + r * W, W, b0 + Pq, b0);                              \
+  }
 
 // The band loop (a macro: each ISA's copy must be compiled for that ISA for its tile to inline).
 // TILES_FN(a, o0, n, rb): band [o0, o0 + n) of row block rb.
@@ -67,7 +80,7 @@ struct Kernel {
     for (int64_t rb = 0; rb < rblocks; ++rb) TILES_FN(a, o0, n, rb);        \
   }
 
-inline void split_portable(const float* src, int64_t n, float* even, float* odd) {
+inline void split_row(const float* src, int64_t n, float* even, float* odd) {
   for (int64_t i = 0; 2 * i < n; ++i) even[i] = src[2 * i];
   for (int64_t i = 0; 2 * i + 1 < n; ++i) odd[i] = src[2 * i + 1];
 }
@@ -146,7 +159,8 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tiles_avx2(const 
 __attribute__((target("avx2,fma"))) inline void conv_avx2(const Args& a) { SHC_DIRECT_BANDS(4, tiles_avx2) }
 
 // 8 floats into their 4 even and 4 odd elements, twice, with two shuffles each
-__attribute__((target("avx2"))) inline void split_avx2(const float* src, int64_t n, float* even, float* odd) {
+__attribute__((target("avx2"), always_inline)) inline void split_row_avx2(const float* src, int64_t n, float* even,
+                                                                          float* odd) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m256 lo = _mm256_loadu_ps(src + i), hi = _mm256_loadu_ps(src + i + 8);
@@ -156,7 +170,12 @@ __attribute__((target("avx2"))) inline void split_avx2(const float* src, int64_t
     _mm256_storeu_ps(even + i / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
     _mm256_storeu_ps(odd + i / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(d), 0xD8)));
   }
-  split_portable(src + i, n - i, even + i / 2, odd + i / 2);
+  split_row(src + i, n - i, even + i / 2, odd + i / 2);
+}
+
+__attribute__((target("avx2"))) inline void split_avx2(const float* src, int64_t H, int64_t W, float* dst,
+                                                       int64_t Pq, int64_t Wp) {
+  SHC_SPLIT_ROWS(split_row_avx2)
 }
 
 // One AVX-512 tile: rows [0, 8) of row block rb and positions [o, o + 16 V), 8 V named zmm
@@ -249,7 +268,8 @@ __attribute__((target("avx512f"), always_inline)) inline void tiles_avx512(const
 __attribute__((target("avx512f"))) inline void conv_avx512(const Args& a) { SHC_DIRECT_BANDS(8, tiles_avx512) }
 
 // 32 floats into their 16 even and 16 odd elements with two two-source permutes; the tail masked
-__attribute__((target("avx512f"))) inline void split_avx512(const float* src, int64_t n, float* even, float* odd) {
+__attribute__((target("avx512f"), always_inline)) inline void split_row_avx512(const float* src, int64_t n,
+                                                                               float* even, float* odd) {
   const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   for (int64_t i = 0; i < n; i += 32) {
@@ -260,8 +280,14 @@ __attribute__((target("avx512f"))) inline void split_avx512(const float* src, in
     _mm512_mask_storeu_ps(odd + i / 2, first16(r / 2), _mm512_permutex2var_ps(lo, io, hi));
   }
 }
+
+__attribute__((target("avx512f"))) inline void split_avx512(const float* src, int64_t H, int64_t W, float* dst,
+                                                            int64_t Pq, int64_t Wp) {
+  SHC_SPLIT_ROWS(split_row_avx512)
+}
 #endif
 #undef SHC_DIRECT_BANDS
+#undef SHC_SPLIT_ROWS
 
 // The widest kernel this CPU runs, or nullptr (not x86-64, or no AVX2 + FMA). SHC_CPU_DIRECT_ISA
 // (avx2) caps it, to measure the AVX2 kernel on an AVX-512 machine.

@@ -1077,13 +1077,7 @@ struct DirectLayout {
         std::memcpy(dst + c * plane + 1 + g.W, src + c * g.H * g.W, sizeof(float) * g.H * g.W);
       return;
     }
-    for (int64_t c = 0; c < count; ++c)
-      for (int64_t r = 0; r < g.H; ++r) {  // x row r is x_pad row r + 1 = 2i + a
-        const int64_t a = (r + 1) % 2, i = (r + 1) / 2;
-        const float* srow = src + (c * g.H + r) * g.W;
-        float* b0 = dst + c * plane + (a * 2) * Pq + 1 + i * Wp;  // phase b = 0: x column 2j - 1 at j - 1
-        kern.split(srow, g.W, b0 + Pq, b0);                        // phase b = 1: x column 2j at j
-      }
+    for (int64_t c = 0; c < count; ++c) kern.split(src + c * g.H * g.W, g.H, g.W, dst + c * plane, Pq, Wp);
   }
 };
 
