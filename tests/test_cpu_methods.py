@@ -66,9 +66,10 @@ def test_every_method_gives_the_reference(monkeypatch, shape, method, dtype):
 
 # (N, D, C, H, W) for the direct method's edges: row blocks (4 rows with AVX2, 8 with AVX-512)
 # with a tail (C or D not a multiple), position tiles (24; or 48, the last one 1, 2 or 3 vectors
-# of 16: H * W = 60, 24, 81 leave 12, 24, 33), planes wider than a tile, 1-2 row planes, one
-# channel and one column (both edge masks on one position), and a band split (a 64-channel 40x40
-# plane is more than the band's 48 Ki floats)
+# of 16: H * W = 60, 24, 81 leave 12, 24, 33; or, AVX-512, the 1-4 positions' tail kernel: 1, 50,
+# 51 and 196 leave 1, 2, 3 and 4, and stride 2 of 28x28 is 14x14 again), planes wider than a tile,
+# 1-2 row planes, one channel and one column (both edge masks on one position), and a band split (a
+# 64-channel 40x40 plane is more than the band's 48 Ki floats)
 DIRECT_SHAPES = [
     (2, 3, 5, 9, 9),
     (2, 5, 7, 3, 8),
@@ -78,6 +79,10 @@ DIRECT_SHAPES = [
     (1, 5, 13, 11, 3),
     (2, 64, 6, 40, 40),
     (2, 9, 64, 12, 12),
+    (2, 3, 9, 5, 10),
+    (1, 4, 6, 3, 17),
+    (2, 5, 11, 14, 14),
+    (2, 3, 5, 28, 28),
 ]
 
 
