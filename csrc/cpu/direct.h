@@ -57,8 +57,9 @@ using ConvFn = void (*)(const Args&);
 // 16>32@28/2, also at batch 128; median of 61 paired runs in one process).
 using SplitFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t);
 struct Kernel {
-  int64_t rows;  // rows per register tile (output channels forward, input channels for dx)
-  int64_t tile;  // positions per register tile
+  int64_t rows;    // rows per register tile (output channels forward, input channels for dx)
+  int64_t tile;    // positions per register tile
+  int64_t max_cd;  // the most C x D channels the method takes by default (choose_method)
   ConvFn conv;
   SplitFn split;
   const char* isa;
@@ -368,7 +369,8 @@ __attribute__((target("avx512f"))) inline void split_avx512(const float* src, in
 // (avx2) caps it, to measure the AVX2 kernel on an AVX-512 machine.
 inline const Kernel* kernel(bool cap_avx2) {
 #if SHC_DIRECT_X86
-  static const Kernel k512{8, 48, conv_avx512, split_avx512, "avx512"}, k256{4, 24, conv_avx2, split_avx2, "avx2"};
+  static const Kernel k512{8, 48, 256 * 256, conv_avx512, split_avx512, "avx512"};
+  static const Kernel k256{4, 24, 128 * 128, conv_avx2, split_avx2, "avx2"};
   static const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
   static const bool has256 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (has512 && !cap_avx2) return &k512;

@@ -1539,10 +1539,15 @@ void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const
 //   0.83x against shift's 1.05x, 32>32@14 1.00x against 1.12x, 64>64@56 0.85x against im2col's
 //   1.00x, 128>128@28 0.96x against shift's 1.08x; AVX2: 0.65x against 0.75x, 0.97x against
 //   1.00x, 0.97x against 1.04x) and on stride 2 above 8x8 outputs (16>32@28/2: 0.96x against
-//   im2col's 1.18x; 32>64@14/2, 7x7 out: 1.23x against taps' 0.86x); from 256 x 256 channels it
-//   is no faster than im2col (256>256@14: 1.10x against 1.09x); its backward (shift's) loses to
-//   im2col's on a 3-channel input (fwd+bwd 0.75x against 0.71x), where its forward wins (0.73x
-//   against 1.11x).
+//   im2col's 1.18x; 32>64@14/2, 7x7 out: 1.23x against taps' 0.86x); its backward (shift's) loses
+//   to im2col's on a 3-channel input (fwd+bwd 0.75x against 0.71x), where its forward wins (0.73x
+//   against 1.11x). Up to 256 x 256 channels with AVX-512 (Kernel::max_cd; since its tail kernel
+//   and the phase split per plane, the layer, one thread, direct against im2col, median of paired
+//   runs in one process, batch 32: 256>256@14 forward 0.92, fwd+bwd 0.93; 256>256@16 0.91 and
+//   0.93; 128>256@14 0.88; stride 2 128>256@32/2 0.81, 256>256@28/2 0.92; batch 128 256>256@14
+//   0.85), where 512 x 512 loses (its panel, 9 MiB a sample: 512>512@14 batch 8 1.12 and 1.21,
+//   512>512@28/2 1.20); 128 x 128 with AVX2 (oneDNN, MKL and the kernel capped at AVX2: 256>256@14
+//   forward 1.08, 256>256@28/2 1.15).
 Method choose_method(const Geom& g, const Knobs& k, size_t elem, bool backward) {
   const bool direct_ok = (shift_taps(g) || (!backward && direct_stride2(g))) && elem == sizeof(float) &&
                          k.direct != nullptr;
@@ -1551,7 +1556,7 @@ Method choose_method(const Geom& g, const Knobs& k, size_t elem, bool backward) 
   if (k.method == Method::kTaps && taps_apply(g)) return Method::kTaps;
   if (k.method != Method::kAuto) return Method::kIm2col;
   if (taps_apply(g) && g.P <= 64 && g.D >= 8 && taps_block(g, elem, k) >= 8) return Method::kTaps;
-  if (direct_ok && g.C * g.D <= 128 * 128 && (!backward || g.D >= 8)) return Method::kDirect;
+  if (direct_ok && g.C * g.D <= k.direct->max_cd && (!backward || g.D >= 8)) return Method::kDirect;
   if (shift_taps(g) && g.D >= 8 && g.C * g.D <= 64 * 64 && g.H >= 7 && g.W >= 7 &&
       g.C * g.H * (g.W + 1) <= 128 * 1024)
     return Method::kShift;
