@@ -1006,12 +1006,12 @@ void forward_shift(const Geom& g, const Knobs& k, const T* x, const T* w, const 
 // and a right tap (kx = 2) of ow = W - 1 the next row's first, and the kernel masks those lanes
 // to zero (edge masks, one per position). The shift method's layout (pitch W + 1, its zero
 // column the padding on both sides) computed and dropped a column: 14x14 planes were 210
-// positions, 224 in whole vectors, now 196 in 208 (a 64>64@14 forward, batch 128: 1.19x a plain
-// conv before).
+// positions, 224 in whole vectors, now 196 in 208 (AVX-512's tail kernel takes the last 4).
 // Positions past the plane are computed up to the next whole vector (the input planes get a
 // tile's worth of slack) and not stored: the tiles write straight into y (or dx), adding the bias,
-// the plane's last vector and the rows past C (D) masked off (a copy out of a tiled buffer was 3%
-// of a 32>32@14 forward).
+// the plane's last vector and the rows past C (D) masked off (the copy out of a tiled buffer was
+// 3% of a 32>32@14 forward's profile, but removing it, and the padding column, measured within
+// the noise).
 //
 // Stride 2 (forward only): each padded input plane is split into its four phases (row parity a,
 // column parity b), phase[a][b][i][j] = x_pad[2i + a][2j + b], i <= OH, j <= OW. Tap (ky, kx) of
@@ -1155,7 +1155,8 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
   Buf<float> wpT(use_direct ? dl->panel_size() : 0);
   if constexpr (std::is_same_v<T, float>)
     if (use_direct) direct_panel(*dl, w, g.D, true, wpT.data());
-  const std::vector<float> zeros(use_direct ? static_cast<size_t>(dl->rblocks * direct_dx->rows) : 0, 0.f);  // dx: no bias
+  // dx has no bias
+  const std::vector<float> zeros(use_direct ? static_cast<size_t>(dl->rblocks * direct_dx->rows) : 0, 0.f);
   const int64_t CD = g.C * g.D, HW = g.H * g.W;
   const bool need_gt = gw != nullptr || dm != nullptr;  // G_t: for grad_weight and dm
   Buf<T> wtT(9 * CD);  // W_t^T (D x C), tap-major: dx's weights and dm's dot
