@@ -29,9 +29,9 @@ namespace {
 // for the rows r < a.nrows and the positions o < a.P (ldo >= P: the output is written in place,
 // e.g. straight into y's planes). in holds K planes of pitch `plane`, each readable `tile` floats
 // past position P + max(off) (the caller's slack); tap s reads in[k * plane + o + off[s]] where
-// edge[s][o] is all ones and zero where it is 0 (the image's left and right edges: the planes have
-// no padding columns, so a tap that steps past a row's end reads the next row's first element,
-// and masks it); edge[s] holds round_up(P, tile) entries. panel is rblocks = ceil(nrows / rows)
+// edge[s][o] is all ones and reads zero where edge[s][o] is 0 (the image's left and right edges:
+// the planes have no padding columns, so a tap that steps past a row's end would read the next
+// row's first element); edge[s] holds round_up(P, tile) entries. panel is rblocks = ceil(nrows / rows)
 // blocks of 9 * K * rows floats, panel[((rb * 9 + s) * K + k) * rows + r], and bias rblocks * rows
 // floats. Positions go in bands of `band` (a multiple of tile, sized by the caller so that a band's
 // input stays in L2), every row block passing over a band before the next: a 64-channel 56x56
