@@ -10,8 +10,8 @@
 # - unless --no-small, the small family on two threads, wall clock.
 # One thread and CPU time unless said: only ratios measured in the same run are quoted. Run it from
 # a checkout whose compiled extension is not rebuilt meanwhile (a git worktree with its own copy).
-# Tags 2026-12-04 and 2026-12-04b (with --no-small), 2026-12-04c, 2026-12-04d and 2026-12-04e were
-# taken with these commands (cpu_grid_2026-12-04.sh runs them under its tag); cpu_grid_2026-12-03.sh is the
+# Tags 2026-12-04 and 2026-12-04b (with --no-small), 2026-12-04c to 2026-12-04f were taken with
+# these commands (cpu_grid_2026-12-04.sh runs them under its tag); cpu_grid_2026-12-03.sh is the
 # earlier run's own script.
 set -euo pipefail
 D=${1:?usage: bash bench/cpu_grid.sh TAG [--no-small]}
