@@ -120,37 +120,32 @@ __attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const A
   const __m256 b0 = _mm256_broadcast_ss(a.bias + r0), b1 = _mm256_broadcast_ss(a.bias + r0 + 1),
                b2 = _mm256_broadcast_ss(a.bias + r0 + 2), b3 = _mm256_broadcast_ss(a.bias + r0 + 3);
   float* out = a.out + r0 * a.ldo + o;
-  if (rem >= 24) {
-#define SHC_YSTORE(r)                                              \
-  if (nr > (r)) {                                                  \
-    _mm256_storeu_ps(out, _mm256_add_ps(a##r##0, b##r));           \
-    _mm256_storeu_ps(out + 8, _mm256_add_ps(a##r##1, b##r));       \
-    _mm256_storeu_ps(out + 16, _mm256_add_ps(a##r##2, b##r));      \
-  }                                                                \
+  // the rows r < nr; ST(p, k, v) stores v at p under the positions' mask k
+#define SHC_YSTORE(r, ST)                                  \
+  if (nr > (r)) {                                          \
+    ST(out, k0, _mm256_add_ps(a##r##0, b##r));             \
+    ST(out + 8, k1, _mm256_add_ps(a##r##1, b##r));         \
+    ST(out + 16, k2, _mm256_add_ps(a##r##2, b##r));        \
+  }                                                        \
   out += a.ldo
-    SHC_YSTORE(0);
-    SHC_YSTORE(1);
-    SHC_YSTORE(2);
-    SHC_YSTORE(3);
-#undef SHC_YSTORE
+#define SHC_ALL(p, k, v) _mm256_storeu_ps(p, v)
+  if (rem >= 24) {
+    SHC_YSTORE(0, SHC_ALL);
+    SHC_YSTORE(1, SHC_ALL);
+    SHC_YSTORE(2, SHC_ALL);
+    SHC_YSTORE(3, SHC_ALL);
   } else {
     const __m256i left = _mm256_set1_epi32(static_cast<int>(rem));
     const __m256i k0 = _mm256_cmpgt_epi32(left, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     const __m256i k1 = _mm256_cmpgt_epi32(left, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15));
     const __m256i k2 = _mm256_cmpgt_epi32(left, _mm256_setr_epi32(16, 17, 18, 19, 20, 21, 22, 23));
-#define SHC_YSTORE(r)                                                    \
-  if (nr > (r)) {                                                        \
-    _mm256_maskstore_ps(out, k0, _mm256_add_ps(a##r##0, b##r));          \
-    _mm256_maskstore_ps(out + 8, k1, _mm256_add_ps(a##r##1, b##r));      \
-    _mm256_maskstore_ps(out + 16, k2, _mm256_add_ps(a##r##2, b##r));     \
-  }                                                                      \
-  out += a.ldo
-    SHC_YSTORE(0);
-    SHC_YSTORE(1);
-    SHC_YSTORE(2);
-    SHC_YSTORE(3);
-#undef SHC_YSTORE
+    SHC_YSTORE(0, _mm256_maskstore_ps);
+    SHC_YSTORE(1, _mm256_maskstore_ps);
+    SHC_YSTORE(2, _mm256_maskstore_ps);
+    SHC_YSTORE(3, _mm256_maskstore_ps);
   }
+#undef SHC_ALL
+#undef SHC_YSTORE
 }
 
 __attribute__((target("avx2,fma"), always_inline)) inline void tiles_avx2(const Args& a, int64_t o0, int64_t n,

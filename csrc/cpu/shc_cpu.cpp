@@ -2344,15 +2344,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_direct(con
   float* zp = z.mutable_data_ptr<float>();
   const int64_t D = g.D, HW = g.H * g.W;
   const SampleBlockMap block_map = [&](int64_t n0, int64_t nb) {
-    std::vector<double> mean(static_cast<size_t>(nb * D)), var(static_cast<size_t>(nb * D));
-    const float* xb = xp + n0 * D * HW;
-    const int64_t done = moments_batch(xb, 0, nb * D, HW, mean.data(), var.data());
-    for (int64_t p = done; p < nb * D; ++p) plane_moments(xb + p * HW, HW, &mean[p], &var[p]);
-    for (int64_t p = 0; p < nb * D; ++p) {  // z = cat(mu, sigma), as stats_impl writes it
-      float* zn = zp + (n0 + p / D) * 2 * D + p % D;
-      zn[0] = static_cast<float>(mean[p]);
-      zn[D] = static_cast<float>(std::sqrt(var[p] + eps));
-    }
+    float* zb = zp + n0 * 2 * D;  // z = cat(mu, sigma) of the block's samples
+    stats_impl<float>(xp + n0 * D * HW, nb * D, D, HW, eps, zb, zb + D, 2 * D);
     hp.rows<float>(z, n0, nb, k.brgemm, h, m);
   };
   forward_direct(g, *k.direct, xp, wc.const_data_ptr<float>(), m.const_data_ptr<float>(),
