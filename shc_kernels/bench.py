@@ -11,6 +11,8 @@ memory the call needed beyond its inputs. Methods:
   shc:<name>  the SHC layer on each available backend (e.g. shc:cpu, shc:triton)
   shc:<name>:fused, shc:<name>:split   (with --forms) the compiled backends' two forms of the
               layer (functional.choose_form): one op (one launch on CUDA) or map op then conv op
+  plain:module, shc:<name>:module   (with --modules) the layer as models run it: nn.Conv2d and
+              SHCConv2d(backend=<name>); their ratios are to plain:module, module against module
 
 Every SHC method computes the whole layer (statistics, map, modulated conv) and, for
 forward+backward, the gradients of x, W, bias and the hypernetwork.
@@ -197,9 +199,43 @@ def _map(x, params):
     return reference.statistical_map(x, *params[2:], (3, 3))
 
 
-def method_fns(stride, device="cpu", forms=False):
+@dataclass
+class ModuleMethod:
+    """A method that runs as a module: ``build(params)`` gives the module, its parameters new
+    leaves holding the values of ``params`` (weight, bias, fc1 weight and bias, fc2 weight and
+    bias, as ``make_inputs`` makes them)."""
+
+    build: object
+
+
+def _plain_module(stride, params):
+    weight = params[0]
+    conv = torch.nn.Conv2d(
+        weight.shape[1], weight.shape[0], 3, stride, 1, device=weight.device, dtype=weight.dtype
+    )
+    conv.weight, conv.bias = (torch.nn.Parameter(t.detach().clone()) for t in params[:2])
+    return conv
+
+
+def _shc_module(stride, backend, params):
+    from .modules import SHCConv2d
+
+    weight = params[0]
+    layer = SHCConv2d(
+        weight.shape[1], weight.shape[0], 3, stride, 1, device=weight.device, dtype=weight.dtype,
+        hidden=params[2].shape[0], backend=backend,
+    )  # fmt: skip
+    new = [torch.nn.Parameter(t.detach().clone()) for t in params]
+    layer.weight, layer.bias = new[:2]
+    fc1, fc2 = layer.hyper.fc1, layer.hyper.fc2
+    fc1.weight, fc1.bias, fc2.weight, fc2.bias = new[2:]
+    return layer
+
+
+def method_fns(stride, device="cpu", forms=False, modules=False):
     """name -> fn(x, params) returning the layer's output, for tensors on ``device``; with
-    ``forms``, also each compiled backend's "fused" and "split" form on its own."""
+    ``forms``, also each compiled backend's "fused" and "split" form on its own; with
+    ``modules``, nn.Conv2d and SHCConv2d on each compiled backend (``ModuleMethod``)."""
 
     def plain(x, p):
         return F.conv2d(x, p[0], p[1], stride, 1)
@@ -232,7 +268,16 @@ def method_fns(stride, device="cpu", forms=False):
                     fns[f"shc:{b}:{form}"] = lambda x, p, b=b, form=form: functional._layer(
                         x, *p, (stride, stride), (1, 1), (1, 1), 1, 1e-5, "both", b, form
                     )
+    if modules:
+        fns["plain:module"] = ModuleMethod(lambda p: _plain_module(stride, p))
+        for b in [m.split(":")[1] for m in fns if m.count(":") == 1 and m.startswith("shc:")]:
+            fns[f"shc:{b}:module"] = ModuleMethod(lambda p, b=b: _shc_module(stride, b, p))
     return fns
+
+
+def baseline(method: str) -> str:
+    """The method whose time ``method``'s ratios divide by: module against module."""
+    return "plain:module" if method.endswith(":module") else "plain"
 
 
 # ---------------------------------------------------------------- timing
@@ -296,16 +341,30 @@ class Timer:
 
 
 def _fwd_and_fwdbwd(fn, x, params):
-    def fwd():
-        with torch.no_grad():
-            fn(x, params)
+    if isinstance(fn, ModuleMethod):
+        module = fn.build(params)
+        x_leaf = x.detach().requires_grad_(True)
+        leaves = [x_leaf, *module.parameters()]
 
-    leaves = [x.detach().requires_grad_(True)] + [p.detach().requires_grad_(True) for p in params]
+        def forward(x, _params):
+            return module(x)
+
+        def fwd():
+            with torch.no_grad():
+                module(x)
+
+    else:
+        forward = fn
+        leaves = [x.detach().requires_grad_(True)] + [p.detach().requires_grad_(True) for p in params]
+
+        def fwd():
+            with torch.no_grad():
+                fn(x, params)
 
     def fwdbwd():
         for t in leaves:
             t.grad = None
-        y = fn(leaves[0], leaves[1:])
+        y = forward(leaves[0], leaves[1:])
         y.backward(torch.ones_like(y))
 
     return fwd, fwdbwd
@@ -320,7 +379,8 @@ def peak_extra_mb(method, shape, args) -> float | None:
         x, params = make_inputs(
             cin, cout, hw, args.batch, args.device, DTYPES[args.dtype], args.channels_last
         )
-        _fwd, fwdbwd = _fwd_and_fwdbwd(method_fns(stride, args.device, forms=True)[method], x, params)
+        fns = method_fns(stride, args.device, forms=True, modules=True)
+        _fwd, fwdbwd = _fwd_and_fwdbwd(fns[method], x, params)
         fwdbwd()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -361,7 +421,8 @@ def _status_mb(field: str) -> float:
 def _memory_child(args) -> None:
     name, cin, cout, hw, stride = json.loads(args._memory_child[1])
     x, params = make_inputs(cin, cout, hw, args.batch, "cpu", DTYPES[args.dtype], args.channels_last)
-    _fwd, fwdbwd = _fwd_and_fwdbwd(method_fns(stride, forms=True)[args._memory_child[0]], x, params)
+    fns = method_fns(stride, forms=True, modules=True)
+    _fwd, fwdbwd = _fwd_and_fwdbwd(fns[args._memory_child[0]], x, params)
     fwdbwd()  # lazy initialisation (oneDNN, BLAS buffers) stays resident: count it in `before`
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark (VmHWM) so the import and warm-up don't count
@@ -407,7 +468,8 @@ def markdown(rows: list[Row], info: dict, command: str) -> str:
         "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
         "",
         "Times are medians in ms (min..max over the repetitions, methods timed round-robin); "
-        "ratios are to `plain` of the same shape in the same run, of the minima / of the medians; "
+        "ratios are to `plain` of the same shape in the same run (`plain:module` for the `:module` rows), "
+        "of the minima / of the medians; "
         "peak = memory beyond the inputs for one forward+backward.",
         "",
         "| shape | method | fwd ms | fwd × plain (min / med) | fwd+bwd ms | fwd+bwd × plain (min / med) "
@@ -433,19 +495,20 @@ def run_layers(args) -> list[Row]:
     for shape in shapes:
         name, cin, cout, hw, stride = shape
         x, params = make_inputs(cin, cout, hw, args.batch, args.device, dtype, args.channels_last)
-        fns = method_fns(stride, args.device, forms=args.forms)
+        fns = method_fns(stride, args.device, forms=args.forms, modules=args.modules)
         chosen = [m for m in fns if args.methods is None or _wanted(m, args.methods)]
         closures = {}
         for method in chosen:
             fwd, fwdbwd = _fwd_and_fwdbwd(fns[method], x, params)
             closures[(method, "fwd")], closures[(method, "fwdbwd")] = fwd, fwdbwd
         timed = timer.interleaved(closures, args.warmup, args.reps)
-        base = None
         for method in chosen:
             f, fb = timed[(method, "fwd")], timed[(method, "fwdbwd")]
             row = Row(name, method, f[0], f[1:], fb[0], fb[1:])
-            if method == "plain":
-                base = row
+            base = None
+            if (baseline(method), "fwd") in timed:
+                bf, bfb = timed[(baseline(method), "fwd")], timed[(baseline(method), "fwdbwd")]
+                base = Row(name, baseline(method), bf[0], bf[1:], bfb[0], bfb[1:])
             if base is not None:
                 row.fwd_ratio, row.fwdbwd_ratio = row.fwd_ms / base.fwd_ms, row.fwdbwd_ms / base.fwdbwd_ms
                 row.fwd_min_ratio = row.fwd_spread[0] / base.fwd_spread[0]
@@ -454,7 +517,7 @@ def run_layers(args) -> list[Row]:
                 row.peak_extra_mb = peak_extra_mb(method, shape, args)
             rows.append(row)
             print(
-                f"{name:>14} {method:<11} fwd {row.fwd_ms:9.2f} ms ({row.fwd_min_ratio:5.2f}x min, "
+                f"{name:>14} {method:<16} fwd {row.fwd_ms:9.2f} ms ({row.fwd_min_ratio:5.2f}x min, "
                 f"{row.fwd_ratio:5.2f}x med)  fwd+bwd {row.fwdbwd_ms:9.2f} ms "
                 f"({row.fwdbwd_min_ratio:5.2f}x min, "
                 f"{row.fwdbwd_ratio:5.2f}x med)"
@@ -563,6 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None, help="subset, e.g. plain naive shc")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--forms", action="store_true", help="also time the fused and split forms apart")
+    p.add_argument(
+        "--modules", action="store_true",
+        help="also time nn.Conv2d (plain:module) and SHCConv2d (shc:<backend>:module), module against module",
+    )  # fmt: skip
     p.add_argument("--warmup", type=ca.nonnegative_int, default=2)
     p.add_argument("--reps", type=ca.positive_int, default=5)
     p.add_argument("--threads", type=ca.positive_int, default=None, help="CPU threads (default: all cores)")
@@ -599,7 +666,7 @@ def check_args(parser, args, argv) -> None:
             if opt in given or any(a.startswith(opt + "=") for a in given):
                 cli_args.fail(parser, f"argument {opt}: only applies with --model")
     if args.methods is not None and args.model is None:
-        known = list(method_fns(1, args.device, forms=True))
+        known = list(method_fns(1, args.device, forms=True, modules=True))
         bad = [w for w in args.methods if not any(_wanted(m, [w]) for m in known)]
         if bad:
             cli_args.fail(

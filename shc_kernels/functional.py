@@ -114,26 +114,34 @@ def plan(backend, x, weight, bias, hyper_params, stride, padding, dilation, grou
     time the same there). CUDA times both once per shape, like the backends, and keeps the
     faster; under torch.compile it uses that choice if made, else "fused".
     """
+    be, form, _static = _plan(backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps,
+                              grad_route)  # fmt: skip
+    return be, form
+
+
+def _plan(backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route):
+    """``plan``'s (backend, form), and whether the decision is static: made without timing, so
+    the same call (same metadata, arguments and environment) always gets it."""
     form_env = forced_form()
     conf = (stride, padding, dilation, groups, eps, grad_route)
-    be = _choose_backend(backend, x, weight, bias, hyper_params, *conf)
+    be, static = _choose_backend(backend, x, weight, bias, hyper_params, *conf, with_static=True)
     if be not in ("cpu", "cuda", "cuda_sim"):
-        return be, "split"
+        return be, "split", static
     if form_env:
-        return be, form_env
+        return be, form_env, static
     if be not in TIMED_FORMS:
-        return be, "fused"
+        return be, "fused", static
     grad, key = _timing_key(x, weight, bias, hyper_params, *conf[:4], grad_route)
     key = ("form", be) + key
     if torch.compiler.is_compiling():
-        return be, backends.cached_choice(key) or "fused"
+        return be, backends.cached_choice(key) or "fused", False
 
     def layer(form, *leaves):
         return _layer(*leaves, stride, padding, dilation, groups, eps, grad_route, be, form)
 
     run = _runner(layer, x, weight, bias, hyper_params, grad)
     reference_run = _reference_run(x, weight, bias, hyper_params, conf, grad)
-    return be, backends.fastest(key, FORMS, run, x.device.type, reference=reference_run)
+    return be, backends.fastest(key, FORMS, run, x.device.type, reference=reference_run), False
 
 
 def _reference_run(x, weight, bias, hyper_params, conf, grad):
@@ -149,12 +157,15 @@ def _reference_run(x, weight, bias, hyper_params, conf, grad):
 
 
 def _choose_backend(backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps,
-                    grad_route):  # fmt: skip
+                    grad_route, with_static=False):  # fmt: skip
+    """The backend for the call; with ``with_static``, (backend, whether chosen without timing)."""
     if backend != "auto" or os.environ.get("SHC_BACKEND") or torch.compiler.is_compiling():
-        return backends.resolve(backend, x)
+        be = backends.resolve(backend, x)
+        return (be, not torch.compiler.is_compiling()) if with_static else be
     candidates = backends.auto_candidates(x)
     if len(candidates) < 2:
-        return candidates[0] if candidates else "reference"
+        be = candidates[0] if candidates else "reference"
+        return (be, True) if with_static else be
     conf = (stride, padding, dilation, groups, eps, grad_route)
     grad, key = _timing_key(x, weight, bias, hyper_params, *conf[:4], grad_route)
 
@@ -164,9 +175,10 @@ def _choose_backend(backend, x, weight, bias, hyper_params, stride, padding, dil
 
     run = _runner(layer, x, weight, bias, hyper_params, grad)
     reference_run = _reference_run(x, weight, bias, hyper_params, conf, grad)
-    return backends.fastest(
+    be = backends.fastest(
         ("backend",) + key, candidates, run, x.device.type, reference=reference_run, fallback="reference"
     )
+    return (be, False) if with_static else be
 
 
 # ---------------------------------------------------------------- the three functions
@@ -255,13 +267,17 @@ def shc_conv2d(
     ops do not support, the layer runs the reference implementation (pure PyTorch, every
     transform works; slower).
     """
-    check_grad_route(grad_route)
     hyper_params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-    key = _passed_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, padding_mode)
-    passed = _PASSED.get(key) if key is not None else None
-    if passed is not None:  # these very arguments (by type, shape, dtype, device) passed every check
-        conf = (*passed, groups, eps, grad_route)
-        return _run(x, weight, bias, hyper_params, conf, backend)
+    key = _call_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route,
+                    backend, padding_mode)  # fmt: skip
+    known = _KNOWN.get(key) if key is not None else None
+    if known is not None and not _transform_active((x, weight, bias, *hyper_params)):
+        # These very arguments (by type, shape, dtype, device, in this environment) passed every
+        # check before: the checks' results and, where it was made without timing, the plan.
+        conf, planned = known
+        be, form = planned or plan(backend, x, weight, bias, hyper_params, *conf)
+        return _layer(x, weight, bias, *hyper_params, *conf, be, form)
+    check_grad_route(grad_route)
     eps = check_eps(eps)
     unbatched = isinstance(x, torch.Tensor) and x.dim() == 3
     if unbatched:
@@ -278,14 +294,15 @@ def shc_conv2d(
     stride, padding, dilation = check_layer_conv_args(x_conv, weight, bias, stride, padding, dilation, groups)
     check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]))
     conf = (stride, padding, dilation, groups, eps, grad_route)
-    if explicit is None:
-        if key is not None and not unbatched:
-            if len(_PASSED) >= _PASSED_MAX:
-                _PASSED.clear()
-            _PASSED[key] = (stride, padding, dilation)
-        y = _run(x, weight, bias, hyper_params, conf, backend)
-    elif _transform_active((x, weight, bias, *hyper_params)):
+    if _transform_active((x, weight, bias, *hyper_params)):
         y = _reference_layer(x, weight, bias, *hyper_params, *conf, explicit, padding_mode)
+    elif explicit is None:
+        be, form, static = _plan(backend, x, weight, bias, hyper_params, *conf)
+        if key is not None and not unbatched:
+            if len(_KNOWN) >= _KNOWN_MAX:
+                _KNOWN.clear()
+            _KNOWN[key] = (conf, (be, form) if static else None)
+        y = _layer(x, weight, bias, *hyper_params, *conf, be, form)
     else:  # one documented route: pad explicitly, map from the unpadded input, "split" form
         forced_form()
         be = _choose_backend(backend, x_conv, weight, bias, hyper_params, *conf)
@@ -294,44 +311,54 @@ def shc_conv2d(
     return y.squeeze(0) if unbatched else y
 
 
-def _run(x, weight, bias, hyper_params, conf, backend):
-    """The layer on checked arguments (op padding only): the reference under a torch.func
-    transform or forward AD, else the planned backend and form."""
-    if _transform_active((x, weight, bias, *hyper_params)):
-        return _reference_layer(x, weight, bias, *hyper_params, *conf)
-    be, form = plan(backend, x, weight, bias, hyper_params, *conf)
-    return _layer(x, weight, bias, *hyper_params, *conf, be, form)
-
-
-# Arguments that passed every check of shc_conv2d, by metadata: a layer called again with tensors
-# of the same types, shapes, dtypes and devices skips the ~50 us of Python checks. Only plain
-# ints, a float eps and zero padding qualify (so a bool or numpy int is always checked anew).
-_PASSED: dict = {}
-_PASSED_MAX = 4096
+# Calls that passed every check of shc_conv2d, by metadata: a layer called again with tensors of
+# the same types, shapes, dtypes and devices, the same arguments and the same SHC_BACKEND and
+# SHC_FORM skips the ~20 us of Python checks and planning (bench/results/cpu_call_overhead_*).
+# Only plain ints, a float eps, str route and backend and zero padding qualify (so a bool or a
+# numpy int is always checked anew); nothing is remembered while torch.compile traces.
+_KNOWN: dict = {}
+_KNOWN_MAX = 4096
 
 
 def _plain_pair(v) -> bool:
     return type(v) is int or (type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int)
 
 
-def _passed_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, padding_mode):
-    """The key of ``_PASSED`` for this call, or None where the call always takes the checks."""
-    if padding_mode != "zeros" or type(groups) is not int or type(eps) is not float:
-        return None
-    if not (_plain_pair(stride) and _plain_pair(padding) and _plain_pair(dilation)):
+def _call_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route, backend,
+              padding_mode):  # fmt: skip
+    """The key of ``_KNOWN`` for this call, or None where the call always takes the checks."""
+    if (
+        padding_mode != "zeros" or type(groups) is not int or type(eps) is not float
+        or type(grad_route) is not str or type(backend) is not str
+        or not (_plain_pair(stride) and _plain_pair(padding) and _plain_pair(dilation))
+        or torch.compiler.is_compiling()
+    ):  # fmt: skip
         return None
     meta = []
-    for t in (x, weight, bias, *hyper_params):
-        if t is None:
-            meta.append(None)
-        elif isinstance(t, torch.Tensor):
-            meta.append((type(t), t.shape, t.dtype, t.device))
-        else:
-            return None
-    # The dtype checks allow what autocast will cast.
-    device = x.device.type
-    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-    return (*meta, stride, padding, dilation, groups, eps, autocast)
+    try:
+        for t in (x, weight, bias, *hyper_params):
+            meta += (None,) if t is None else (type(t), t.shape, t.dtype, t.device)
+    except AttributeError:  # not a tensor: the checks say what is wrong
+        return None
+    # The dtype checks allow what autocast will cast, so its state is part of the key.
+    return (*meta, stride, padding, dilation, groups, eps, grad_route, backend, *_env_switches(),
+            torch._C._is_any_autocast_enabled())  # fmt: skip
+
+
+_ENV_DATA = getattr(os.environ, "_data", None)
+if os.name == "posix" and isinstance(_ENV_DATA, dict):
+
+    def _env_switches() -> tuple:
+        """(SHC_BACKEND, SHC_FORM) as set now, as bytes or None. os.environ keeps every change
+        made through it (and monkeypatch.setenv) in its dict ``_data``, bytes keys on POSIX: read
+        there it costs 0.04 us, not os.environ.get's 0.75 us of encoding."""
+        return _ENV_DATA.get(b"SHC_BACKEND"), _ENV_DATA.get(b"SHC_FORM")
+
+else:
+
+    def _env_switches() -> tuple:
+        """(SHC_BACKEND, SHC_FORM) as set now, or None."""
+        return os.environ.get("SHC_BACKEND"), os.environ.get("SHC_FORM")
 
 
 def _pad(x, explicit, padding_mode):
@@ -355,7 +382,7 @@ def _layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, 
     """The layer on a concrete backend in a concrete form (see ``plan``), on checked arguments
     with stride, padding and dilation as pairs."""
     if form == "fused":
-        y, _m, _z, _h = _lib(backend).shc_conv2d(
+        y, _m, _z, _h = _lib(backend).shc_conv2d.default(
             dense_layout(x), weight.contiguous(), bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
             list(stride), list(padding), list(dilation), groups, float(eps), grad_route,
         )  # fmt: skip

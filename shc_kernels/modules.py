@@ -124,12 +124,27 @@ class SHCConv2d(nn.Conv2d):
             f"grad_route={self.grad_route!r}, backend={self.backend!r}"
         )
 
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _hyper_params(self) -> tuple:
+        """(fc1.weight, fc1.bias, fc2.weight, fc2.bias). Where the hypernetwork is this package's
+        with plain nn.Linear layers, read from their parameter dicts: what nn.Module's attribute
+        lookup returns, without its ~0.6 us a name (torch.func.functional_call swaps tensors in
+        those dicts too); anything else (a parametrized or replaced layer) by attribute."""
+        try:
+            hyper = self._modules["hyper"]
+            if type(hyper) is HyperNetwork:
+                fc1, fc2 = hyper._modules["fc1"], hyper._modules["fc2"]
+                if type(fc1) is nn.Linear and type(fc2) is nn.Linear:
+                    p1, p2 = fc1._parameters, fc2._parameters
+                    return p1["weight"], p1["bias"], p2["weight"], p2["bias"]
+        except KeyError:  # a parameter deleted or moved out of the dict (old-style weight_norm)
+            pass
         fc1, fc2 = self.hyper.fc1, self.hyper.fc2
+        return fc1.weight, fc1.bias, fc2.weight, fc2.bias
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return functional.shc_conv2d(
-            x, weight, bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.stride, self.padding,
-            self.dilation, self.groups, self.eps, self.grad_route, self.backend,
-            padding_mode=self.padding_mode,
+            x, weight, bias, *self._hyper_params(), self.stride, self.padding, self.dilation, self.groups,
+            self._eps, self._grad_route, self._backend, padding_mode=self.padding_mode,
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

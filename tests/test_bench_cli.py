@@ -104,3 +104,28 @@ def test_malloc_system_keeps_the_defaults_and_says_so(tmp_path):
     code, _out, err = run_cli(argv)
     assert code == 0, err
     assert json.loads(js.read_text())["info"]["malloc"] == "system"
+
+
+def test_module_methods_compute_the_layer_and_divide_by_the_plain_module(tmp_path):
+    # --modules times nn.Conv2d and SHCConv2d built from the same values as the functional calls:
+    # same outputs, and each :module row's ratio is to plain:module of the same run.
+    torch = pytest.importorskip("torch")
+    x, params = bench.make_inputs(4, 6, 7, 3, "cpu", torch.float32, False)
+    fns = bench.method_fns(2, modules=True)
+    for method, fn in fns.items():
+        if isinstance(fn, bench.ModuleMethod):
+            functional_name = method.rsplit(":", 1)[0]
+            torch.testing.assert_close(fn.build(params)(x), fns[functional_name](x, params))
+    js = tmp_path / "smoke.json"
+    argv = ["bench", "--shapes", "smoke", "--methods", "plain", "shc", "--modules", "--batch", "2"]
+    argv += ["--reps", "1", "--warmup", "0", "--no-memory", "--threads", "1", "--json", str(js)]
+    code, _out, err = run_cli(argv)
+    assert code == 0, err
+    rows = json.loads(js.read_text())["rows"]
+    by = {(r["shape"], r["method"]): r for r in rows}
+    assert ("smoke", "plain:module") in by
+    assert any(m.endswith(":module") and m != "plain:module" for _, m in by)
+    for (shape, method), r in by.items():
+        base = by[(shape, bench.baseline(method))]
+        assert r["fwd_min_ratio"] == pytest.approx(r["fwd_spread"][0] / base["fwd_spread"][0])
+        assert r["fwdbwd_ratio"] == pytest.approx(r["fwdbwd_ms"] / base["fwdbwd_ms"])

@@ -50,8 +50,12 @@ def test_models_run_the_one_launch_op(arch, monkeypatch):
 
 @needs_cpu
 def test_shc_form_and_backend_act_on_the_module(monkeypatch):
+    monkeypatch.delenv("SHC_FORM", raising=False)
+    monkeypatch.delenv("SHC_BACKEND", raising=False)
     layer = shc.SHCConv2d(4, 6, 3, padding=1)
     x = torch.randn(2, 4, 7, 7, requires_grad=True)
+    # The same call remembered without the switches first: setting them still acts on the next call.
+    assert "shc::shc_conv2d" in _ops_run(_fwd_bwd(layer, x))
     monkeypatch.setenv("SHC_FORM", "split")
     assert {"shc::channel_stats", "shc::modulated_conv2d"} <= _ops_run(_fwd_bwd(layer, x))
     monkeypatch.setenv("SHC_FORM", "bogus")
@@ -60,6 +64,41 @@ def test_shc_form_and_backend_act_on_the_module(monkeypatch):
     monkeypatch.delenv("SHC_FORM")
     monkeypatch.setenv("SHC_BACKEND", "reference")
     assert _ops_run(_fwd_bwd(layer, x)) == set()
+    monkeypatch.delenv("SHC_BACKEND")
+    assert "shc::shc_conv2d" in _ops_run(_fwd_bwd(layer, x))
+
+
+def test_module_reads_the_hypernetwork_as_attribute_lookup_does():
+    # SHCConv2d reads hyper.fc1/fc2's tensors from their parameter dicts where that is what
+    # attribute lookup returns; a parametrized, re-registered or replaced layer is read by attribute.
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    torch.manual_seed(0)
+    layer = shc.SHCConv2d(4, 6, 3, padding=1)
+    x = torch.randn(2, 4, 7, 7)
+
+    def expected():
+        f1, f2 = layer.hyper.fc1, layer.hyper.fc2
+        return shc.reference.shc_conv2d(
+            x, layer.weight, layer.bias, f1.weight, f1.bias, f2.weight, f2.bias, padding=1
+        )
+
+    torch.testing.assert_close(layer(x), expected())
+    parametrize.register_parametrization(layer.hyper.fc2, "weight", Double())
+    torch.testing.assert_close(layer(x), expected())
+    parametrize.remove_parametrizations(layer.hyper.fc2, "weight")
+    weight = layer.hyper.fc1.weight.detach()
+    del layer.hyper.fc1.weight
+    layer.hyper.fc1.weight = 0.5 * weight  # a plain tensor attribute, not a parameter
+    torch.testing.assert_close(layer(x), expected())
+    layer.hyper.fc1 = nn.Linear(8, 2, bias=False)
+    torch.testing.assert_close(layer(x), expected())
+    layer.hyper = shc.modules.HyperNetwork(4, (3, 3), hidden=3)
+    torch.testing.assert_close(layer(x), expected())
 
 
 @needs_cpu
@@ -313,17 +352,17 @@ def test_cuda_sim_backend_says_how_to_build_it():
 
 
 def test_a_call_like_one_that_passed_is_not_checked_again_but_every_difference_is():
-    # shc_conv2d remembers argument metadata that passed its checks (functional._PASSED): the
+    # shc_conv2d remembers argument metadata that passed its checks (functional._KNOWN): the
     # same call again skips them, and any argument that differs is checked anew.
     from shc_kernels import functional
 
     torch.manual_seed(0)
     x, p = torch.randn(2, 2, 6, 6), _params(2, 3)
-    functional._PASSED.clear()
+    functional._KNOWN.clear()
     y = shc.shc_conv2d(x, *p, padding=1)
-    assert len(functional._PASSED) == 1
+    assert len(functional._KNOWN) == 1
     torch.testing.assert_close(shc.shc_conv2d(x, *p, padding=1), y)
-    assert len(functional._PASSED) == 1
+    assert len(functional._KNOWN) == 1
     bad = [
         (dict(groups=True), ValueError, "groups must be a positive int"),
         (dict(eps=0.0), ValueError, "eps must be a finite number > 0"),
