@@ -1,7 +1,8 @@
 """What the layer's Python path costs, on the CPU (issue: one layer, one path).
 
-1. Per-call overhead at N=1, 32 ch @ 14² (a size where the kernel is cheap and the overhead
-   shows): SHCConv2d vs functional.shc_conv2d vs F.conv2d, forward and forward+backward.
+1. Per-call overhead at N=1, 32 ch @ 14² and 8 ch @ 4² (sizes where the kernel is cheap and the
+   overhead shows): SHCConv2d, functional.shc_conv2d and the op shc::shc_conv2d against nn.Conv2d
+   and F.conv2d, forward and forward+backward.
 2. Second order: a gradient-penalty step (create_graph=True, then the gradient of the gradient)
    against a first-order step, on the cpu backend (the backward ops differentiated by the
    same ops) and on the reference.
@@ -9,7 +10,7 @@
    (their outputs compared), against the same call with the comparison switched off.
 
 Round-robin timing, the minimum over repetitions, ratios within one run.
-Run: python bench/layer_overhead.py [--json F] [--markdown F]
+Run: python bench/layer_overhead.py [--per-call-only] [--json F] [--markdown F]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 
 import torch
@@ -39,12 +41,14 @@ def _min_time(fns: dict, reps: int, warmup: int = 3) -> dict:
     return best
 
 
-def per_call(reps: int) -> dict:
+def per_call(reps: int, cin: int = 32, hw: int = 14) -> dict:
     torch.manual_seed(0)
-    layer = shc.SHCConv2d(32, 32, 3, padding=1)
+    layer = shc.SHCConv2d(cin, cin, 3, padding=1)
+    conv = torch.nn.Conv2d(cin, cin, 3, padding=1)
     f1, f2 = layer.hyper.fc1, layer.hyper.fc2
     params = (layer.weight, layer.bias, f1.weight, f1.bias, f2.weight, f2.bias)
-    x = torch.randn(1, 32, 14, 14, requires_grad=True)
+    x = torch.randn(1, cin, hw, hw, requires_grad=True)
+    op = torch.ops.shc.shc_conv2d.default if shc.ops.compiled_available() else None
 
     def fwd(fn):
         def run():
@@ -58,9 +62,13 @@ def per_call(reps: int) -> dict:
 
     calls = {
         "F.conv2d": lambda: F.conv2d(x, layer.weight, layer.bias, padding=1),
+        "nn.Conv2d": lambda: conv(x),
+        "op": lambda: op(x, *params, [1, 1], [1, 1], [1, 1], 1, 1e-5, "both")[0],
         "functional": lambda: shc.shc_conv2d(x, *params, padding=1),
         "module": lambda: layer(x),
     }
+    if op is None:
+        del calls["op"]
     out = {}
     for mode, wrap in (("forward", fwd), ("forward+backward", fwdbwd)):
         t = _min_time({k: wrap(v) for k, v in calls.items()}, reps)
@@ -131,29 +139,36 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
+    p.add_argument("--per-call-only", action="store_true", help="only the per-call overhead tables")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "per_call_us": per_call(args.reps * 10),
-        "second_order_ms": second_order(args.reps),
-        "auto_first_call_ms": auto_check_cost(max(3, args.reps // 6)),
+        "per_call_tiny_us": per_call(args.reps * 10, cin=8, hw=4),
     }
-    lines = ["# Layer path overhead (CPU)", "", f"{res['machine']}, torch {res['torch']}. "
-             "Command: `python bench/layer_overhead.py --json ... --markdown ...`", "",
-             "## Per call, N=1, 32 ch @ 14², fp32 (µs, minimum)", "", "| | F.conv2d | functional | module |",
-             "|---|---|---|---|"]  # fmt: skip
-    for mode, t in res["per_call_us"].items():
-        lines.append(f"| {mode} | {t['F.conv2d']:.0f} | {t['functional']:.0f} | {t['module']:.0f} |")
-    lines += ["", "## Second order, N=8, 32 ch @ 14² (ms, minimum)", "", "| step | cpu | reference |",
-              "|---|---|---|"]  # fmt: skip
-    so = res["second_order_ms"]
-    for kind in ("first order", "gradient penalty"):
-        lines.append(f"| {kind} | {so[f'{kind}:cpu']:.1f} | {so[f'{kind}:reference']:.1f} |")
-    a = res["auto_first_call_ms"]
-    lines += ["", "## auto's first call of a shape, two agreeing candidates (ms, minimum)", "",
-              f"timing + check {a['timing + check']:.1f}, timing only {a['timing only']:.1f}"]  # fmt: skip
+    if not args.per_call_only:
+        res["second_order_ms"] = second_order(args.reps)
+        res["auto_first_call_ms"] = auto_check_cost(max(3, args.reps // 6))
+    command = "python bench/layer_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = ["# Layer path overhead (CPU)", "", f"{res['machine']}, torch {res['torch']}.", "",
+             f"Command: `{command}`"]  # fmt: skip
+    for key, title in (("per_call_us", "N=1, 32 ch @ 14²"), ("per_call_tiny_us", "N=1, 8 ch @ 4²")):
+        names = list(res[key]["forward"])
+        lines += ["", f"## Per call, {title}, fp32 (µs, minimum)", "", "| | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 1) + "|"]  # fmt: skip
+        for mode, t in res[key].items():
+            lines.append(f"| {mode} | " + " | ".join(f"{t[n]:.1f}" for n in names) + " |")
+    if not args.per_call_only:
+        lines += ["", "## Second order, N=8, 32 ch @ 14² (ms, minimum)", "", "| step | cpu | reference |",
+                  "|---|---|---|"]  # fmt: skip
+        so = res["second_order_ms"]
+        for kind in ("first order", "gradient penalty"):
+            lines.append(f"| {kind} | {so[f'{kind}:cpu']:.1f} | {so[f'{kind}:reference']:.1f} |")
+        a = res["auto_first_call_ms"]
+        lines += ["", "## auto's first call of a shape, two agreeing candidates (ms, minimum)", "",
+                  f"timing + check {a['timing + check']:.1f}, timing only {a['timing only']:.1f}"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.json:

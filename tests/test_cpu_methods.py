@@ -152,6 +152,30 @@ def test_layer_gradients_match_the_reference_on_each_method(monkeypatch, route, 
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("method", ["shift", "taps"])
+def test_two_threads_give_the_reference_with_the_weight_relayouts_split(monkeypatch, method):
+    """With two threads and weights large enough (64 x 64 channels), the weight's tap-major
+    re-layouts and the grad_weight sum over workers run split across the threads, and each worker
+    zeroes its own accumulator: still the reference's numbers (fp64)."""
+    monkeypatch.setenv("SHC_CPU_METHOD", method)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        layer = shc.SHCConv2d(64, 64, 3, padding=1, backend="cpu").double()
+        x = torch.randn(16, 64, 4, 4, dtype=torch.float64, requires_grad=True)
+        params = [x, layer.weight, layer.bias, *layer.hyper.parameters()]
+        y = layer(x)
+        got = [y, *torch.autograd.grad(y.square().sum(), params)]
+    finally:
+        torch.set_num_threads(threads)
+    layer.backend = "reference"
+    y = layer(x)
+    want = [y, *torch.autograd.grad(y.square().sum(), params)]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("method", ["shift", "taps", "direct"])
 def test_a_method_is_forced_only_where_it_applies(monkeypatch, method):
     """SHC_CPU_METHOD=shift|taps|direct forces the method only where it applies: the convs it does

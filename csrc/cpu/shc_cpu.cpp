@@ -863,6 +863,14 @@ inline bool shift_taps(const Geom& g) {
          g.dw == 1 && g.groups == 1 && g.OH == g.H && g.OW == g.W;
 }
 
+// The weight's re-layouts (taps_major, sum_tap_major) run on every thread where they move enough
+// values: serial, they were the layer's serial part at 256 x 256 channels and more (2.4 MiB a
+// layout), which two threads wait on. grain: the parallel_for grain for items of `per_item` values,
+// so that a thread gets at least 32 Ki values.
+inline int64_t relayout_grain(int64_t per_item) {
+  return std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, per_item));
+}
+
 // grad_weight (C, D, taps) from per-worker accumulators acc[wid][t][d][c] (taps x D x C each),
 // summed in worker order (shift and taps methods): gw[c, d, t] = sum_wid acc[wid][t][d][c].
 // grad_bias from per-worker accumulators bacc[wid * C + c], summed in worker order.
@@ -878,19 +886,22 @@ void sum_workers(const std::vector<double>& bacc, int64_t nworkers, int64_t C, d
 template <typename T>
 void sum_tap_major(const T* acc, int64_t nworkers, int64_t C, int64_t D, int64_t taps, T* gw) {
   constexpr int64_t kB = 16;
-  const int64_t size = taps * D * C;
-  for (int64_t c0 = 0; c0 < C; c0 += kB) {
-    const int64_t nc = std::min(kB, C - c0);
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t t = 0; t < taps; ++t) {
-        T v[kB] = {};
-        for (int64_t wid = 0; wid < nworkers; ++wid) {
-          const T* a = acc + wid * size + (t * D + d) * C + c0;
-          for (int64_t i = 0; i < nc; ++i) v[i] += a[i];
+  const int64_t size = taps * D * C, nblk = (C + kB - 1) / kB;
+  // blocks of channels in parallel: disjoint writes, each value summed in worker order as on one thread
+  at::parallel_for(0, nblk, relayout_grain(kB * D * taps * nworkers), [&](int64_t b0, int64_t b1) {
+    for (int64_t c0 = b0 * kB; c0 < std::min(C, b1 * kB); c0 += kB) {
+      const int64_t nc = std::min(kB, C - c0);
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t t = 0; t < taps; ++t) {
+          T v[kB] = {};
+          for (int64_t wid = 0; wid < nworkers; ++wid) {
+            const T* a = acc + wid * size + (t * D + d) * C + c0;
+            for (int64_t i = 0; i < nc; ++i) v[i] += a[i];
+          }
+          for (int64_t i = 0; i < nc; ++i) gw[((c0 + i) * D + d) * taps + t] = v[i];
         }
-        for (int64_t i = 0; i < nc; ++i) gw[((c0 + i) * D + d) * taps + t] = v[i];
-      }
-  }
+    }
+  });
 }
 
 // count blocks of rows x cols at row pitch `pitch` (block pitch ld; each row's columns past cols
@@ -940,20 +951,24 @@ template <typename T>
 void taps_major(const T* w, int64_t C, int64_t D, int64_t taps, bool transposed, T* wt) {
   constexpr int64_t kB = 16;
   if (transposed) {  // wt[t][d][c]: runs of c
-    for (int64_t c0 = 0; c0 < C; c0 += kB) {
-      const int64_t nc = std::min(kB, C - c0);
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t t = 0; t < taps; ++t)
-          for (int64_t i = 0; i < nc; ++i) wt[(t * D + d) * C + c0 + i] = w[((c0 + i) * D + d) * taps + t];
-    }
+    at::parallel_for(0, (C + kB - 1) / kB, relayout_grain(kB * D * taps), [&](int64_t b0, int64_t b1) {
+      for (int64_t c0 = b0 * kB; c0 < std::min(C, b1 * kB); c0 += kB) {
+        const int64_t nc = std::min(kB, C - c0);
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t t = 0; t < taps; ++t)
+            for (int64_t i = 0; i < nc; ++i) wt[(t * D + d) * C + c0 + i] = w[((c0 + i) * D + d) * taps + t];
+      }
+    });
     return;
   }
-  for (int64_t c = 0; c < C; ++c)  // wt[t][c][d]: runs of d
-    for (int64_t d0 = 0; d0 < D; d0 += kB) {
-      const int64_t nd = std::min(kB, D - d0);
-      for (int64_t t = 0; t < taps; ++t)
-        for (int64_t i = 0; i < nd; ++i) wt[(t * C + c) * D + d0 + i] = w[(c * D + d0 + i) * taps + t];
-    }
+  at::parallel_for(0, C, relayout_grain(D * taps), [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c)  // wt[t][c][d]: runs of d
+      for (int64_t d0 = 0; d0 < D; d0 += kB) {
+        const int64_t nd = std::min(kB, D - d0);
+        for (int64_t t = 0; t < taps; ++t)
+          for (int64_t i = 0; i < nd; ++i) wt[(t * C + c) * D + d0 + i] = w[(c * D + d0 + i) * taps + t];
+      }
+  });
 }
 
 // out (rows x Pp) = sum_s (m[src(s)] wt[src(s)]) @ shift_s(padded), src(s) = s, or 8 - s (flip: the
@@ -1472,10 +1487,11 @@ void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const
   if (need_dcols) taps_major(w, g.C, g.D, g.T, true, wtT.data());
   const int64_t nchunks = (g.N + nbmax - 1) / nbmax, nworkers = num_workers(nchunks);
   Buf<T> acc(gw != nullptr ? nworkers * g.T * CD : 0);  // per worker: grad_weight_t^T, (T x D x C)
-  if (gw != nullptr) std::fill(acc.data(), acc.data() + nworkers * g.T * CD, T(0));
   std::vector<double> bacc(db != nullptr ? static_cast<size_t>(nworkers * g.C) : 0, 0.0);
   // grad_weight and grad_bias are summed per worker: a fixed chunk -> worker map (deterministic)
   run_chunks(nchunks, nworkers, /*dynamic=*/gw == nullptr && db == nullptr, [&](int64_t wid, auto& next) {
+    if (gw != nullptr)  // each worker zeroes its own accumulator, in parallel (was serial, before the loop)
+      std::fill(acc.data() + wid * g.T * CD, acc.data() + (wid + 1) * g.T * CD, T(0));
     Buf<T> xs(g.D * HW * nbmax), cols(g.D * g.P * nbmax), ds(g.C * g.P * nbmax), mt(g.T * nbmax);
     Buf<T> dr(gw != nullptr ? g.P * nbmax * g.C : 0), dxs(dx != nullptr ? g.D * HW * nbmax : 0);
     std::vector<double> dmv(dm != nullptr ? static_cast<size_t>(nbmax) : 0);
