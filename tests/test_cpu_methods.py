@@ -134,6 +134,28 @@ def test_taps_method_gives_the_reference_for_any_conv(monkeypatch, conv, n, dtyp
         torch.testing.assert_close(a, b, **tol, msg=lambda s, name=name: f"{name}: {s}")
 
 
+@pytest.mark.parametrize("fit", [1, 3, 4, 7])
+def test_taps_blocks_grown_past_a_small_workspace_give_the_reference(monkeypatch, fit):
+    """A workspace that fits `fit` samples (SHC_CPU_WS_BYTES) grows up to fourfold toward blocks of
+    16 (taps_block): 40 samples in blocks of 4, 8, 12 or 16 and a tail, fp64 against the reference."""
+    monkeypatch.setenv("SHC_CPU_METHOD", "taps")
+    n, d, c, h, w = 40, 6, 5, 9, 8
+    per_sample = 8 * (2 * d * h * w + 2 * d * h * w + 3 * c * h * w)  # taps_block's bytes, fp64, stride 1
+    monkeypatch.setenv("SHC_CPU_WS_BYTES", str(fit * per_sample))
+    g = torch.Generator().manual_seed(fit)
+    tensors = (
+        torch.randn(n, d, h, w, generator=g, dtype=torch.float64),
+        torch.randn(c, d, 3, 3, generator=g, dtype=torch.float64),
+        torch.rand(n, 3, 3, generator=g, dtype=torch.float64),
+        torch.randn(c, generator=g, dtype=torch.float64),
+    )
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    got = _run(lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, *args), tensors)
+    want = _run(lambda x, w, m, b: reference.modulated_conv2d(x, w, m, b, *args), tensors)
+    for name, a, b in zip(("y", "dx", "dweight", "dm", "dbias"), got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda s, name=name: f"{name}: {s}")
+
+
 @pytest.mark.parametrize("method", ["shift", "taps", "direct"])
 @pytest.mark.parametrize("route", ["both", "conv", "hyper"])
 def test_layer_gradients_match_the_reference_on_each_method(monkeypatch, route, method):

@@ -1416,14 +1416,16 @@ void taps_scatter(const Geom& g, const TapWindow& w, const T* dcols, const T* xs
 // multiple of 8 lanes (7x7 planes gave 10: 256>256@7, batch 32, fwd+bwd 1.26x; with 8, 0.97x).
 inline int64_t taps_block(const Geom& g, size_t elem, const Knobs& k) {
   const int64_t per_sample = static_cast<int64_t>(elem) * (2 * g.D * g.H * g.W + 2 * g.D * g.P + 3 * g.C * g.P);
-  // Below 16 samples the workspace may double to reach 16: each block streams all nine W_t, and at
-  // 512 channels (9 MiB of weights) blocks of 8 paid for that twice (one thread, the layer against
-  // F.conv2d, forward / fwd+bwd, batch 32: 512>512@7/2 1.27x / 1.24x with 8 samples, 0.99x / 1.02x
-  // with 16; 512>512@7 had 5 samples a block, so im2col, 1.18x / 1.19x; taps with 8: 0.96x / 1.01x,
-  // and 0.93x / 0.98x at batch 128). Doubling the budget everywhere was no faster on the shapes
-  // that already had 16 or more.
+  // Below 16 samples the workspace may grow up to fourfold to reach 16: each block streams all nine
+  // W_t, and at 512 channels (9 MiB of weights) blocks of 8 paid for that twice (one thread, the
+  // layer against F.conv2d, forward / fwd+bwd, batch 32: 512>512@7/2 1.27x / 1.24x with 8 samples,
+  // 0.99x / 1.02x with 16; 512>512@7 had 5 samples a block, so im2col, 1.18x / 1.19x; taps with 8:
+  // 0.96x / 1.01x, and 0.93x / 0.98x at batch 128). Twofold left 512>512@8 (917 KiB a sample) at 8:
+  // fourfold, forward 1.23x -> 1.11x at batch 32, 1.23x -> 1.17x at batch 128 (median of paired
+  // ratios in one process, 2026-12-06), for a workspace of 14 MiB a thread there. A bigger budget
+  // everywhere was no faster on the shapes that already had 16 or more.
   const int64_t fit = k.ws_bytes / std::max<int64_t>(1, per_sample);
-  const int64_t cap = std::max<int64_t>(1, fit >= 16 ? fit : std::min<int64_t>(16, 2 * fit));
+  const int64_t cap = std::max<int64_t>(1, fit >= 16 ? fit : std::min<int64_t>(16, 4 * fit));
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t balance = std::max<int64_t>(1, (g.N + nthreads - 1) / nthreads);
   // Forwards on planes above 32 positions take twice the columns (7x7 and 8x8: 16 samples, not
