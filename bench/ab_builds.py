@@ -28,12 +28,8 @@ def main(argv: list[str]) -> int:
     out = {"package": shc_kernels.__file__}
     for cin, cout, hw, stride in shapes:
         x, params = bench.make_inputs(cin, cout, hw, batch, "cpu", torch.float32, False)
-        fns = bench.method_fns(stride)
-        closures = {}
-        for method in ("plain", "shc:cpu"):
-            fwd, fwdbwd = bench._fwd_and_fwdbwd(fns[method], x, params)
-            closures[(method, "fwd")], closures[(method, "fwdbwd")] = fwd, fwdbwd
-        t = bench.Timer("cpu", "thread").interleaved(closures, 1, 7)
+        calls = bench.closures(bench.method_fns(stride), ("plain", "shc:cpu"), x, params)
+        t = bench.Timer("cpu", "thread").interleaved(calls, 1, 7)
         out[f"{cin}>{cout}@{hw}/{stride}"] = [
             round(t[("shc:cpu", mode)][1] / t[("plain", mode)][1], 3) for mode in ("fwd", "fwdbwd")
         ]

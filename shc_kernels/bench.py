@@ -370,6 +370,14 @@ def _fwd_and_fwdbwd(fn, x, params):
     return fwd, fwdbwd
 
 
+def closures(fns: dict, methods, x, params) -> dict:
+    """(method, "fwd" | "fwdbwd") -> the call to time, for each of ``methods`` in ``fns``."""
+    out = {}
+    for method in methods:
+        out[(method, "fwd")], out[(method, "fwdbwd")] = _fwd_and_fwdbwd(fns[method], x, params)
+    return out
+
+
 def peak_extra_mb(method, shape, args) -> float | None:
     """Peak memory of one forward+backward beyond its inputs, in MiB. CUDA: the allocator's
     peak. CPU: in a fresh process, the peak RSS of the call (VmHWM, reset just before it) minus
@@ -497,11 +505,7 @@ def run_layers(args) -> list[Row]:
         x, params = make_inputs(cin, cout, hw, args.batch, args.device, dtype, args.channels_last)
         fns = method_fns(stride, args.device, forms=args.forms, modules=args.modules)
         chosen = [m for m in fns if args.methods is None or _wanted(m, args.methods)]
-        closures = {}
-        for method in chosen:
-            fwd, fwdbwd = _fwd_and_fwdbwd(fns[method], x, params)
-            closures[(method, "fwd")], closures[(method, "fwdbwd")] = fwd, fwdbwd
-        timed = timer.interleaved(closures, args.warmup, args.reps)
+        timed = timer.interleaved(closures(fns, chosen, x, params), args.warmup, args.reps)
         for method in chosen:
             f, fb = timed[(method, "fwd")], timed[(method, "fwdbwd")]
             row = Row(name, method, f[0], f[1:], fb[0], fb[1:])

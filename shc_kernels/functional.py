@@ -124,7 +124,7 @@ def _plan(backend, x, weight, bias, hyper_params, stride, padding, dilation, gro
     the same call (same metadata, arguments and environment) always gets it."""
     form_env = forced_form()
     conf = (stride, padding, dilation, groups, eps, grad_route)
-    be, static = _choose_backend(backend, x, weight, bias, hyper_params, *conf, with_static=True)
+    be, static = _choose_backend(backend, x, weight, bias, hyper_params, *conf)
     if be not in ("cpu", "cuda", "cuda_sim"):
         return be, "split", static
     if form_env:
@@ -157,15 +157,14 @@ def _reference_run(x, weight, bias, hyper_params, conf, grad):
 
 
 def _choose_backend(backend, x, weight, bias, hyper_params, stride, padding, dilation, groups, eps,
-                    grad_route, with_static=False):  # fmt: skip
-    """The backend for the call; with ``with_static``, (backend, whether chosen without timing)."""
-    if backend != "auto" or os.environ.get("SHC_BACKEND") or torch.compiler.is_compiling():
-        be = backends.resolve(backend, x)
-        return (be, not torch.compiler.is_compiling()) if with_static else be
+                    grad_route):  # fmt: skip
+    """(the backend for the call, whether it was chosen without timing)."""
+    compiling = torch.compiler.is_compiling()
+    if backend != "auto" or os.environ.get("SHC_BACKEND") or compiling:
+        return backends.resolve(backend, x), not compiling
     candidates = backends.auto_candidates(x)
     if len(candidates) < 2:
-        be = candidates[0] if candidates else "reference"
-        return (be, True) if with_static else be
+        return (candidates[0] if candidates else "reference"), True
     conf = (stride, padding, dilation, groups, eps, grad_route)
     grad, key = _timing_key(x, weight, bias, hyper_params, *conf[:4], grad_route)
 
@@ -178,7 +177,7 @@ def _choose_backend(backend, x, weight, bias, hyper_params, stride, padding, dil
     be = backends.fastest(
         ("backend",) + key, candidates, run, x.device.type, reference=reference_run, fallback="reference"
     )
-    return (be, False) if with_static else be
+    return be, False
 
 
 # ---------------------------------------------------------------- the three functions
@@ -305,7 +304,7 @@ def shc_conv2d(
         y = _layer(x, weight, bias, *hyper_params, *conf, be, form)
     else:  # one documented route: pad explicitly, map from the unpadded input, "split" form
         forced_form()
-        be = _choose_backend(backend, x_conv, weight, bias, hyper_params, *conf)
+        be, _static = _choose_backend(backend, x_conv, weight, bias, hyper_params, *conf)
         m = statistical_map(x_stats, *hyper_params, tuple(weight.shape[2:]), eps, backend=be)
         y = modulated_conv2d(x_conv, weight, m, bias, stride, padding, dilation, groups, backend=be)
     return y.squeeze(0) if unbatched else y
