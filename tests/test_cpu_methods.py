@@ -2,7 +2,8 @@
 "shift" (stride-1 3x3: the padded plane read at a fixed offset per tap, the map scaling the
 weights), "taps" (one group: a block of samples with the sample innermost, one GEMM per tap over
 the positions where it reads the image) and "direct" (shift's domain and stride-2 forwards, fp32
-on AVX-512 or AVX2+FMA CPUs: a register tile summed over all nine taps and input planes). Each
+on AVX-512 or AVX2+FMA CPUs: a register tile summed over all nine taps and input planes, with
+32+ rows on AVX-512 one that skips the taps reading padding). Each
 gives the reference's forward and
 every gradient, on every shape; SHC_CPU_METHOD picks the method (auto, the faster per shape;
 im2col; shift, taps or direct wherever they apply, im2col elsewhere) and a bad value is an
@@ -40,11 +41,14 @@ def _inputs(shape, dtype):
     )
 
 
-def _run(fn, tensors, grad_seed=1):
+def _run(fn, tensors, grad_seed=1, grad_dtype=None):
     leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
     y = fn(*leaves)
-    # drawn in fp32 whatever y's dtype, so runs in different dtypes get the same upstream gradient
+    # drawn in fp32 whatever y's dtype, so runs in different dtypes get the same upstream gradient;
+    # rounded to grad_dtype first where a reference in fp64 is to see the same rounded values
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed))
+    if grad_dtype is not None:
+        dy = dy.to(grad_dtype)
     y.backward(dy.to(y.dtype))
     return [y.detach()] + [t.grad for t in leaves]
 
@@ -84,12 +88,24 @@ DIRECT_SHAPES = [
     (2, 5, 11, 14, 14),
     (2, 3, 5, 28, 28),
 ]
+# and for the AVX-512 rows tile (32+ output channels forward, 32+ input channels for dx): blocks
+# of 32 rows with a tail of 1, 6 and 16 (33, 70, 48 rows), output rows in one tile of 1, 13 or 14
+# positions (both edges' taps skipped in one tile), two of 7 and 8 or 8 and 8, three of 9, 10 and
+# 10; one and two row planes (the top and bottom taps skipped together)
+ROWS_SHAPES = [
+    (2, 3, 33, 5, 14),
+    (2, 32, 40, 1, 1),
+    (1, 35, 32, 2, 29),
+    (2, 40, 70, 7, 15),
+    (2, 33, 48, 16, 16),
+    (1, 32, 32, 3, 13),
+]
 
 
 @pytest.mark.parametrize("isa", ["auto", "avx2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("shape", DIRECT_SHAPES + [(2, 4, 3, 8, 11), (3, 9, 17, 15, 14)])
+@pytest.mark.parametrize("shape", DIRECT_SHAPES + ROWS_SHAPES + [(2, 4, 3, 8, 11), (3, 9, 17, 15, 14)])
 def test_direct_method_gives_the_reference(monkeypatch, shape, stride, dtype, isa):
     """fp16 inputs are computed in fp32, so they go through the direct kernel too. Stride 2 (the
     four phase planes; odd and even H and W) is the forward only: its backward is im2col's.
@@ -100,9 +116,10 @@ def test_direct_method_gives_the_reference(monkeypatch, shape, stride, dtype, is
     tensors = _inputs(shape, dtype)
     args = ([stride] * 2, [1, 1], [1, 1], 1)
     got = _run(lambda x, w, m, b: torch.ops.shc.modulated_conv2d(x, w, m, b, *args), tensors)
-    # the reference in fp64 on the same (rounded) inputs
+    # the reference in fp64 on the same (rounded) inputs and upstream gradient
     exact = [t.double() for t in tensors]
-    want = _run(lambda x, w, m, b: reference.modulated_conv2d(x, w, m, b, stride, 1, 1, 1), exact)
+    ref = lambda x, w, m, b: reference.modulated_conv2d(x, w, m, b, stride, 1, 1, 1)  # noqa: E731
+    want = _run(ref, exact, grad_dtype=dtype)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     for name, a, b in zip(("y", "dx", "dweight", "dm", "dbias"), got, want, strict=True):
         assert a.dtype == dtype, name

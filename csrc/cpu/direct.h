@@ -8,6 +8,9 @@
 //   AVX-512F + FMA: 8 rows x 48 positions (24 zmm accumulators; a plane's last 1-4 positions
 //   take tail_avx512, rows in the lanes);
 //   AVX2 + FMA: 4 rows x 24 positions (12 ymm accumulators).
+// With AVX-512 a third tile, rows_avx512 (RowsArgs), puts 32 rows in the lanes and broadcasts up
+// to 14 positions of one output row, so it skips the taps that read padding, where the tiles
+// above multiply zeros; shc_cpu.cpp's rows_path says where it is used.
 // The rest of the build targets x86-64-v2; only these functions are compiled for the wider ISAs
 // and only called when the CPU has them.
 #pragma once
@@ -56,6 +59,24 @@ using ConvFn = void (*)(const Args&);
 // one thread, batch 32, the layer's forward 0.86x of the per-row split at 32>32@32/2, 0.89x at
 // 16>32@28/2, also at batch 128; median of 61 paired runs in one process).
 using SplitFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t);
+// rows_conv(a), for a padding-1 3x3 conv of stride S (1 or 2): a.out[r * a.ldo + oh * OW + ow] = bias[r] +
+// sum over the taps (ky, kx) whose input lies inside the H x W image of
+// sum_k panel[rb][ky * 3 + kx][k][r % 32] * in[k * plane + (S oh + ky - 1) * W + S ow + kx - 1], r < nrows.
+// Unlike conv, rows go in the lanes and positions are broadcast, so a tap that reads the zero
+// padding is skipped, not multiplied: conv computes all 9 taps everywhere, 10% more FMAs than
+// the image holds at 14x14 (oneDNN, which skips them, ran 256>256@14 0.87x and 128>128@16 0.92x
+// as fast with padding as on the same output without). in is unpadded (no copy). panel is
+// ceil(nrows / 32) blocks of 9 * K * 32 floats, bias as many times 32 floats.
+struct RowsArgs {
+  const float* in;
+  int64_t plane, K, H, W, S, OH, OW;
+  const float* panel;
+  const float* bias;
+  int64_t nrows;
+  float* out;
+  int64_t ldo;
+};
+using RowsFn = void (*)(const RowsArgs&);
 struct Kernel {
   int64_t rows;    // rows per register tile (output channels forward, input channels for dx)
   int64_t tile;    // positions per register tile
@@ -63,7 +84,9 @@ struct Kernel {
   ConvFn conv;
   SplitFn split;
   const char* isa;
+  RowsFn rows_conv;  // the rows-in-lanes tile (kRowsR rows), or nullptr (AVX2)
 };
+constexpr int64_t kRowsR = 32;  // rows_conv's rows per tile: two zmm of output channels
 
 // The split's row loop over SPLIT_ROW(src, n, even, odd): src[2i] -> even[i], src[2i + 1] -> odd[i].
 #define SHC_SPLIT_ROWS(SPLIT_ROW)                                        \
@@ -356,6 +379,128 @@ __attribute__((target("avx512f"))) inline void split_avx512(const float* src, in
                                                             int64_t Pq, int64_t Wp) {
   SHC_SPLIT_ROWS(split_row_avx512)
 }
+
+// The rows tile: rows [0, 32) of block rb (two zmm, c0 and c1) by the P positions [ow0, ow0 + P)
+// of output row oh, one zmm accumulator per row vector and position (2 P <= 28 of 32 registers).
+// rows_tap: one tap (column KX of the kernel) over the positions J0 <= j < J1 that read inside the
+// image: positions are broadcast from `base` (the tap row's input at S ow0), panel rows loaded.
+template <int P, int S, int KX, int J0, int J1>
+__attribute__((target("avx512f,fma"), always_inline)) inline void rows_tap(__m512 (&c0)[P], __m512 (&c1)[P],
+                                                                           const float* base, const float* ps,
+                                                                           int64_t K, int64_t plane) {
+  for (int64_t k = 0; k < K; ++k, base += plane, ps += kRowsR) {
+    const __m512 w0 = _mm512_loadu_ps(ps), w1 = _mm512_loadu_ps(ps + 16);
+#pragma GCC unroll 16
+    for (int j = J0; j < J1; ++j) {
+      const __m512 x = _mm512_set1_ps(base[S * j + KX - 1]);
+      c0[j] = _mm512_fmadd_ps(w0, x, c0[j]);
+      c1[j] = _mm512_fmadd_ps(w1, x, c1[j]);
+    }
+  }
+}
+
+// v[j][l] -> v[l][j] for a 16 x 16 block: pairs of rows interleaved, then pairs of pairs, then
+// 128-bit lanes gathered in two steps. (GCC 12 warns that these intrinsics' unused pass-through
+// operand, _mm512_undefined_ps(), may be uninitialized.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512 (&v)[16]) {
+  __m512 t[16], u[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  // u[4g + e] holds, in each 128-bit lane q, rows 4g..4g+3 at column 4q + e
+#pragma GCC unroll 16
+  for (int g = 0; g < 4; ++g) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]),
+                  c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+#pragma GCC unroll 16
+  for (int e = 0; e < 4; ++e) {
+    const __m512 lo0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x44), hi0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xEE);
+    const __m512 lo1 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x44),
+                 hi1 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xEE);
+    v[e] = _mm512_shuffle_f32x4(lo0, lo1, 0x88);
+    v[4 + e] = _mm512_shuffle_f32x4(lo0, lo1, 0xDD);
+    v[8 + e] = _mm512_shuffle_f32x4(hi0, hi1, 0x88);
+    v[12 + e] = _mm512_shuffle_f32x4(hi0, hi1, 0xDD);
+  }
+}
+#pragma GCC diagnostic pop
+
+// 16 rows' accumulators c[j] (position j, rows in the lanes) to out[l * ldo + j] + bias[l], l < nr
+template <int P>
+__attribute__((target("avx512f"), always_inline)) inline void rows_store(const __m512 (&c)[P], const float* bias,
+                                                                         int64_t nr, float* out, int64_t ldo) {
+  __m512 v[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) v[j] = j < P ? c[j < P ? j : 0] : _mm512_setzero_ps();
+  transpose16(v);
+  const __mmask16 k = first16(P);
+  const int64_t n = nr < 16 ? nr : 16;
+  for (int64_t l = 0; l < n; ++l) _mm512_mask_storeu_ps(out + l * ldo, k, _mm512_add_ps(v[l], _mm512_set1_ps(bias[l])));
+}
+
+template <int P, int S>
+__attribute__((target("avx512f,fma"), always_inline)) inline void rows_tile(const RowsArgs& a, int64_t rb, int64_t oh,
+                                                                            int64_t ow0) {
+  __m512 c0[P], c1[P];
+#pragma GCC unroll 16
+  for (int j = 0; j < P; ++j) c0[j] = c1[j] = _mm512_setzero_ps();
+  const int64_t K = a.K, W = a.W, plane = a.plane, step = K * kRowsR;
+  const float* panel = a.panel + rb * 9 * step;
+  // the first position's left tap reads column -1; the last one's right tap column W where S (ow0 + P - 1) + 1 = W
+  const bool first = ow0 == 0, last = S * (ow0 + P - 1) + 1 >= W;
+  const int64_t ky0 = S * oh == 0 ? 1 : 0, ky1 = S * oh + 1 >= a.H ? 2 : 3;
+  for (int64_t ky = ky0; ky < ky1; ++ky) {
+    const float* base = a.in + (S * oh + ky - 1) * W + S * ow0;
+    const float* ps = panel + ky * 3 * step;
+    if (first) rows_tap<P, S, 0, 1, P>(c0, c1, base, ps, K, plane);
+    else rows_tap<P, S, 0, 0, P>(c0, c1, base, ps, K, plane);
+    rows_tap<P, S, 1, 0, P>(c0, c1, base, ps + step, K, plane);
+    if (last) rows_tap<P, S, 2, 0, P - 1>(c0, c1, base, ps + 2 * step, K, plane);
+    else rows_tap<P, S, 2, 0, P>(c0, c1, base, ps + 2 * step, K, plane);
+  }
+  const int64_t r0 = rb * kRowsR, nr = a.nrows - r0;
+  float* out = a.out + r0 * a.ldo + oh * a.OW + ow0;
+  rows_store<P>(c0, a.bias + r0, nr, out, a.ldo);
+  if (nr > 16) rows_store<P>(c1, a.bias + r0 + 16, nr - 16, out + 16 * a.ldo, a.ldo);
+}
+
+// Each output row in T = ceil(OW / 14) tiles of near-equal width (OW = 16: two of 8); row block
+// outermost, so its panel (9 K 32 floats) is read from L2 by every tile of the plane.
+template <int S>
+__attribute__((target("avx512f,fma"), always_inline)) inline void rows_plane(const RowsArgs& a) {
+  const int64_t T = (a.OW + 13) / 14, rblocks = (a.nrows + kRowsR - 1) / kRowsR;
+  for (int64_t rb = 0; rb < rblocks; ++rb)
+    for (int64_t oh = 0; oh < a.OH; ++oh)
+      for (int64_t i = 0; i < T; ++i) {
+        const int64_t ow0 = a.OW * i / T, p = a.OW * (i + 1) / T - ow0;
+        switch (p) {
+#define SHC_ROWS_CASE(n)             \
+  case n:                            \
+    rows_tile<n, S>(a, rb, oh, ow0); \
+    break;
+          SHC_ROWS_CASE(1) SHC_ROWS_CASE(2) SHC_ROWS_CASE(3) SHC_ROWS_CASE(4) SHC_ROWS_CASE(5)
+          SHC_ROWS_CASE(6) SHC_ROWS_CASE(7) SHC_ROWS_CASE(8) SHC_ROWS_CASE(9) SHC_ROWS_CASE(10)
+          SHC_ROWS_CASE(11) SHC_ROWS_CASE(12) SHC_ROWS_CASE(13) SHC_ROWS_CASE(14)
+#undef SHC_ROWS_CASE
+          default:
+            break;
+        }
+      }
+}
+
+__attribute__((target("avx512f,fma"))) inline void rows_avx512(const RowsArgs& a) {
+  if (a.S == 2) rows_plane<2>(a);
+  else rows_plane<1>(a);
+}
 #endif
 #undef SHC_DIRECT_BANDS
 #undef SHC_SPLIT_ROWS
@@ -364,8 +509,8 @@ __attribute__((target("avx512f"))) inline void split_avx512(const float* src, in
 // (avx2) caps it, to measure the AVX2 kernel on an AVX-512 machine.
 inline const Kernel* kernel(bool cap_avx2) {
 #if SHC_DIRECT_X86
-  static const Kernel k512{8, 48, 256 * 256, conv_avx512, split_avx512, "avx512"};
-  static const Kernel k256{4, 24, 128 * 128, conv_avx2, split_avx2, "avx2"};
+  static const Kernel k512{8, 48, 256 * 256, conv_avx512, split_avx512, "avx512", rows_avx512};
+  static const Kernel k256{4, 24, 128 * 128, conv_avx2, split_avx2, "avx2", nullptr};
   static const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
   static const bool has256 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (has512 && !cap_avx2) return &k512;

@@ -1098,30 +1098,74 @@ struct DirectLayout {
 
 // The unscaled panel wp[rb][s][k][r] = A[rb*R + r, k, src(s)] (R rows per tile; zero past the last row), for the
 // weight w (C, D, 3, 3): forward A[c, d, t] = w[c, d, t]; transposed A[d, c, t] = w[c, d, t].
-void direct_panel(const DirectLayout& dl, const float* w, int64_t D, bool transposed, float* wp) {
-  const int64_t R = dl.kern.rows;
-  for (int64_t rb = 0; rb < dl.rblocks; ++rb)
+// The panel's shape: blocks of R rows (a tile's), rows rows in all, inner reduction planes.
+struct PanelShape {
+  int64_t R, rows, inner;
+  int64_t rblocks() const { return (rows + R - 1) / R; }
+  int64_t block() const { return 9 * inner * R; }
+  int64_t size() const { return rblocks() * block(); }
+};
+
+void direct_panel(const PanelShape& ps, const float* w, int64_t D, bool transposed, float* wp) {
+  const int64_t R = ps.R;
+  for (int64_t rb = 0; rb < ps.rblocks(); ++rb)
     for (int64_t s = 0; s < 9; ++s)
-      for (int64_t k = 0; k < dl.inner; ++k)
+      for (int64_t k = 0; k < ps.inner; ++k)
         for (int64_t r = 0; r < R; ++r) {
           const int64_t row = rb * R + r;
           float v = 0.f;
-          if (row < dl.rows) v = transposed ? w[(k * D + row) * 9 + (8 - s)] : w[(row * D + k) * 9 + s];
-          wp[((rb * 9 + s) * dl.inner + k) * R + r] = v;
+          if (row < ps.rows) v = transposed ? w[(k * D + row) * 9 + (8 - s)] : w[(row * D + k) * 9 + s];
+          wp[((rb * 9 + s) * ps.inner + k) * R + r] = v;
         }
 }
+
+// dst = row block rb of the unscaled panel wp with tap s scaled by the map m (9 values; flipped if
+// transposed)
+void scale_block(const PanelShape& ps, const float* wp, const float* m, bool transposed, int64_t rb, float* dst) {
+  const int64_t size = ps.inner * ps.R;
+  for (int64_t s = 0; s < 9; ++s) scale_copy(size, m[transposed ? 8 - s : s], wp + (rb * 9 + s) * size, dst + s * size);
+}
+
+void scale_panel(const PanelShape& ps, const float* wp, const float* m, bool transposed, float* panel) {
+  for (int64_t rb = 0; rb < ps.rblocks(); ++rb) scale_block(ps, wp, m, transposed, rb, panel + rb * ps.block());
+}
+
+PanelShape panel_shape(const DirectLayout& dl) { return {dl.kern.rows, dl.rows, dl.inner}; }
 
 // One sample: out (rows planes of Pp positions, written in place) = bias + the padded `in`
 // convolved with the panel scaled by its map m (9 values); bias holds rblocks * kern.rows values.
 void direct_sample(const DirectLayout& dl, const float* wp, const float* m, bool transposed, const float* in,
                    float* panel, const float* bias, float* out) {
-  const int64_t size = dl.inner * dl.kern.rows;
-  for (int64_t rb = 0; rb < dl.rblocks; ++rb)
-    for (int64_t s = 0; s < 9; ++s) {
-      const int64_t at = (rb * 9 + s) * size;
-      scale_copy(size, m[transposed ? 8 - s : s], wp + at, panel + at);
-    }
+  scale_panel(panel_shape(dl), wp, m, transposed, panel);
   dl.kern.conv({in, dl.plane, dl.inner, dl.off, dl.edge, panel, bias, dl.rows, dl.Pp, dl.band, out, dl.Pp});
+}
+
+// The direct method's convs with at least 32 rows (output channels forward, input channels for dx)
+// take the rows tile (direct::RowsArgs), which skips the padded taps and reads its input unpadded
+// and in place; fewer rows would leave most of its two row vectors empty. Against the conv tile
+// (one thread, batch 32, the layer against F.conv2d, median of paired ratios in one process,
+// bench/results/cpu_ab_rows_2026-12-07.md): forward 256>256@14 1.29x -> 1.02x, 128>128@16 1.19x ->
+// 1.02x, 64>64@14 1.20x -> 0.99x, 32>32@14 1.12x -> 0.94x, 64>64@56 1.08x -> 0.97x, stride 2
+// 256>256@28/2 1.02x -> 0.80x; with dx by it too, fwd+bwd 256>256@14 1.13x -> 1.02x, 64>64@28
+// 0.97x -> 0.91x. 16 output channels: 16>16@32 forward 0.76x -> 1.12x, so not below 32.
+inline bool rows_path(const Geom& g, const direct::Kernel& kern, int64_t nrows) {
+  return kern.rows_conv != nullptr && (shift_taps(g) || direct_stride2(g)) && nrows >= direct::kRowsR;
+}
+
+// One sample by the rows tile: out (ps.rows planes of g.P positions) = bias + `in` (ps.inner planes
+// of H x W) convolved with the panel wp scaled by m (flipped if transposed), one row block at a
+// time: block rb's 9 * inner * 32 scaled values are written to `block`, which stays in L2 for the
+// plane's tiles, where the whole scaled panel (2.3 MiB at 256 x 256 channels) went to memory and back
+// (forward, one thread, batch 32, median of paired ratios to F.conv2d: 256>256@14 1.029x -> 1.022x,
+// 128>128@8 1.098x -> 1.081x, within 0.3% elsewhere).
+void rows_sample(const Geom& g, const direct::Kernel& kern, const PanelShape& ps, const float* wp, const float* m,
+                 bool transposed, const float* in, float* block, const float* bias, float* out) {
+  for (int64_t rb = 0; rb < ps.rblocks(); ++rb) {
+    scale_block(ps, wp, m, transposed, rb, block);
+    const int64_t r0 = rb * ps.R;
+    kern.rows_conv({in, g.H * g.W, ps.inner, g.H, g.W, g.sh, g.OH, g.OW, block, bias + r0,
+                    std::min(ps.R, ps.rows - r0), out + r0 * g.P, g.P});
+  }
 }
 
 // shc::shc_conv2d's fused forward computes the map per block of samples: block_map(n0, nb)
@@ -1131,9 +1175,11 @@ using SampleBlockMap = std::function<void(int64_t n0, int64_t nb)>;
 void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, const float* w, const float* m,
                     const float* bias, float* y, const SampleBlockMap* block_map = nullptr) {
   const DirectLayout dl(g, kern, false);
-  Buf<float> wp(dl.panel_size());
-  direct_panel(dl, w, g.D, false, wp.data());
-  std::vector<float> bp(static_cast<size_t>(dl.rblocks * kern.rows), 0.f);  // the bias, zero past C
+  const bool rows = rows_path(g, kern, g.C);
+  const PanelShape shape = rows ? PanelShape{direct::kRowsR, g.C, g.D} : panel_shape(dl);
+  Buf<float> wp(shape.size());
+  direct_panel(shape, w, g.D, false, wp.data());
+  std::vector<float> bp(static_cast<size_t>(shape.rblocks() * shape.R), 0.f);  // the bias, zero past C
   if (bias != nullptr) std::copy(bias, bias + g.C, bp.begin());
   // With block_map, blocks of up to 16 samples whose input fits in 256 KiB (L2), one per thread at
   // least: the map's two small GEMMs per block, not per sample.
@@ -1150,12 +1196,18 @@ void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, c
   int64_t nchunks = (g.N + nb - 1) / nb;
   nchunks = std::min((nchunks + nthreads - 1) / nthreads * nthreads, g.N);
   run_chunks(nchunks, num_workers(nchunks), /*dynamic=*/true, [&](int64_t, auto& next) {
-    std::vector<float> xp(static_cast<size_t>(dl.input_size()), 0.f);  // zero border and slack, written once
-    Buf<float> panel(dl.panel_size());
+    // zero border and slack, written once (the rows tile reads x as it is)
+    std::vector<float> xp(static_cast<size_t>(rows ? 0 : dl.input_size()), 0.f);
+    Buf<float> panel(rows ? shape.block() : shape.size());
     for (int64_t ch = next(); ch >= 0; ch = next()) {
       const int64_t n0 = g.N * ch / nchunks, n1 = g.N * (ch + 1) / nchunks;
       if (block_map != nullptr) (*block_map)(n0, n1 - n0);
       for (int64_t n = n0; n < n1; ++n) {
+        if (rows) {
+          rows_sample(g, kern, shape, wp.data(), m + n * 9, false, x + n * g.D * HW, panel.data(), bp.data(),
+                      y + n * g.C * g.P);
+          continue;
+        }
         dl.pad(g, x + n * g.D * HW, g.D, xp.data());
         direct_sample(dl, wp.data(), m + n * 9, false, xp.data(), panel.data(), bp.data(), y + n * g.C * g.P);
       }
@@ -1172,11 +1224,16 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
   const bool use_direct = std::is_same_v<T, float> && direct_dx != nullptr && dx != nullptr;
   std::optional<DirectLayout> dl;
   if (use_direct) dl.emplace(g, *direct_dx, true);
-  Buf<float> wpT(use_direct ? dl->panel_size() : 0);
+  // dx by the rows tile (D rows): dy read as it is, not padded
+  const bool rows = use_direct && rows_path(g, *direct_dx, g.D);
+  const PanelShape shape = !use_direct ? PanelShape{1, 0, 0}
+                           : rows      ? PanelShape{direct::kRowsR, g.D, g.C}
+                                       : panel_shape(*dl);
+  Buf<float> wpT(use_direct ? shape.size() : 0);
   if constexpr (std::is_same_v<T, float>)
-    if (use_direct) direct_panel(*dl, w, g.D, true, wpT.data());
+    if (use_direct) direct_panel(shape, w, g.D, true, wpT.data());
   // dx has no bias
-  const std::vector<float> zeros(use_direct ? static_cast<size_t>(dl->rblocks * direct_dx->rows) : 0, 0.f);
+  const std::vector<float> zeros(use_direct ? static_cast<size_t>(shape.rblocks() * shape.R) : 0, 0.f);
   const int64_t CD = g.C * g.D, HW = g.H * g.W;
   const bool need_gt = gw != nullptr || dm != nullptr;  // G_t: for grad_weight and dm
   Buf<T> wtT(9 * CD);  // W_t^T (D x C), tap-major: dx's weights and dm's dot
@@ -1189,9 +1246,10 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
     if (gw != nullptr)  // each worker zeroes its own accumulator, in parallel
       std::fill(acc.data() + wid * 9 * CD, acc.data() + (wid + 1) * 9 * CD, T(0));
     std::vector<T> xp(need_gt ? static_cast<size_t>(g.D * L.plane) : 0, T(0));
-    std::vector<T> dyp(dx != nullptr ? static_cast<size_t>(use_direct ? dl->input_size() : g.C * L.plane) : 0, T(0));
+    std::vector<T> dyp(dx != nullptr && !rows ? static_cast<size_t>(use_direct ? dl->input_size() : g.C * L.plane) : 0,
+                       T(0));
     std::vector<T> dyT(need_gt ? static_cast<size_t>(L.Pp * g.C) : 0, T(0));  // column W stays zero
-    Buf<T> a(dx != nullptr ? (use_direct ? dl->panel_size() : 9 * CD) : 0), gt(need_gt ? CD : 0);
+    Buf<T> a(dx != nullptr ? (rows ? shape.block() : use_direct ? shape.size() : 9 * CD) : 0), gt(need_gt ? CD : 0);
     Buf<T> dxacc(dx != nullptr && !use_direct ? g.D * L.Pp : 0);
     T* myacc = gw != nullptr ? acc.data() + wid * 9 * CD : nullptr;
     for (int64_t n = next(); n >= 0; n = next()) {
@@ -1212,9 +1270,14 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
       }
       if (dx != nullptr) {
         if constexpr (std::is_same_v<T, float>) {
-          if (use_direct) {
+          if (rows) {
+            rows_sample(g, *direct_dx, shape, wpT.data(), m + n * 9, true, dyn, a.data(), zeros.data(),
+                        dx + n * g.D * HW);
+          } else if (use_direct) {
             dl->pad(g, dyn, g.C, dyp.data());
             direct_sample(*dl, wpT.data(), m + n * 9, true, dyp.data(), a.data(), zeros.data(), dx + n * g.D * HW);
+          }
+          if (use_direct) {
             if (done != nullptr) (*done)(n, 1);
             continue;
           }
@@ -1573,6 +1636,13 @@ void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const
 //   0.85), where 512 x 512 loses (its panel, 9 MiB a sample: 512>512@14 batch 8 1.12 and 1.21,
 //   512>512@28/2 1.20); 128 x 128 with AVX2 (oneDNN, MKL and the kernel capped at AVX2: 256>256@14
 //   forward 1.08, 256>256@28/2 1.15).
+// - the direct method's rows tile (rows_path, AVX-512, 32+ output channels) also beats taps in the
+//   forward on planes of 8x8 up to 128 x 128 channels and 7x7 up to 64 x 128
+//   (bench/results/cpu_ab_rows_2026-12-07.md, one thread, batch 32, against taps: 32>32@8 0.98x
+//   against 1.30x, 128>128@8 1.06x against 1.14x, 64>64@7 1.10x against 1.14x, 32>64@16/2 1.05x
+//   against 1.15x, 32>64@14/2 0.91x against 1.00x), not with more channels or smaller planes
+//   (128>128@7 1.19x against 1.09x, 256>256@7 1.17x against 1.08x, 64>64@4 1.39x against 1.09x):
+//   there a sample's scaled panel is written for few positions, where taps shares one per block.
 Method choose_method(const Geom& g, const Knobs& k, size_t elem, bool backward) {
   const bool direct_ok = (shift_taps(g) || (!backward && direct_stride2(g))) && elem == sizeof(float) &&
                          k.direct != nullptr;
@@ -1580,6 +1650,9 @@ Method choose_method(const Geom& g, const Knobs& k, size_t elem, bool backward) 
   if (k.method == Method::kShift && shift_taps(g)) return Method::kShift;
   if (k.method == Method::kTaps && taps_apply(g)) return Method::kTaps;
   if (k.method != Method::kAuto) return Method::kIm2col;
+  if (!backward && direct_ok && rows_path(g, *k.direct, g.C) &&
+      ((g.P >= 64 && g.C * g.D <= 128 * 128) || (g.P >= 49 && g.C * g.D <= 64 * 128)))
+    return Method::kDirect;
   if (taps_apply(g) && g.P <= 64 && g.D >= 8 && taps_block(g, elem, k) >= 8) return Method::kTaps;
   if (direct_ok && g.C * g.D <= k.direct->max_cd && (!backward || g.D >= 8)) return Method::kDirect;
   if (shift_taps(g) && g.D >= 8 && g.C * g.D <= 64 * 64 && g.H >= 7 && g.W >= 7 &&
