@@ -85,6 +85,7 @@ struct Kernel {
   SplitFn split;
   const char* isa;
   RowsFn rows_conv;  // the rows-in-lanes tile (kRowsR rows), or nullptr (AVX2)
+  void (*taps9)(const float*, int64_t, float*, int64_t);  // taps9_avx512, or nullptr (AVX2)
 };
 constexpr int64_t kRowsR = 32;  // rows_conv's rows per tile: two zmm of output channels
 
@@ -400,10 +401,11 @@ __attribute__((target("avx512f,fma"), always_inline)) inline void rows_tap(__m51
 }
 
 // v[j][l] -> v[l][j] for a 16 x 16 block: pairs of rows interleaved, then pairs of pairs, then
-// 128-bit lanes gathered in two steps. (GCC 12 warns that these intrinsics' unused pass-through
-// operand, _mm512_undefined_ps(), may be uninitialized.)
+// 128-bit lanes gathered in two steps. (GCC 12 warns, where these are inlined, that the
+// intrinsics' unused pass-through operand, _mm512_undefined_ps(), is uninitialized.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512 (&v)[16]) {
   __m512 t[16], u[16];
 #pragma GCC unroll 16
@@ -432,7 +434,18 @@ __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512
     v[12 + e] = _mm512_shuffle_f32x4(hi0, hi1, 0xDD);
   }
 }
-#pragma GCC diagnostic pop
+
+// dst[t * ld + i] = src[i * stride + t] for the 16 rows i of 9 taps t (a weight's tap-major
+// re-layout, shc_cpu.cpp's taps_major): 16 loads, one transpose, 9 stores.
+__attribute__((target("avx512f"))) inline void taps9_avx512(const float* src, int64_t stride, float* dst,
+                                                            int64_t ld) {
+  __m512 v[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) v[i] = _mm512_maskz_loadu_ps(0x1FF, src + i * stride);
+  transpose16(v);
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) _mm512_storeu_ps(dst + t * ld, v[t]);
+}
 
 // 16 rows' accumulators c[j] (position j, rows in the lanes) to out[l * ldo + j] + bias[l], l < nr
 template <int P>
@@ -501,6 +514,7 @@ __attribute__((target("avx512f,fma"))) inline void rows_avx512(const RowsArgs& a
   if (a.S == 2) rows_plane<2>(a);
   else rows_plane<1>(a);
 }
+#pragma GCC diagnostic pop
 #endif
 #undef SHC_DIRECT_BANDS
 #undef SHC_SPLIT_ROWS
@@ -509,8 +523,8 @@ __attribute__((target("avx512f,fma"))) inline void rows_avx512(const RowsArgs& a
 // (avx2) caps it, to measure the AVX2 kernel on an AVX-512 machine.
 inline const Kernel* kernel(bool cap_avx2) {
 #if SHC_DIRECT_X86
-  static const Kernel k512{8, 48, 256 * 256, conv_avx512, split_avx512, "avx512", rows_avx512};
-  static const Kernel k256{4, 24, 128 * 128, conv_avx2, split_avx2, "avx2", nullptr};
+  static const Kernel k512{8, 48, 256 * 256, conv_avx512, split_avx512, "avx512", rows_avx512, taps9_avx512};
+  static const Kernel k256{4, 24, 128 * 128, conv_avx2, split_avx2, "avx2", nullptr, nullptr};
   static const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
   static const bool has256 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (has512 && !cap_avx2) return &k512;

@@ -948,26 +948,30 @@ struct ShiftLayout {
 // In blocks of 16 of the destination's innermost index, so that each write is a run of 16 (one
 // element per write, strided by C * D, cost 512>512@4's backward at batch 32 as long as its GEMMs).
 template <typename T>
-void taps_major(const T* w, int64_t C, int64_t D, int64_t taps, bool transposed, T* wt) {
+void taps_major(const T* w, int64_t C, int64_t D, int64_t taps, bool transposed, T* wt,
+                const direct::Kernel* kern) {
   constexpr int64_t kB = 16;
+  // fp32, 9 taps, AVX-512: 16 runs at a time through registers (direct::taps9_avx512), where the
+  // scalar copy was 7.6% of 128>128@4's forward. One thread, batch 32, the layer against F.conv2d,
+  // median of paired ratios (bench/results/cpu_ab_rows_2026-12-07.md): forward 128>128@4 1.14x ->
+  // 1.10x, 512>512@4 1.13x -> 1.08x, 64>128@8/2 1.10x -> 1.06x, 64>64@8 1.07x -> 1.04x.
+  auto taps9 = [&](const T* src, int64_t stride, T* dst, int64_t ld, int64_t n) {
+    if constexpr (std::is_same_v<T, float>)
+      if (n == kB && taps == 9 && kern != nullptr && kern->taps9 != nullptr) return kern->taps9(src, stride, dst, ld);
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t i = 0; i < n; ++i) dst[t * ld + i] = src[i * stride + t];
+  };
   if (transposed) {  // wt[t][d][c]: runs of c
     at::parallel_for(0, (C + kB - 1) / kB, relayout_grain(kB * D * taps), [&](int64_t b0, int64_t b1) {
-      for (int64_t c0 = b0 * kB; c0 < std::min(C, b1 * kB); c0 += kB) {
-        const int64_t nc = std::min(kB, C - c0);
+      for (int64_t c0 = b0 * kB; c0 < std::min(C, b1 * kB); c0 += kB)
         for (int64_t d = 0; d < D; ++d)
-          for (int64_t t = 0; t < taps; ++t)
-            for (int64_t i = 0; i < nc; ++i) wt[(t * D + d) * C + c0 + i] = w[((c0 + i) * D + d) * taps + t];
-      }
+          taps9(w + (c0 * D + d) * taps, D * taps, wt + d * C + c0, D * C, std::min(kB, C - c0));
     });
     return;
   }
   at::parallel_for(0, C, relayout_grain(D * taps), [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c)  // wt[t][c][d]: runs of d
-      for (int64_t d0 = 0; d0 < D; d0 += kB) {
-        const int64_t nd = std::min(kB, D - d0);
-        for (int64_t t = 0; t < taps; ++t)
-          for (int64_t i = 0; i < nd; ++i) wt[(t * C + c) * D + d0 + i] = w[(c * D + d0 + i) * taps + t];
-      }
+      for (int64_t d0 = 0; d0 < D; d0 += kB) taps9(w + (c * D + d0) * taps, taps, wt + c * D + d0, C * D, std::min(kB, D - d0));
   });
 }
 
@@ -995,7 +999,7 @@ void forward_shift(const Geom& g, const Knobs& k, const T* x, const T* w, const 
   const ShiftLayout L(g);
   const int64_t CD = g.C * g.D;
   Buf<T> wt(9 * CD);  // W_t (C x D), tap-major
-  taps_major(w, g.C, g.D, 9, false, wt.data());
+  taps_major(w, g.C, g.D, 9, false, wt.data(), k.direct);
   run_chunks(g.N, num_workers(g.N), /*dynamic=*/true, [&](int64_t, auto& next) {
     std::vector<T> xp(static_cast<size_t>(g.D * L.plane), T(0));  // zero border, written once
     Buf<T> a(9 * CD), acc(g.C * L.Pp);
@@ -1237,7 +1241,7 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
   const int64_t CD = g.C * g.D, HW = g.H * g.W;
   const bool need_gt = gw != nullptr || dm != nullptr;  // G_t: for grad_weight and dm
   Buf<T> wtT(9 * CD);  // W_t^T (D x C), tap-major: dx's weights and dm's dot
-  taps_major(w, g.C, g.D, 9, true, wtT.data());
+  taps_major(w, g.C, g.D, 9, true, wtT.data(), k.direct);
   const int64_t nworkers = num_workers(g.N);
   Buf<T> acc(gw != nullptr ? nworkers * 9 * CD : 0);  // per worker: sum_n m_t G_t^T, (9 x D x C)
   std::vector<double> bacc(db != nullptr ? static_cast<size_t>(nworkers * g.C) : 0, 0.0);
@@ -1522,7 +1526,7 @@ void forward_taps(const Geom& g, const Knobs& k, const T* x, const T* w, const T
                   const BlockMap<T>* block_map = nullptr) {
   const int64_t CD = g.C * g.D, HW = g.H * g.W, nbmax = taps_block(g, sizeof(T), k);
   Buf<T> wt(g.T * CD);  // W_t (C x D), tap-major
-  taps_major(w, g.C, g.D, g.T, false, wt.data());
+  taps_major(w, g.C, g.D, g.T, false, wt.data(), k.direct);
   const int64_t nchunks = (g.N + nbmax - 1) / nbmax;
   run_chunks(nchunks, num_workers(nchunks), /*dynamic=*/true, [&](int64_t, auto& next) {
     Buf<T> xs(g.D * HW * nbmax), cols(g.D * g.P * nbmax), ys(g.C * g.P * nbmax), mt(g.T * nbmax);
@@ -1555,7 +1559,7 @@ void backward_taps(const Geom& g, const Knobs& k, const T* dy, const T* x, const
   const int64_t CD = g.C * g.D, HW = g.H * g.W, nbmax = taps_block(g, sizeof(T), k);
   const bool need_dcols = dx != nullptr || dm != nullptr;
   Buf<T> wtT(need_dcols ? g.T * CD : 0);  // W_t^T (D x C), tap-major
-  if (need_dcols) taps_major(w, g.C, g.D, g.T, true, wtT.data());
+  if (need_dcols) taps_major(w, g.C, g.D, g.T, true, wtT.data(), k.direct);
   const int64_t nchunks = (g.N + nbmax - 1) / nbmax, nworkers = num_workers(nchunks);
   Buf<T> acc(gw != nullptr ? nworkers * g.T * CD : 0);  // per worker: grad_weight_t^T, (T x D x C)
   std::vector<double> bacc(db != nullptr ? static_cast<size_t>(nworkers * g.C) : 0, 0.0);
