@@ -12,8 +12,8 @@
 # One thread and CPU time unless said: only ratios measured in the same run are quoted. Run it from
 # a checkout whose compiled extension is not rebuilt meanwhile (a git worktree with its own copy).
 # Tags 2026-12-04 and 2026-12-04b (with --no-small), 2026-12-04c to 2026-12-04f were taken with
-# these commands less --modules (cpu_grid_2026-12-04.sh runs them under its tag), 2026-12-06 with
-# them; cpu_grid_2026-12-03.sh is the earlier run's own script.
+# these commands less --modules (cpu_grid_2026-12-04.sh runs them under its tag), 2026-12-06 to
+# 2026-12-07 with them; cpu_grid_2026-12-03.sh is the earlier run's own script.
 set -euo pipefail
 D=${1:?usage: bash bench/cpu_grid.sh TAG [--no-small]}
 SMALL=1
