@@ -19,7 +19,9 @@ from shc_kernels import ops, reference
 
 pytestmark = pytest.mark.skipif(not ops.compiled_available(), reason="needs the compiled CPU kernel")
 
-# (N, D, C, H, W): 1x1 and 2x3 planes, odd sizes, one shape each side of the default's threshold
+# (N, D, C, H, W): 1x1 and 2x3 planes, odd sizes, one shape each side of the default's threshold,
+# and one where auto takes different methods each way (fp32 with AVX-512: the direct method's rows
+# tile forward, taps backward; 16 samples, so blocks of 8 on two threads)
 SHAPES = [
     (3, 4, 6, 8, 8),
     (2, 5, 3, 7, 9),
@@ -27,6 +29,7 @@ SHAPES = [
     (2, 16, 4, 16, 15),
     (1, 3, 8, 1, 1),
     (2, 2, 2, 2, 3),
+    (16, 32, 32, 8, 8),
 ]
 
 
