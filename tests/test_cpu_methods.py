@@ -111,7 +111,8 @@ ROWS_SHAPES = [
 @pytest.mark.parametrize("shape", DIRECT_SHAPES + ROWS_SHAPES + [(2, 4, 3, 8, 11), (3, 9, 17, 15, 14)])
 def test_direct_method_gives_the_reference(monkeypatch, shape, stride, dtype, isa):
     """fp16 inputs are computed in fp32, so they go through the direct kernel too. Stride 2 (the
-    four phase planes; odd and even H and W) is the forward only: its backward is im2col's.
+    four phase planes, or with AVX-512 and 32+ output channels the rows tile read at stride 2; odd
+    and even H and W) is the forward only: its backward is im2col's.
     SHC_CPU_DIRECT_ISA=avx2 runs the AVX2 kernel where the CPU also has the AVX-512 one (on an
     AVX2-only CPU both runs take the AVX2 kernel)."""
     monkeypatch.setenv("SHC_CPU_METHOD", "direct")
