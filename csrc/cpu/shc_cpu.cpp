@@ -1178,9 +1178,10 @@ using SampleBlockMap = std::function<void(int64_t n0, int64_t nb)>;
 
 void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, const float* w, const float* m,
                     const float* bias, float* y, const SampleBlockMap* block_map = nullptr) {
-  const DirectLayout dl(g, kern, false);
   const bool rows = rows_path(g, kern, g.C);
-  const PanelShape shape = rows ? PanelShape{direct::kRowsR, g.C, g.D} : panel_shape(dl);
+  std::optional<DirectLayout> dl;  // the position tile's layout (its edge masks); the rows tile needs none
+  if (!rows) dl.emplace(g, kern, false);
+  const PanelShape shape = rows ? PanelShape{direct::kRowsR, g.C, g.D} : panel_shape(*dl);
   Buf<float> wp(shape.size());
   direct_panel(shape, w, g.D, false, wp.data());
   std::vector<float> bp(static_cast<size_t>(shape.rblocks() * shape.R), 0.f);  // the bias, zero past C
@@ -1201,7 +1202,7 @@ void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, c
   nchunks = std::min((nchunks + nthreads - 1) / nthreads * nthreads, g.N);
   run_chunks(nchunks, num_workers(nchunks), /*dynamic=*/true, [&](int64_t, auto& next) {
     // zero border and slack, written once (the rows tile reads x as it is)
-    std::vector<float> xp(static_cast<size_t>(rows ? 0 : dl.input_size()), 0.f);
+    std::vector<float> xp(static_cast<size_t>(rows ? 0 : dl->input_size()), 0.f);
     Buf<float> panel(rows ? shape.block() : shape.size());
     for (int64_t ch = next(); ch >= 0; ch = next()) {
       const int64_t n0 = g.N * ch / nchunks, n1 = g.N * (ch + 1) / nchunks;
@@ -1212,8 +1213,8 @@ void forward_direct(const Geom& g, const direct::Kernel& kern, const float* x, c
                       y + n * g.C * g.P);
           continue;
         }
-        dl.pad(g, x + n * g.D * HW, g.D, xp.data());
-        direct_sample(dl, wp.data(), m + n * 9, false, xp.data(), panel.data(), bp.data(), y + n * g.C * g.P);
+        dl->pad(g, x + n * g.D * HW, g.D, xp.data());
+        direct_sample(*dl, wp.data(), m + n * 9, false, xp.data(), panel.data(), bp.data(), y + n * g.C * g.P);
       }
     }
   });
@@ -1226,10 +1227,10 @@ void backward_shift(const Geom& g, const Knobs& k, const T* dy, const T* x, cons
   // direct_dx (fp32, the direct method): dx by that micro-kernel, not 9 GEMMs
   const ShiftLayout L(g);
   const bool use_direct = std::is_same_v<T, float> && direct_dx != nullptr && dx != nullptr;
-  std::optional<DirectLayout> dl;
-  if (use_direct) dl.emplace(g, *direct_dx, true);
-  // dx by the rows tile (D rows): dy read as it is, not padded
+  // dx by the rows tile (D rows): dy read as it is, not padded; else by the position tile
   const bool rows = use_direct && rows_path(g, *direct_dx, g.D);
+  std::optional<DirectLayout> dl;
+  if (use_direct && !rows) dl.emplace(g, *direct_dx, true);
   const PanelShape shape = !use_direct ? PanelShape{1, 0, 0}
                            : rows      ? PanelShape{direct::kRowsR, g.D, g.C}
                                        : panel_shape(*dl);
