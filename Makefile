@@ -57,11 +57,11 @@ triton-test: setup
 
 # Every Triton kernel and autotune config compiled ahead of time for sm_80 and sm_90.
 triton-check: setup
-	env -u TRITON_INTERPRET $(PY) -m shc_kernels.triton.aot_check
+	env -u TRITON_INTERPRET $(PY) tools/triton_aot_check.py
 
 # CMake build of the same op library against libtorch, loaded and checked in a fresh process.
 cmake-check: setup
-	PATH=$(abspath $(VENV))/bin:$$PATH bash csrc/cmake_check.sh
+	PATH=$(abspath $(VENV))/bin:$$PATH bash tools/cmake_check.sh
 
 # The wheel holds the compiled extension, built from a copy of the tracked sources. With nvcc and
 # a CUDA build of torch it is the release wheel: the CUDA kernels as sm_80 and sm_90 cubins plus
@@ -123,18 +123,18 @@ wheel-test: wheel
 # The CUDA sources built for sm_80 and sm_90 with -Xptxas -v (registers, shared memory, spills),
 # loaded without a GPU, every shc:: op checked for a CUDA kernel.
 cuda-check: setup
-	bash csrc/cuda_check.sh
+	bash tools/cuda_check.sh
 
 # The same CUDA sources compiled as host C++ against csrc/simt's SIMT layer (shc_kernels._C_sim,
 # test-only, never in the wheel) and tests/sim run on the CPU: the GPU parity cases against the
 # reference under several emulated machines, and the emulator's own tests.
 cuda-sim: setup
-	$(PY) csrc/simt/build.py
+	$(PY) tools/simt_build.py
 	$(PY) -m pytest -q -p no:cacheprovider tests/sim
 
 # A subset of tests/sim under ThreadSanitizer (2 blocks live at once) and AddressSanitizer + UBSan.
 cuda-sim-sanitize: setup
-	bash csrc/simt/sanitize.sh
+	bash tools/simt_sanitize.sh
 
 test: setup lint pytest triton-test triton-check cmake-check cuda-check cuda-sim
 

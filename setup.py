@@ -9,7 +9,7 @@ Without CUDA the CPU-only CppExtension is built and shc_kernels._C.cuda_compiled
 TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0+PTX" for CUDA builds (there is no GPU to detect): sm_80
 and sm_90 cubins plus compute_90 PTX, which the driver compiles for newer GPUs. The list a build
 used is recorded in shc_kernels/_build_info.py (CUDA_ARCH_LIST; None for a CPU-only build).
-SHC_PTXAS_VERBOSE=1 adds `-Xptxas -v` (registers, shared memory, spills per kernel; csrc/cuda_check.sh).
+SHC_PTXAS_VERBOSE=1 adds `-Xptxas -v` (registers, shared memory, spills per kernel; tools/cuda_check.sh).
 The extension is linked without debug information (-Wl,--strip-debug): 3 MB instead of 17.
 """
 

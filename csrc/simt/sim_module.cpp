@@ -3,7 +3,7 @@
 // `shc_sim` with CPU kernels that run the CUDA kernels through the emulator, and exposes
 // configure() / counters() to pick the emulation settings. Test-only: never in the wheel.
 #ifndef SHC_SIMT
-#error "build with -DSHC_SIMT (csrc/simt/build.py)"
+#error "build with -DSHC_SIMT (tools/simt_build.py)"
 #endif
 #include <Python.h>
 

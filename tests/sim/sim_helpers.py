@@ -33,7 +33,7 @@ REL_TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.
 
 def load():
     """Import _C_sim and register the shc_sim:: ops' Python side (ops.load_sim, the lead's hook).
-    SHC_SIM_SO=path loads that build of it instead (a sanitizer build: csrc/simt/sanitize.sh)."""
+    SHC_SIM_SO=path loads that build of it instead (a sanitizer build: tools/simt_sanitize.sh)."""
     so = os.environ.get("SHC_SIM_SO")
     if so and "shc_kernels._C_sim" not in sys.modules:
         spec = importlib.util.spec_from_file_location("shc_kernels._C_sim", so)

@@ -1,6 +1,6 @@
 """Compile every Triton kernel and autotune config ahead of time for sm_80 and sm_90.
 
-    python -m shc_kernels.triton.aot_check [--arch 80 90] [--jobs N] [--full]
+    python tools/triton_aot_check.py [--arch 80 90] [--jobs N] [--full]
 
 No GPU is needed (DESIGN.md §5). For each kernel / arch / dtype / layout / config it prints the
 shared memory the kernel needs (``metadata.shared``, at most 163 KiB on sm_80 and 227 KiB on
@@ -31,7 +31,7 @@ FLAG_VARIANTS = {
 def _kernels():
     """name -> (jit function, configs or None, pointer dtypes (x dtype -> dict), fixed constexprs,
     unit strides per layout, whether it is a GEMM)."""
-    from . import conv, stats
+    from shc_kernels.triton import conv, stats
 
     def unwrap(k):
         return k.fn if hasattr(k, "configs") else k

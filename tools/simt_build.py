@@ -3,9 +3,9 @@
 One translation unit (sim_module.cpp) at -O1, straight through the C++ compiler: not part of
 setup.py's build, never in the wheel. Rebuilt only when a source it includes changed.
 
-    python csrc/simt/build.py                        # shc_kernels/_C_sim.so
-    python csrc/simt/build.py --sanitize thread      # build/cuda-sim/thread/shc_kernels/_C_sim.so
-    python csrc/simt/build.py --sanitize address     # ASan + UBSan, same layout
+    python tools/simt_build.py                        # shc_kernels/_C_sim.so
+    python tools/simt_build.py --sanitize thread      # build/cuda-sim/thread/shc_kernels/_C_sim.so
+    python tools/simt_build.py --sanitize address     # ASan + UBSan, same layout
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "csrc" / "simt" / "sim_module.cpp"
 SANITIZE = {
     "thread": ["-fsanitize=thread", "-Wno-tsan"],  # -Wtsan: fences are not modelled (README)

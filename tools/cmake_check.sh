@@ -2,7 +2,7 @@
 # Configure + build the ops library with CMake against libtorch (build/cmake), then load it in a
 # fresh Python process (without importing shc_kernels) and check the ops against a per-sample
 # F.conv2d loop. Exits non-zero on any failure.
-#   usage: bash csrc/cmake_check.sh            (PYTHON=... to pick the interpreter)
+#   usage: bash tools/cmake_check.sh            (PYTHON=... to pick the interpreter)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

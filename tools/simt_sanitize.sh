@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The emulated CUDA kernels under the sanitizers (`make cuda-sim-sanitize`): _C_sim built with
-# ThreadSanitizer, then with AddressSanitizer + UBSan (csrc/simt/build.py --sanitize), each run
+# ThreadSanitizer, then with AddressSanitizer + UBSan (tools/simt_build.py --sanitize), each run
 # over a subset of tests/sim in a Python with the sanitizer's runtime preloaded. TSan runs the
 # kernels with 2 blocks live at once (the one-launch kernel's flag handshake across OS threads);
 # the planted-bug kernels of test_emulator.py are left out (they race on purpose). Exits non-zero
 # on any report.
-#   usage: bash csrc/simt/sanitize.sh [thread|address]...      (default: both)
+#   usage: bash tools/simt_sanitize.sh [thread|address]...      (default: both)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 # The subset: every kernel (stats, stats backward, conv forward and dx, dW/dm, one launch) in
@@ -22,7 +22,7 @@ kinds=("$@")
 [[ ${#kinds[@]} -gt 0 ]] || kinds=(thread address)
 for kind in "${kinds[@]}"; do
   start=$(date +%s)
-  "$PY" csrc/simt/build.py --sanitize "$kind"
+  "$PY" tools/simt_build.py --sanitize "$kind"
   so="$ROOT/build/cuda-sim/$kind/shc_kernels/_C_sim.so"
   case "$kind" in
     thread)

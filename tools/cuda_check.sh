@@ -8,7 +8,7 @@
 #      check _C.cuda_compiled() and that every shc:: op has a CUDA kernel; then import the
 #      package from the copy and check the "cuda" backend reports the missing GPU, not a build gap.
 # Exits non-zero on any failure. Incremental: a second run only recompiles changed sources.
-#   usage: bash csrc/cuda_check.sh            (PYTHON=..., MAX_JOBS=..., TORCH_CUDA_ARCH_LIST=...)
+#   usage: bash tools/cuda_check.sh            (PYTHON=..., MAX_JOBS=..., TORCH_CUDA_ARCH_LIST=...)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
