@@ -4,7 +4,7 @@ functional call, ``shc:cpu``, against ``plain``; the module, ``shc:cpu:module``,
 conv, forward and forward+backward, by the ratio of the minima (of the medians in brackets), the
 median ratio and its range, and every layer over a bound.
 
-    python bench/grid_summary.py bench/results/cpu_grid_b32_1t_2026-12-06.json [more.json ...]
+    python bench/grid_summary.py bench/results/cpu_grid_b32_1t.json [more.json ...]
 """
 
 from __future__ import annotations

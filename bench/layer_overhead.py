@@ -10,7 +10,9 @@
    (their outputs compared), against the same call with the comparison switched off.
 
 Round-robin timing, the minimum over repetitions, ratios within one run.
-Run: python bench/layer_overhead.py [--per-call-only] [--json F] [--markdown F]
+Run: python bench/layer_overhead.py [--per-call-only] [--save] [--json F] [--markdown F]
+--save writes the series bench/results/cpu_layer_overhead.md/.json (all three parts) or, with
+--per-call-only, bench/results/cpu_call_overhead.md/.json, overwriting the previous run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +143,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     p.add_argument("--per-call-only", action="store_true", help="only the per-call overhead tables")
+    p.add_argument("--save", action="store_true", help="write the series under bench/results/ (see above)")
     args = p.parse_args(argv)
+    if args.save:
+        name = "cpu_call_overhead" if args.per_call_only else "cpu_layer_overhead"
+        series = Path(__file__).parent / "results" / name
+        args.json = args.json or f"{series}.json"
+        args.markdown = args.markdown or f"{series}.md"
     torch.set_num_threads(args.threads)
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
