@@ -18,8 +18,9 @@
 
 #include <algorithm>
 
-#include "shc_cuda.cuh"
-#include "shc_cuda_host.h"
+#include "channel_stats.cuh"
+#include "conv_tile.cuh"
+#include "host_helpers.h"
 
 namespace shc_cuda {
 namespace {

@@ -1,5 +1,5 @@
-// Host-side helpers shared by the CUDA launchers (shc_cuda.cu, fused_shc.cu): argument checks,
-// conv geometry, the GEMM operands' layouts, ConvArgs from tensors.
+// Host-side helpers shared by the CUDA launchers (shc_cuda.cu, weight_grad.cuh, fused_shc.cu):
+// argument checks, conv geometry, the GEMM operands' layouts, ConvArgs from tensors.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,7 +9,7 @@
 
 #include "../conv_geometry.h"
 #include "platform.h"
-#include "shc_cuda.cuh"
+#include "conv_tile.cuh"
 
 namespace shc_cuda {
 

@@ -1,0 +1,167 @@
+// The two MMA engines of the tiled kernels (conv_tile.cuh, weight_grad.cuh) and their tile
+// configuration: WMMA tensor cores for fp16/bf16 (fp32 accumulators), SIMT FMAs for fp32/fp64.
+// An engine owns a BM x BN accumulator tile spread over a block's threads; mma() adds one
+// BK-deep product of two shared-memory operand tiles.
+#pragma once
+
+#include <mma.h>
+
+#include <cstddef>
+
+#include "device_common.cuh"
+
+namespace shc_cuda {
+
+// ------------------------------------------------------------------------------------------
+// MMA engines. Operand tiles live in shared memory as As[k][row] (ld LDA) and Bs[k][col]
+// (ld LDB): for WMMA that is a col-major A and a row-major B.
+template <typename S, int BM, int BN, int NT, int WM>
+struct WmmaEngine {
+  static constexpr int kWarps = NT / 32, WN = kWarps / WM;
+  static constexpr int TMW = BM / WM, TNW = BN / WN, FM = TMW / 16, FN = TNW / 16;
+  static_assert(WM * WN == kWarps && TMW % 16 == 0 && TNW % 16 == 0, "warp tiling");
+  using Frag = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+  Frag c[FM][FN];
+
+  __device__ __forceinline__ int wm() const { return (threadIdx.x / 32) % WM; }
+  __device__ __forceinline__ int wn() const { return (threadIdx.x / 32) / WM; }
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < FN; ++j) nvcuda::wmma::fill_fragment(c[i][j], 0.f);
+  }
+  template <int BK, int LDA, int LDB>
+  __device__ __forceinline__ void mma(const S* As, const S* Bs) {
+    using namespace nvcuda;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, S, wmma::col_major> a[FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, S, wmma::row_major> b[FN];
+#pragma unroll
+      for (int i = 0; i < FM; ++i) wmma::load_matrix_sync(a[i], As + kk * LDA + wm() * TMW + i * 16, LDA);
+#pragma unroll
+      for (int j = 0; j < FN; ++j) wmma::load_matrix_sync(b[j], Bs + kk * LDB + wn() * TNW + j * 16, LDB);
+#pragma unroll
+      for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j) wmma::mma_sync(c[i][j], a[i], b[j], c[i][j]);
+    }
+  }
+  // Cs[row][col] (row-major, ld LDC) = accumulator tile.
+  template <int LDC>
+  __device__ __forceinline__ void store(float* Cs) const {
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < FN; ++j)
+        nvcuda::wmma::store_matrix_sync(Cs + (wm() * TMW + i * 16) * LDC + wn() * TNW + j * 16, c[i][j],
+                                        LDC, nvcuda::wmma::mem_row_major);
+  }
+  // this += s * o (a scalar that is uniform over the tile, so the opaque fragment layout is fine)
+  __device__ __forceinline__ void axpy(const WmmaEngine& o, float s) {
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < FN; ++j)
+#pragma unroll
+        for (int e = 0; e < Frag::num_elements; ++e) c[i][j].x[e] += s * o.c[i][j].x[e];
+  }
+  // This thread's share of sum_{row,col} Ws[row][col] * tile[row][col]: Ws loaded into an
+  // accumulator fragment has the same element mapping as the tile.
+  template <int LDC>
+  __device__ __forceinline__ float dot(const float* Ws) const {
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < FN; ++j) {
+        Frag w;
+        nvcuda::wmma::load_matrix_sync(w, Ws + (wm() * TMW + i * 16) * LDC + wn() * TNW + j * 16, LDC,
+                                       nvcuda::wmma::mem_row_major);
+#pragma unroll
+        for (int e = 0; e < Frag::num_elements; ++e) s += w.x[e] * c[i][j].x[e];
+      }
+    return s;
+  }
+};
+
+// SIMT: thread (ty, tx) owns rows ty*TM .. +TM and columns tx*TN .. +TN of the tile.
+template <typename A, int BM, int BN, int NT, int TM, int TN>
+struct SimtEngine {
+  static constexpr int TX = BN / TN;
+  static_assert((BM / TM) * TX == NT && BN % TN == 0 && BM % TM == 0, "thread tiling");
+  A c[TM][TN];
+
+  __device__ __forceinline__ int tx() const { return threadIdx.x % TX; }
+  __device__ __forceinline__ int ty() const { return threadIdx.x / TX; }
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) c[i][j] = A(0);
+  }
+  template <int BK, int LDA, int LDB>
+  __device__ __forceinline__ void mma(const A* As, const A* Bs) {
+    const int r0 = ty() * TM, c0 = tx() * TN;
+#pragma unroll
+    for (int k = 0; k < BK; ++k) {
+      A a[TM], b[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = As[k * LDA + r0 + i];
+#pragma unroll
+      for (int j = 0; j < TN; ++j) b[j] = Bs[k * LDB + c0 + j];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) c[i][j] = fma(a[i], b[j], c[i][j]);
+    }
+  }
+  template <int LDC>
+  __device__ __forceinline__ void store(A* Cs) const {
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) Cs[(ty() * TM + i) * LDC + tx() * TN + j] = c[i][j];
+  }
+  __device__ __forceinline__ void axpy(const SimtEngine& o, A s) {
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) c[i][j] += s * o.c[i][j];
+  }
+  // sum over this thread's cells of w(row, col) * tile[row][col]
+  template <typename F>
+  __device__ __forceinline__ A dot_fn(const F& w) const {
+    A s = A(0);
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) s += w(ty() * TM + i, tx() * TN + j) * c[i][j];
+    return s;
+  }
+};
+
+// ------------------------------------------------------------------------------------------
+// Tile configurations per dtype. S: shared-memory operand type; A: accumulator/compute type.
+template <typename S_, typename A_, int BM_, int BN_, int BK_, int NT_, bool TC_, typename Engine_,
+          int MINB_ = 1>
+struct TileCfg {
+  using S = S_;
+  using A = A_;
+  using Engine = Engine_;
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, NT = NT_;
+  static constexpr int MINB = MINB_;  // __launch_bounds__ min blocks per SM (caps registers)
+  static constexpr bool TC = TC_;
+  static constexpr int PAD = sizeof(S) == 2 ? 8 : 4;  // keeps WMMA rows 32-byte aligned
+  static constexpr int LDA = BM + PAD, LDB = BN + PAD, LDC = BN + 4;
+  static constexpr int EA = BM * BK / NT, EB = BK * BN / NT, EC = BM * BN / NT;
+  static_assert(BM * BK % NT == 0 && BK * BN % NT == 0 && BM * BN % NT == 0, "tile/threads");
+  static constexpr size_t kOperandBytes = size_t(BK) * (LDA + LDB) * sizeof(S);
+  static constexpr size_t kAccBytes = size_t(BM) * LDC * sizeof(A);
+  static constexpr size_t kSmemBytes = kOperandBytes > kAccBytes ? kOperandBytes : kAccBytes;
+};
+
+}  // namespace shc_cuda
