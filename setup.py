@@ -171,6 +171,17 @@ def _extensions():
     return [ext], cmdclass
 
 
+# pip names of the extras (shc_kernels/research/__init__.py's EXTRAS lists their import names):
+# train: the paper's models (torchvision), progress bars (tqdm), the embedded digits (scikit-learn);
+# robustness: train plus the attack suite (torchattacks) and the reports' figures (matplotlib).
+_TRAIN = ["torchvision", "tqdm", "numpy", "scikit-learn"]
+EXTRAS_REQUIRE = {
+    "train": _TRAIN,
+    "robustness": _TRAIN + ["torchattacks", "matplotlib"],
+    "all": _TRAIN + ["torchattacks", "matplotlib"],
+}
+
+
 def main():
     ext_modules, cmdclass = _extensions()
     setup(
@@ -181,11 +192,10 @@ def main():
         package_data={"shc_kernels": ["*.json", "data/*"]},
         include_package_data=True,
         python_requires=">=3.10",
-        # torchvision: models; scikit-learn: the embedded digits data; tqdm: progress bars;
-        # matplotlib: the attack report's figures.
-        install_requires=[
-            _torch_pin(), "torchvision", "numpy", "scikit-learn", "tqdm", "matplotlib", "torchattacks"
-        ],
+        # The layer library needs torch alone; the research application (shc_kernels.research)
+        # and the commands built on it take extras, named in one place: shc_kernels.research.EXTRAS.
+        install_requires=[_torch_pin()],
+        extras_require=EXTRAS_REQUIRE,
         entry_points={"console_scripts": ["shc=shc_kernels.cli:main"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,

@@ -7,7 +7,7 @@ change in the code from a change in the machine.
     done; done
 
 Each shape is D,C,H,stride (3x3, padding 1); prints {shape: [forward ratio, fwd+bwd ratio]}, ratios of
-the minima over 7 round-robin repetitions (shc_kernels.bench's Timer, inputs and methods).
+the minima over 7 round-robin repetitions (shc_kernels.cli.bench's Timer, inputs and methods).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import torch
 
 import shc_kernels
-from shc_kernels import bench
+from shc_kernels.cli import bench
 
 
 def main(argv: list[str]) -> int:

@@ -9,7 +9,7 @@ stride 2 direct takes the forward only, so its fwd+bwd there is im2col's backwar
 the kernel picks) are timed beside F.conv2d of the same shape, one thread, by process CPU
 time (the machine may be shared), all interleaved; ratios are of the minima and of the medians
 over the repetitions, forward and forward+backward (dx, dweight, dm, dbias). glibc's malloc is
-first told to keep freed memory (shc_kernels.bench.steady_malloc), as `shc bench` does.
+first told to keep freed memory (shc_kernels.cli.bench.steady_malloc), as `shc bench` does.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import shc_kernels  # noqa: F401  (registers the shc:: ops)
-from shc_kernels.bench import steady_malloc
+from shc_kernels.cli.bench import steady_malloc
 
 # (D, C, H, stride): padding 1
 SHAPES = [(16, 16, 28, 1), (32, 32, 14, 1), (64, 64, 7, 1), (32, 32, 32, 1), (64, 64, 16, 1)]

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from shc_kernels import bench
+from shc_kernels.cli import bench
 
 
 def main(argv: list[str]) -> int:

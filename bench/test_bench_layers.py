@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from shc_kernels import bench
+from shc_kernels.cli import bench
 
 BATCH = int(os.environ.get("BENCH_BATCH", "32"))
 SHAPES = bench.SHAPES[os.environ.get("BENCH_SHAPES", "core")]

@@ -15,11 +15,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # shc.models and shc.attacks import torchvision and friends: load them on first use.
+    # shc.models and shc.attacks live in the research application (shc_kernels.research), which
+    # needs the [train] extra: they are loaded on first use, never by `import shc_kernels`.
     if name in ("models", "attacks"):
         import importlib
 
-        return importlib.import_module(f"{__name__}.{name}")
+        return importlib.import_module(f"{__name__}.research.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,4 +1,4 @@
-"""shc_kernels.models: torchvision's keys at width 1, a width multiplier, grey images."""
+"""shc_kernels.research.models: torchvision's keys at width 1, a width multiplier, grey images."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from shc_kernels import models, protocol
 from shc_kernels.modules import SHCConv2d
+from shc_kernels.research import checkpoint, models
 
 
 def _shapes(model) -> dict[str, tuple]:
@@ -65,5 +65,5 @@ def test_checkpoint_meta_width_rebuilds_the_narrow_model(tmp_path):
     net = models.build("resnet18", num_classes=10, shc=True, small_input=True, width=0.25)
     meta = {"arch": "resnet18", "shc": True, "small_input": True, "num_classes": 10, "width": 0.25}
     torch.save({"meta": meta, "model": net.state_dict()}, tmp_path / "c.pt")
-    loaded, got = protocol.load_checkpoint(str(tmp_path / "c.pt"))
+    loaded, got = checkpoint.load_model(str(tmp_path / "c.pt"))
     assert got["width"] == 0.25 and _shapes(loaded) == _shapes(net)

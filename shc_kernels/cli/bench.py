@@ -51,38 +51,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from . import backends, cli_args, functional, reference
-from .functional import shc_conv2d
+from .. import backends, functional, reference
+from ..functional import shc_conv2d
+from ..research import args as cli_args
+from .shapes import SHAPES
 
 # (name, C_in, C_out, H=W of the input, stride) of the 3x3 convs at 224 px input.
-SHAPES = {
-    "resnet18": [
-        ("r18.l1", 64, 64, 56, 1),
-        ("r18.l2.s2", 64, 128, 56, 2),
-        ("r18.l2", 128, 128, 28, 1),
-        ("r18.l3.s2", 128, 256, 28, 2),
-        ("r18.l3", 256, 256, 14, 1),
-        ("r18.l4.s2", 256, 512, 14, 2),
-        ("r18.l4", 512, 512, 7, 1),
-    ],
-    "resnet50": [
-        ("r50.l1", 64, 64, 56, 1),
-        ("r50.l2.s2", 128, 128, 56, 2),
-        ("r50.l2", 128, 128, 28, 1),
-        ("r50.l3.s2", 256, 256, 28, 2),
-        ("r50.l3", 256, 256, 14, 1),
-        ("r50.l4.s2", 512, 512, 14, 2),
-        ("r50.l4", 512, 512, 7, 1),
-    ],
-    # The four stride-1 shapes the foundation issue's CPU target names.
-    "core": [
-        ("64@56", 64, 64, 56, 1),
-        ("128@28", 128, 128, 28, 1),
-        ("256@14", 256, 256, 14, 1),
-        ("512@7", 512, 512, 7, 1),
-    ],
-    "smoke": [("smoke", 8, 8, 10, 1), ("smoke.s2", 8, 16, 10, 2)],
-}
 ARCH_NAMES = ("plain10", "resnet18", "resnet50")
 # Families of model specs (ARCH:WIDTH:SIZE), resolved by model_shapes: the sizes small images and
 # narrow networks use (issue 16), deduplicated across the specs.
@@ -135,7 +109,7 @@ def shape_family(text: str) -> str:
 def model_shapes(arch: str, width: float, size: int) -> list[tuple]:
     """Every distinct 3×3 conv of ``arch`` at ``width`` on ``size``-px input, as
     (name, C_in, C_out, H=W of its input, stride), read off the model by a forward pass."""
-    from . import models
+    from ..research import models
 
     net = models.build(arch, 10, shc=False, small_input=size <= 64, width=width)
     found: list[tuple] = []
@@ -218,7 +192,7 @@ def _plain_module(stride, params):
 
 
 def _shc_module(stride, backend, params):
-    from .modules import SHCConv2d
+    from ..modules import SHCConv2d
 
     weight = params[0]
     layer = SHCConv2d(
@@ -399,7 +373,7 @@ def peak_extra_mb(method, shape, args) -> float | None:
     cmd = [
         sys.executable,
         "-m",
-        "shc_kernels.bench",
+        "shc_kernels.cli.bench",
         "--_memory-child",
         method,
         json.dumps(shape),
@@ -540,7 +514,7 @@ def _wanted(method: str, wanted) -> bool:
 def run_model(args) -> list[dict]:
     """Training step time of the SHC model against the plain one: same data, same run, the two
     training steps timed round-robin."""
-    from . import models
+    from ..research import models
 
     dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     size = args.image_size

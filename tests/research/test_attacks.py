@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import shc_kernels as shc
-from shc_kernels import attacks
+from shc_kernels.research import attacks
 
 EPS = 0.03
 

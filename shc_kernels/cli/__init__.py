@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from . import __version__, backends, ops
+from .. import __version__, backends, ops
 
 
 def info_lines() -> list[str]:
@@ -46,14 +46,15 @@ def info_lines() -> list[str]:
     return lines
 
 
-# Subcommands with their own argument parsers, run as `shc NAME ...`.
+# Subcommands with their own argument parsers, run as `shc NAME ...`: the module and the extra it
+# needs beyond the base install (None: torch alone; see shc_kernels.research.EXTRAS).
 SUBCOMMANDS = {
-    "demo": "shc_kernels.demo",
-    "train": "shc_kernels.train",
-    "attack": "shc_kernels.evaluate",
-    "bench": "shc_kernels.bench",
-    "check": "shc_kernels.check",
-    "study": "shc_kernels.study",
+    "demo": ("shc_kernels.cli.demo", "robustness"),
+    "train": ("shc_kernels.research.train", "train"),
+    "attack": ("shc_kernels.research.evaluate", "robustness"),
+    "bench": ("shc_kernels.cli.bench", None),
+    "check": ("shc_kernels.cli.check", None),
+    "study": ("shc_kernels.research.study", "robustness"),
 }
 
 
@@ -62,11 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         import importlib
 
-        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+        from ..research import MissingExtra, require
+
+        module, extra = SUBCOMMANDS[argv[0]]
+        try:
+            if extra is not None:
+                require(extra, f"shc {argv[0]}")
+            return importlib.import_module(module).main(argv[1:])
+        except MissingExtra as exc:  # one line that names the extra, no traceback
+            print(exc, file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="shc", description=__doc__.replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and available backends")
-    for name, module in SUBCOMMANDS.items():
+    for name, (module, _) in SUBCOMMANDS.items():
         sub.add_parser(name, help=f"see `shc {name} --help` ({module})", add_help=False)
     parser.parse_args(argv)
     print("\n".join(info_lines()))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from shc_kernels import backends, bench, cli
+from shc_kernels import backends, cli
+from shc_kernels.cli import bench
 
 
 def test_info_lists_every_backend_with_its_state(capsys):

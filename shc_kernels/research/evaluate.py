@@ -14,21 +14,18 @@ module is the command line (its names are re-exported here for older imports).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 
-from . import cli_args as ca
+from . import args as ca
 from . import data as data_mod
+from .checkpoint import CheckpointError, load_model
 from .protocol import (
     ATTACKS,
     PAPER,
     QUICK,
-    CheckpointError,
     default_label,
-    load_checkpoint,
-    load_model,
     run_attacks,
 )
 from .report import format_tables, write_outputs
@@ -39,25 +36,12 @@ __all__ = [
     "QUICK",
     "build_parser",
     "format_tables",
-    "load_checkpoint",
     "load_model",
     "main",
     "run",
     "run_attacks",
     "write_outputs",
 ]
-
-
-def _data_arg(text: str) -> str:
-    """``fashion-mnist``, a folder of IDX files, or an ImageFolder folder with val/."""
-    if text == "fashion-mnist":
-        return text
-    path = ca.existing_dir(text)
-    if not data_mod.is_idx_folder(path) and not os.path.isdir(os.path.join(path, "val")):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} holds neither the Fashion-MNIST IDX files nor a val/ folder (ImageFolder layout)"
-        )
-    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--label", nargs="+", default=None, metavar="NAME", help="one name per checkpoint")
     p.add_argument(
-        "--data", default=None, type=_data_arg,
+        "--data", default=None, type=data_mod.data_argument(splits=("val",)),
         help="fashion-mnist, a folder of its IDX files, or an ImageNet-style folder with val/ "
         "(default: the embedded digits)",
     )  # fmt: skip
@@ -117,7 +101,7 @@ def _load_models(parser, args, device) -> dict:
     models, metas = {}, []
     for i, path in enumerate(args.checkpoint):
         try:
-            model, meta = load_checkpoint(path, device)
+            model, meta = load_model(path, device)
         except CheckpointError as exc:
             ca.fail(parser, f"argument --checkpoint: {exc}")
         metas.append(meta)

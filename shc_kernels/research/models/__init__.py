@@ -16,9 +16,14 @@ import math
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..modules import convert
+from .. import require
+
+require("train", "shc_kernels.research.models (the paper's networks)", modules=("torchvision",))
+
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet  # noqa: E402
+
+from ...modules import convert  # noqa: E402
 
 __all__ = ["ARCHS", "Normalize", "build", "plain10", "resnet18", "resnet50", "scaled_widths"]
 

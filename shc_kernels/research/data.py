@@ -10,6 +10,7 @@ ImageFolder folder.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
 import shutil
@@ -18,6 +19,8 @@ import tempfile
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
+
+from . import args
 
 __all__ = [
     "FASHION_MNIST_DIR",
@@ -202,3 +205,31 @@ def load(data: str | None, image_size: int = 224, paper_eval: bool = False, digi
     if is_idx_folder(data):
         return fashion_mnist(data)
     return imagefolder(data, image_size, paper_eval)
+
+
+def data_argument(*, splits: tuple[str, ...] = ("train", "val"), digits: bool = False):
+    """The argparse type of every command's ``--data``: ``fashion-mnist``, ``digits`` (where
+    ``digits``), a folder of Fashion-MNIST's IDX files, or (when ``splits`` is not empty) a folder in
+    the ImageFolder layout with the ``splits`` subfolders the command reads."""
+
+    def parse(text: str) -> str:
+        if text == "fashion-mnist" or (digits and text == "digits"):
+            return text
+        path = args.existing_dir(text)
+        if is_idx_folder(path):
+            return path
+        missing = [s for s in splits if not os.path.isdir(os.path.join(path, s))]
+        if splits and not missing:
+            return path
+        if splits and len(missing) < len(splits):  # an ImageFolder layout with a split missing
+            names = ", ".join(s + "/" for s in splits)
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has no {' or '.join(s + '/' for s in missing)} subfolder (an ImageFolder data set "
+                f"needs {names})"
+            )
+        wanted = "the four Fashion-MNIST IDX files"
+        if splits:
+            wanted += f" nor the ImageFolder subfolders {', '.join(s + '/' for s in splits)}"
+        raise argparse.ArgumentTypeError(f"{text!r} holds neither {wanted}")
+
+    return parse

@@ -1,4 +1,4 @@
-"""`shc attack` (shc_kernels.evaluate): the paper's Tables 1–4 and Figures 2–3 from checkpoints."""
+"""`shc attack` (shc_kernels.research.evaluate): the paper's Tables 1–4 and Figures 2–3 from checkpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import shc_kernels as shc
-from shc_kernels import data, evaluate, models
+from shc_kernels.research import data, evaluate, models
 
 FAST = ["--digits-size", "8", "--confidence", "0", "--max-images", "4", "--lsa-images", "2"]
 FAST += ["--gaussian-images", "32"]
@@ -87,7 +87,10 @@ def test_checkpoint_without_meta_exits_2_with_a_message(tmp_path, capsys):
 
 def test_runs_as_a_module_and_shows_help():
     out = subprocess.run(
-        [sys.executable, "-m", "shc_kernels.evaluate", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "shc_kernels.research.evaluate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "--checkpoint" in out.stdout and "--lsa-steps" in out.stdout
 
@@ -141,7 +144,7 @@ def _attack_cases(tmp):
     return [
         (["--checkpoint", str(tmp / "missing.pt"), *out], ("--checkpoint", "no file")),
         (["--checkpoint", str(tmp), *out], ("--checkpoint", "is a folder")),
-        (["--checkpoint", str(tmp / "text.pt"), *out], ("--checkpoint", "not a PyTorch checkpoint")),
+        (["--checkpoint", str(tmp / "text.pt"), *out], ("--checkpoint", "not a readable PyTorch checkpoint")),
         (["--checkpoint", str(tmp / "nometa.pt"), *out], ("--checkpoint", '"meta"')),
         (["--checkpoint", two, *out], ("--checkpoint", "at least 3 classes")),
         (["--checkpoint", five, *out, "--digits-size", "8"], ("--checkpoint", "5 classes")),

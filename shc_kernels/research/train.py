@@ -27,21 +27,17 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from . import backends, cli_args, models
+from .. import backends
+from ..modules import convert
+from . import args as cli_args
+from . import checkpoint, models
 from . import data as data_mod
-from .modules import convert
 
-CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-ATTACK_MIN_CLASSES = 3  # `shc attack`'s RCD compares the top class with two others
 
 
 class DataError(ValueError):
     """An image of the data folder cannot be read."""
-
-
-class CheckpointError(ValueError):
-    """A --resume or --init-from file cannot be used."""
 
 
 def _plain(text: str) -> str:
@@ -56,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, no max-pool")
     p.add_argument(
         "--data",
-        type=data_arg,
+        type=data_mod.data_argument(),
         default=None,
         help="fashion-mnist, or an ImageNet-style folder with train/ and val/ (default: digits)",
     )
@@ -97,11 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--width", type=A.positive_float, default=1.0, help="channel width multiplier")
     return p
-
-
-def data_arg(text: str) -> str:
-    """--data: the literal ``fashion-mnist`` or an existing folder (data.load reads it)."""
-    return text if text == "fashion-mnist" else cli_args.existing_dir(text)
 
 
 def _width_kwargs(args) -> dict:
@@ -217,10 +208,10 @@ def load_data(args, rank: int):
     train_set, val_set, num_classes = data_mod.load(
         args.data, args.image_size, args.paper_eval, args.digits_size
     )
-    if rank == 0 and num_classes < ATTACK_MIN_CLASSES:
+    if rank == 0 and num_classes < checkpoint.RCD_MIN_CLASSES:
         print(
             f"shc train: warning: the data has {num_classes} classes; `shc attack` needs a model "
-            f"of >= {ATTACK_MIN_CLASSES} classes (RCD compares the top class with two others)",
+            f"of >= {checkpoint.RCD_MIN_CLASSES} classes (RCD compares the top class with two others)",
             file=sys.stderr,
         )
     return SeededSamples(train_set), SeededSamples(val_set), num_classes
@@ -257,46 +248,17 @@ def _model_meta(args, num_classes) -> dict:
     return meta | _width_kwargs(args)
 
 
-def read_checkpoint(path: str, flag: str):
-    """torch.load(path) or a one-line CheckpointError naming ``flag`` and the file."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{flag}: no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any damaged or foreign file gets the same message
-        raise CheckpointError(
-            f"{flag}: {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: the file "
-            "is damaged or was not written by torch.save)"
-        ) from None
-
-
-def _load_weights(model: torch.nn.Module, state, flag: str, path: str, what: str) -> None:
-    """model.load_state_dict(state) or a one-line CheckpointError saying what does not fit."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{flag}: {path} holds no weights (expected a state_dict)")
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "")
-        raise CheckpointError(f"{flag}: {path} is not {what}: {detail or 'shapes differ'}") from None
-    if missing or unexpected:
-        example = (list(missing) + list(unexpected))[0]
-        raise CheckpointError(
-            f"{flag}: {path} is not {what}: {len(missing)} missing and {len(unexpected)} unexpected "
-            f"weights (e.g. {example})"
-        )
-
-
 def init_weights(path: str, args, num_classes: int) -> torch.nn.Module:
     """Load a plain checkpoint (ours) or a torchvision state_dict into the plain model, then
     convert it to SHC (output-preserving) when --shc is given."""
-    state = read_checkpoint(path, "--init-from")
+    state = checkpoint.read(path, "--init-from")
     if isinstance(state, dict) and "model" in state:
         state = state["model"]
     plain = models.build(
         args.arch, num_classes, shc=False, small_input=args.small_input, **_width_kwargs(args)
     )
-    _load_weights(plain, state, "--init-from", path, f"a plain {args.arch} with {num_classes} classes")
+    what = f"a plain {args.arch} with {num_classes} classes"
+    checkpoint.load_weights(plain, state, "--init-from", path, what)
     if args.shc:
         convert(plain, kernel_sizes=((3, 3),), grad_route=args.grad_route, backend=args.backend)
     return plain
@@ -363,25 +325,6 @@ class EpochSums:
     seconds: float = 0.0
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write to a temporary file, then os.replace: a crash never leaves a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str, meta: dict) -> dict:
-    state = read_checkpoint(path, "--resume")
-    if not isinstance(state, dict) or not {"meta", "model", "epoch", "step"} <= set(state):
-        raise CheckpointError(f"--resume: {path} is not a checkpoint of `shc train`")
-    if state.get("meta") != meta:
-        raise CheckpointError(
-            f"--resume: checkpoint {path} is of another model: {state.get('meta')} (this run: {meta})"
-        )
-    return state
-
-
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -412,7 +355,7 @@ class Checkpointer:
             rngs = [_rng_state()]
         images, loss = _all_sum([sums.images, sums.loss], next(self.model.parameters()).device)
         if self.rank == 0:
-            save_checkpoint(
+            checkpoint.save(
                 self.path,
                 {
                     "meta": self.meta,
@@ -430,14 +373,14 @@ class Checkpointer:
 
     def restore(self) -> tuple[int, int, EpochSums]:
         """(epoch, step, sums so far) of the checkpoint, its state loaded into the run."""
-        state = load_checkpoint(self.path, self.meta)
+        state = checkpoint.read_training_state(self.path, self.meta)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(
+            raise checkpoint.CheckpointError(
                 f"--resume: {self.path} does not fit this run: {type(exc).__name__}"
             ) from None
         rngs = state["rng"]
@@ -567,11 +510,12 @@ def log_record(record: dict, out: str, rank: int) -> None:
 
 def check_run(args, device) -> None:
     """What can be checked before any work: the output folder, --resume, --backend."""
-    has_run = os.path.isfile(os.path.join(args.out, CHECKPOINT))
+    has_run = os.path.isfile(os.path.join(args.out, checkpoint.FILENAME))
     if args.resume and args.init_from:
         raise ValueError("--resume continues OUT's run; --init-from starts a new one: give one of them")
     if args.resume and not has_run:
-        raise CheckpointError(f"--resume: no checkpoint at {os.path.join(args.out, CHECKPOINT)}")
+        path = os.path.join(args.out, checkpoint.FILENAME)
+        raise checkpoint.CheckpointError(f"--resume: no checkpoint at {path}")
     if not args.resume and has_run:
         raise ValueError(
             f"--out {args.out} already holds a run: add --resume to continue it, or choose another --out"
@@ -594,7 +538,7 @@ def run(args) -> list[dict]:
     model = build_model(args, num_classes, device)
     optimizer, scheduler, scaler = build_optimizer(args, model, world)
     ckpt = Checkpointer(
-        os.path.join(args.out, CHECKPOINT),
+        os.path.join(args.out, checkpoint.FILENAME),
         _model_meta(args, num_classes),
         model,
         optimizer,

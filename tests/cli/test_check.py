@@ -10,7 +10,7 @@ import torch
 from cli_cases import assert_rejected, run_cli
 
 import shc_kernels
-from shc_kernels import check
+from shc_kernels.cli import check
 
 
 @pytest.fixture(autouse=True)

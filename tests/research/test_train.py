@@ -17,9 +17,9 @@ import torchvision
 from PIL import Image
 
 import shc_kernels as shc
-from shc_kernels import models, train
+from shc_kernels.research import checkpoint, models, train
 
-TRAIN = [sys.executable, "-m", "shc_kernels.train"]
+TRAIN = [sys.executable, "-m", "shc_kernels.research.train"]
 SMALL = [
     *("--arch", "plain10", "--small-input", "--width", "0.25", "--digits-size", "16"),
     *("--batch-size", "32", "--lr", "0.05"),
@@ -73,7 +73,7 @@ def test_two_process_ddp_gloo_trains_and_checkpoints(tmp_path):
         "--nproc_per_node=2",
         "--master_port=29541",
         "-m",
-        "shc_kernels.train",
+        "shc_kernels.research.train",
         *SMALL,
         "--shc",
         "--epochs",
@@ -131,11 +131,11 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
-    train.save_checkpoint(
+    checkpoint.save(
         str(tmp_path / "checkpoint.pt"), {"meta": {"arch": "resnet50"}, "model": {}, "epoch": 1, "step": 0}
     )
     with pytest.raises(ValueError, match="of another model"):
-        train.load_checkpoint(str(tmp_path / "checkpoint.pt"), {"arch": "plain10"})
+        checkpoint.read_training_state(str(tmp_path / "checkpoint.pt"), {"arch": "plain10"})
 
 
 def random_imagefolder(root, classes=3, train_per_class=4, val_per_class=1, size=12, seed=0):
@@ -161,14 +161,14 @@ def _argv(data, out, workers):
 
 def _interrupt_after(epoch, step, monkeypatch):
     """Make the run stop (as Ctrl-C would) right after writing the checkpoint at (epoch, step)."""
-    save = train.save_checkpoint
+    save = checkpoint.save
 
     def save_then_stop(path, state):
         save(path, state)
         if (state["epoch"], state["step"]) == (epoch, step):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(checkpoint, "save", save_then_stop)
 
 
 def _records(out):
@@ -195,13 +195,13 @@ def test_resume_mid_epoch_on_augmented_images_equals_the_uninterrupted_run(
         with monkeypatch.context() as m:
             _interrupt_after(1, 2, m)  # epoch 2 of 2, after 2 of its 6 steps
             assert train.main(_argv(data, out, workers)) == 130
-        assert torch.load(out / train.CHECKPOINT, weights_only=True)["step"] == 2
+        assert torch.load(out / checkpoint.FILENAME, weights_only=True)["step"] == 2
         torch.manual_seed(1234)  # what the resumed run draws must come from the checkpoint
         random.seed(1234)
         assert train.main([*_argv(data, out, workers), "--resume"]) == 0
 
-        a = torch.load(ref / train.CHECKPOINT, weights_only=True)["model"]
-        b = torch.load(out / train.CHECKPOINT, weights_only=True)["model"]
+        a = torch.load(ref / checkpoint.FILENAME, weights_only=True)["model"]
+        b = torch.load(out / checkpoint.FILENAME, weights_only=True)["model"]
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), f"workers={workers}: weights differ"
         want, got = _records(ref), _records(out)

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Subset
 
-from . import cli_args as ca
+from . import args as ca
+from . import checkpoint, protocol, train
 from . import data as data_mod
-from . import protocol, train
 
 __all__ = ["DEFAULT", "TINY", "Study", "build_parser", "main", "model_key"]
 
@@ -179,7 +179,7 @@ class Study:
         return test_set, num_classes
 
     def checkpoint(self, arch, shc, seed) -> str:
-        return self._path("models", f"{model_key(arch, shc, seed)}-{self.fingerprint()}", train.CHECKPOINT)
+        return self._path("models", f"{model_key(arch, shc, seed)}-{self.fingerprint()}", checkpoint.FILENAME)
 
     def train_one(self, arch, shc, seed) -> dict:
         """Train one model with ``shc train`` (resumed when a run was cut off); its metrics."""
@@ -225,7 +225,7 @@ class Study:
         return self._path("adv", f"pgd-{key}-{self.fingerprint(*self.PGD_SETTINGS)}.pt")
 
     def load(self, arch, shc, seed):
-        model, _ = protocol.load_checkpoint(self.checkpoint(arch, shc, seed))
+        model, _ = checkpoint.load_model(self.checkpoint(arch, shc, seed))
         return model
 
 
@@ -510,15 +510,6 @@ def _autoattack(study: Study, net, key, test_set) -> dict:
 # ---------------------------------------------------------------- command line
 
 
-def _data_arg(text: str) -> str:
-    if text in ("fashion-mnist", "digits"):
-        return text
-    path = ca.existing_dir(text)
-    if not data_mod.is_idx_folder(path):
-        raise argparse.ArgumentTypeError(f"{text!r} does not hold the four MNIST-format IDX files")
-    return path
-
-
 def _computed_by(out: str, run_info: dict) -> dict | None:
     """The command and wall time of the run recorded in ``out``/results.json, when it had the
     same settings and data (what a --report-only rewrite of that report should still show)."""
@@ -541,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Sizes default to the committed study; --tiny gives a smoke run of every step.",
     )
     p.add_argument(
-        "--data", type=_data_arg, default="fashion-mnist",
+        "--data", type=data_mod.data_argument(splits=(), digits=True), default="fashion-mnist",
         help="fashion-mnist (the digits when it is not installed), digits, or a folder of IDX files",
     )  # fmt: skip
     p.add_argument("--out", type=ca.writable_dir, default="results/fashion_mnist", help="report folder")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import time
 
@@ -22,20 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..modules import SHCConv2d
 from . import attacks
-from . import models as models_mod
-from .modules import SHCConv2d
 
 __all__ = [
     "ATTACKS",
     "GRADIENT_ATTACKS",
     "PAPER",
     "QUICK",
-    "CheckpointError",
     "default_label",
     "is_shc",
-    "load_checkpoint",
-    "load_model",
     "lsa_report_steps",
     "probs",
     "run_attacks",
@@ -69,48 +64,6 @@ PAPER = dict(
 # a short LocSearchAdv with 1 pixel per step (10 pixels of a 16×16 digit already decide it).
 QUICK = dict(max_images=100, lsa_images=10, lsa_steps=20, lsa_pixels=1, lsa_candidates=32)
 FIG2_SIGMAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
-
-
-class CheckpointError(ValueError):
-    pass
-
-
-# ---------------------------------------------------------------- models and data
-
-
-def load_checkpoint(path: str, device="cpu") -> tuple[nn.Module, dict]:
-    """(model in eval mode, meta) from a checkpoint of ``shc train`` (a dict with "meta" and
-    "model"); a CheckpointError (a ValueError) that says what is wrong otherwise."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file gets the same clear message
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint written by `shc train` (torch.load failed: "
-            f"{type(exc).__name__})"
-        ) from exc
-    if not isinstance(state, dict) or not isinstance(state.get("meta"), dict) or "model" not in state:
-        raise CheckpointError(
-            f'{path} has no "meta"/"model" entries: expected a checkpoint written by `shc train` '
-            "(meta = {arch, shc, small_input, num_classes})"
-        )
-    if state["meta"].get("num_classes", 3) < 3:
-        raise CheckpointError(
-            f"{path} is a {state['meta']['num_classes']}-class model: the robustness score RCD "
-            "(paper eq. (5)) needs at least 3 classes"
-        )
-    try:
-        model = models_mod.build(**state["meta"])
-        model.load_state_dict(state["model"])
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild the model from meta {state['meta']}: {exc}") from exc
-    return model.to(device).eval(), dict(state["meta"])
-
-
-def load_model(path: str, device="cpu") -> nn.Module:
-    """The model of a checkpoint of ``shc train``, in eval mode."""
-    return load_checkpoint(path, device)[0]
 
 
 def default_label(meta: dict) -> str:

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from shc_kernels import models, study, study_report
+from shc_kernels.research import models, study, study_report
 
 TINY = ["study", "--tiny", "--data", "digits", "--no-progress"]
 
@@ -144,7 +144,7 @@ def test_bad_shc_study_and_demo_input_is_one_line_exit_2_and_writes_nothing(tmp_
 
 
 def test_study_and_demo_help_have_no_rst_markup():
-    from shc_kernels import demo
+    from shc_kernels.cli import demo
 
     for mod in (study, demo):
         assert "``" not in mod.build_parser().format_help()

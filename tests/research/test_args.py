@@ -1,4 +1,4 @@
-"""shc_kernels.cli_args: each argument type accepts what it promises and rejects the rest
+"""shc_kernels.research.args: each argument type accepts what it promises and rejects the rest
 with a message, and creates nothing."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from shc_kernels import cli_args as A
+from shc_kernels.research import args as A
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

@@ -1,4 +1,4 @@
-"""shc_kernels.data: Fashion-MNIST (IDX files through torchvision's readers), ImageFolder, digits."""
+"""shc_kernels.research.data: Fashion-MNIST (IDX files through torchvision's readers), ImageFolder, digits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 
-from shc_kernels import data
+from shc_kernels.research import data
 
 
 def _write_idx(path, tensor: torch.Tensor, compress: bool) -> None:

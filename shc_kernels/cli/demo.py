@@ -21,9 +21,11 @@ import time
 
 import torch
 
-from . import backends, bench, check, cli, protocol, report, train
-from . import cli_args as ca
-from . import data as data_mod
+from .. import backends
+from ..research import args as ca
+from ..research import checkpoint, protocol, report, train
+from ..research import data as data_mod
+from . import bench, check, info_lines
 
 # Fashion-MNIST in the demo: Plain-10 at 1/8 width, --train-steps batches of 128 per epoch.
 FASHION = dict(width=0.125, batch_size=128, gaussian_images=1000)
@@ -51,14 +53,14 @@ def _train(name: str, shc: bool, args) -> torch.nn.Module:
         argv.append("--shc")
     if args.no_progress:
         argv.append("--no-progress")
-    if os.path.isfile(os.path.join(out, train.CHECKPOINT)):
+    if os.path.isfile(os.path.join(out, checkpoint.FILENAME)):
         argv.append("--resume")  # a rerun picks up where the last one stopped
     print(f"\n== training {name}: shc train {' '.join(argv)}", flush=True)
     start = time.perf_counter()
     if train.main(argv) != 0:
         raise RuntimeError(f"shc train {' '.join(argv)} failed")
     print(f"   {name} trained in {time.perf_counter() - start:.0f} s", flush=True)
-    return protocol.load_model(os.path.join(out, train.CHECKPOINT))
+    return checkpoint.load_model(os.path.join(out, checkpoint.FILENAME))[0]
 
 
 def _microbench(args) -> str:
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is None:
         args.epochs = 1 if args.data == "fashion-mnist" else 3
     start = time.perf_counter()
-    print("\n".join(cli.info_lines()))
+    print("\n".join(info_lines()))
     print("\n== shc check --device cpu --quick: every backend and form against the reference")
     if check.main(["--device", "cpu", "--quick"]) != 0:
         print("demo: a backend disagrees with the reference (see the FAIL rows above)", file=sys.stderr)

@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import backends, reference
-from .cli_args import device as device_arg
-from .cli_args import fail, nonnegative_int, writable_file
-from .functional import FORMS
+from .. import backends, reference
+from ..functional import FORMS
+from ..research.args import device as device_arg
+from ..research.args import fail, nonnegative_int, writable_file
+from .shapes import SHAPES
 
 # max|got - ref| / max|ref| allowed per dtype. Triton's fp32 on a GPU with TF32 allowed rounds the
 # conv's inputs to 10 mantissa bits, as fp16 does, so it gets fp16's tolerance (tf32_rounding).
@@ -73,7 +74,6 @@ QUICK = SMALL[:2]
 
 
 def resnet50_shapes(batch: int = 2) -> tuple[Shape, ...]:
-    from .bench import SHAPES
 
     return tuple(Shape(name, batch, d, c, hw, hw, stride=s) for name, d, c, hw, s in SHAPES["resnet50"])
 

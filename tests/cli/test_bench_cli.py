@@ -8,7 +8,7 @@ import json
 import pytest
 from cli_cases import assert_rejected, run_cli
 
-from shc_kernels import bench
+from shc_kernels.cli import bench
 
 
 def _file(tmp_path, name="a_file"):

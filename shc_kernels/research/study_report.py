@@ -49,7 +49,7 @@ def versions() -> dict:
         out["torchattacks"] = torchattacks.__version__
     except ImportError:
         out["torchattacks"] = "not installed"
-    from . import __version__
+    from .. import __version__
 
     out["shc_kernels"] = __version__
     return out

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import GRAD_ROUTES
-from ..modules import SHCConv2d
+from ..._checks import GRAD_ROUTES
+from ...modules import SHCConv2d
 
 __all__ = [
     "check_count",
