@@ -454,3 +454,112 @@ def test_gradient_attacks_work_under_no_grad_and_the_others_under_inference_mode
     with torch.inference_mode():
         attacks.gaussian_noise(x, 0.1, generator=gen())
         attacks.local_search(model, x, y, steps=1)
+
+
+# ---------------------------------------------------------------- attacks.robust (beyond the paper)
+
+robust = attacks.robust
+
+
+def _two_class_linear(seed=0):
+    """A 2-class linear model on 1×6×6 images: its exact minimal L-inf eps is |margin| / ||w1 - w0||_1
+    (away from the [0, 1] bounds), which PGD's signed steps reach."""
+    torch.manual_seed(seed)
+    lin = nn.Linear(36, 2)
+    return nn.Sequential(nn.Flatten(), lin), lin
+
+
+def test_minimal_eps_finds_the_exact_margin_of_a_linear_model():
+    model, lin = _two_class_linear()
+    x = 0.4 + 0.2 * torch.rand(16, 1, 6, 6)
+    with torch.no_grad():
+        logits = model(x)
+    y = logits.argmax(1)
+    y[:2] = 1 - y[:2]  # two clean errors: minimal eps 0
+    w = (lin.weight[1] - lin.weight[0]).detach()
+    exact = (logits[:, 1] - logits[:, 0]).abs().detach() / w.abs().sum()
+    got = robust.minimal_eps(model, x, y, eps_max=0.1, steps=10, iters=10)
+    assert got[:2].tolist() == [0.0, 0.0]
+    for e, g in zip(exact[2:].tolist(), got[2:].tolist(), strict=True):
+        if e > 0.1:
+            assert g == math.inf
+        else:  # the binary search's upper bound, within its resolution 0.1 / 2**10
+            assert e - 1e-6 <= g <= e + 0.1 / 2**10 + 1e-6
+
+
+def test_pgd_stays_in_the_ball_and_per_image_eps_is_per_image():
+    model = TinySHC()
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    eps = torch.tensor([0.0, 0.01, 0.02, 0.03, 0.05, 0.1])
+    adv, ok = robust.pgd(model, x, y, eps, steps=3, restarts=2)
+    assert ((adv - x).abs().amax((1, 2, 3)) <= eps + 1e-6).all() and adv.min() >= 0 and adv.max() <= 1
+    assert torch.equal(ok, robust.correct(model, adv, y) & robust.correct(model, x, y)) or not ok.any()
+    assert adv[0].equal(x[0])  # eps 0 changes nothing
+    with pytest.raises(ValueError, match="eps"):
+        robust.pgd(model, x, y, torch.tensor([0.1, 0.2]), steps=1)
+
+
+def test_pgd_fools_a_linear_model_at_twice_its_margin():
+    model, lin = _two_class_linear(1)
+    x = 0.4 + 0.2 * torch.rand(32, 1, 6, 6)
+    y = robust.correct(model, x, torch.zeros(32, dtype=torch.long)).long().mul(0).add(model(x).argmax(1))
+    w = (lin.weight[1] - lin.weight[0]).detach()
+    exact = (model(x)[:, 1] - model(x)[:, 0]).abs().detach() / w.abs().sum()
+    _, ok = robust.pgd(model, x, y, 2 * exact, steps=5)
+    assert not ok.any()
+    _, ok = robust.pgd(model, x, y, 0.9 * exact, steps=5)
+    assert ok.all()
+
+
+def test_frozen_maps_forward_is_the_model_at_the_clean_image_with_the_conv_routes_gradient():
+    model = TinySHC().eval()
+    x = torch.rand(4, 3, 8, 8)
+    fwd = robust.frozen_maps_forward(model)
+    torch.testing.assert_close(fwd(x.clone(), x), model(x), rtol=1e-5, atol=1e-5)
+    # At adv == x0 the frozen maps are the maps: the gradient is the conv route's (dm/dx dropped).
+    a = x.clone().requires_grad_(True)
+    (g_frozen,) = torch.autograd.grad(fwd(a, x)[:, 3].sum(), [a])
+    a = x.clone().requires_grad_(True)
+    with attacks.grad_route(model, "conv"):
+        (g_conv,) = torch.autograd.grad(model(a)[:, 3].sum(), [a])
+    a = x.clone().requires_grad_(True)
+    (g_both,) = torch.autograd.grad(model(a)[:, 3].sum(), [a])
+    torch.testing.assert_close(g_frozen, g_conv, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(g_frozen, g_both, rtol=1e-3, atol=1e-6)  # the maps do carry gradient
+    # Away from x0 the maps stay those of x0: the output differs from the model's own.
+    far = 0.2 * x  # other channel statistics, other maps
+    layer = model.shc
+    with torch.no_grad():
+        h_x, h_far = (F.relu(model.bn(model.conv(v))) for v in (x, far))
+        m_x = shc.functional.statistical_map(h_x, *layer._hyper_params(), layer.kernel_size)
+        out = F.relu(shc.functional.modulated_conv2d(h_far, layer.weight, m_x, layer.bias, padding=1))
+        want = model.fc(F.adaptive_avg_pool2d(out, 2).flatten(1))
+        torch.testing.assert_close(fwd(far, x), want, rtol=1e-5, atol=1e-6)
+        assert (fwd(far, x) - model(far)).abs().max() > 1e-5
+    assert "forward" not in vars(model.shc)  # the layer's own forward is back
+
+
+def test_mean_std_projection_keeps_channel_statistics_inside_the_ball():
+    torch.manual_seed(0)
+    x0 = 0.2 + 0.6 * torch.rand(5, 3, 8, 8)
+    adv = (x0 + 0.05 * torch.randn_like(x0)).clamp(0, 1)
+    before = robust.channel_stat_gap(adv, x0)
+    p = robust.mean_std_projection(adv, x0, 0.05, iters=10)
+    assert ((p - x0).abs() <= 0.05 + 1e-6).all() and p.min() >= 0 and p.max() <= 1
+    after = robust.channel_stat_gap(p, x0)
+    assert after[0] < before[0] / 10 and after[1] < before[1] / 10
+
+
+def test_autoattack_components_run_in_order_and_only_ever_lower_accuracy():
+    model = TinySHC()
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    with torch.no_grad():
+        y[:6] = model(x[:6]).argmax(1)  # most images start correct
+    out = robust.autoattack(model, x, y, 0.05, 10, apgd_steps=2, apgdt_steps=2, fab_steps=2, square_queries=5)
+    assert list(out) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    steps = list(out.values())
+    for before, after in zip(steps, steps[1:], strict=False):
+        assert not (after & ~before).any()  # an image fooled once stays fooled
+    assert robust.AUTOATTACK_STANDARD == dict(
+        apgd_steps=100, apgdt_steps=100, fab_steps=100, square_queries=5000
+    )

@@ -12,8 +12,12 @@ and draws its randomness from an optional ``generator`` so a seed reproduces the
     local_search(model, x, y, pixels_per_step=10, steps=150, ...)        LocSearchAdv, black box
     rcd(p_adv, p_clean, y), relative_confidence(p, y)                                   eq. (5)
     grad_route(model, route)        context manager: every SHCConv2d's route (Table 4)
+
+Beyond the paper (``robust``): L-inf PGD with per-image eps, minimal eps by binary search,
+Square, AutoAttack's standard suite as published, and the adaptive attacks on SHC's maps.
 """
 
+from . import robust
 from ._common import eval_mode, grad_route, least_likely
 from .gradient import fgsm, gaussian_noise, ifgsm, rand_fgsm
 from .local_search import LocalSearchResult, local_search
@@ -31,4 +35,5 @@ __all__ = [
     "rand_fgsm",
     "rcd",
     "relative_confidence",
+    "robust",
 ]
