@@ -1,0 +1,212 @@
+// The depthwise method (depthwise.h): the layouts (Plan), the vector policies of each ISA, the
+// per-ISA copies of the loops (depthwise_kernels.inc) and the drivers that split the batch over
+// threads.
+#include "depthwise.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SHC_DW_X86 1
+#else
+#define SHC_DW_X86 0
+#endif
+
+namespace shc_cpu {
+namespace depthwise {
+namespace {
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
+
+// The buffers' layouts for a conv and a vector width of L lanes (depthwise.h).
+struct Plan {
+  shc::ConvGeom g;
+  int64_t L;
+  // x: padded rows (Hp) of sw column phases of Ls values: x[r][c] at (r + ph) * xrow + q * Ls + k,
+  // c + pw = k * sw + q; tap t = (i, j) of output (oh, ow) at oh * sh * xrow + ow + xoff[t].
+  int64_t Hp, Ls, xrow, xplane;
+  std::vector<int64_t> xoff;
+  // dy: Hd rows of Ld values, dy[oh][ow] at (oh + Pt) * Ld + Pl + ow, zero around.
+  int64_t Pt, Pl, Ld, Hd, dyplane;
+  // dx: for row phase a = (r + ph) % sh and column phase q, the taps (t, offset into dy's buffer
+  // from u * Ld + k, u = (r + ph) / sh) that reach dx[r][k * sw + q - pw]; Lr: a phase's row.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> dxtaps;
+  int64_t Lr;
+
+  Plan(const shc::ConvGeom& geom, int64_t lanes) : g(geom), L(lanes) {
+    Hp = g.H + 2 * g.ph;
+    const int64_t Wq = ceil_div(g.W + 2 * g.pw, g.sw);
+    const int64_t max_col = ((g.kw - 1) * g.dw) / g.sw;
+    // the forward reads two vectors per step past each output row's start
+    Ls = round_up(std::max(Wq, round_up(g.OW, 2 * L) + max_col + 1), L);
+    xrow = g.sw * Ls;
+    xplane = Hp * xrow;
+    xoff.resize(static_cast<size_t>(g.T));
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j)
+        xoff[i * g.kw + j] = i * g.dh * xrow + ((j * g.dw) % g.sw) * Ls + (j * g.dw) / g.sw;
+
+    Pt = ceil_div((g.kh - 1) * g.dh, g.sh);
+    Pl = ceil_div((g.kw - 1) * g.dw, g.sw);
+    const int64_t urows = (g.ph + g.H - 1) / g.sh + 1;  // dx rows reach dy rows below u
+    Hd = Pt + std::max(g.OH, urows) + 1;
+    const int64_t kmax = (g.pw + g.W - 1) / g.sw + 1;  // phase columns of dx
+    Ld = round_up(Pl + std::max(round_up(g.OW, L), kmax + 2 * L) + 1, L);  // dx_rows: two vectors a step
+    dyplane = Hd * Ld;
+    Lr = round_up(kmax + 2 * L, L);
+    dxtaps.resize(static_cast<size_t>(g.sh * g.sw));
+    for (int64_t a = 0; a < g.sh; ++a)
+      for (int64_t q = 0; q < g.sw; ++q)
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t er = a - i * g.dh, ec = q - j * g.dw;
+            if (er % g.sh != 0 || ec % g.sw != 0) continue;
+            const int64_t off = (er / g.sh + Pt) * Ld + Pl + ec / g.sw;
+            dxtaps[a * g.sw + q].emplace_back(i * g.kw + j, off);
+          }
+  }
+  // The phase columns [lo, hi) of phase q that hold dx columns c = k * sw + q - pw in [0, W).
+  void phase_cols(int64_t q, int64_t* lo, int64_t* hi) const {
+    *lo = g.pw > q ? ceil_div(g.pw - q, g.sw) : 0;
+    *hi = g.pw + g.W - 1 >= q ? (g.pw + g.W - 1 - q) / g.sw + 1 : 0;
+  }
+};
+
+// ------------------------------------------------------------------ the plain C++ copy
+namespace kgen {
+template <typename S>
+struct V {
+  using T = S;
+  using vec = S;
+  static constexpr int64_t L = 1;
+  static vec zero() { return S(0); }
+  static vec set1(S a) { return a; }
+  static vec loadu(const S* p) { return *p; }
+  static vec load_n(const S* p, int64_t) { return *p; }
+  static void storeu(S* p, vec v) { *p = v; }
+  static void store_n(S* p, vec v, int64_t) { *p = v; }
+  static vec fmadd(vec a, vec b, vec c) { return a * b + c; }
+  static vec add(vec a, vec b) { return a + b; }
+  static double hsum(vec v) { return static_cast<double>(v); }
+};
+#include "depthwise_kernels.inc"
+}  // namespace kgen
+
+#if SHC_DW_X86
+// ------------------------------------------------------------------ AVX2 + FMA
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace k256 {
+alignas(32) constexpr int32_t kMaskTable[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+struct V {
+  using T = float;
+  using vec = __m256;
+  static constexpr int64_t L = 8;
+  static __m256i mask(int64_t n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - n)); }
+  static vec zero() { return _mm256_setzero_ps(); }
+  static vec set1(float a) { return _mm256_set1_ps(a); }
+  static vec loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static vec load_n(const float* p, int64_t n) { return _mm256_maskload_ps(p, mask(n)); }
+  static void storeu(float* p, vec v) { _mm256_storeu_ps(p, v); }
+  static void store_n(float* p, vec v, int64_t n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+  static double hsum(vec v) {
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    alignas(32) double t[4];
+    _mm256_store_pd(t, _mm256_add_pd(lo, hi));
+    return (t[0] + t[1]) + (t[2] + t[3]);
+  }
+};
+#include "depthwise_kernels.inc"
+}  // namespace k256
+#pragma GCC pop_options
+
+// ------------------------------------------------------------------ AVX-512F + FMA
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+namespace k512 {
+struct V {
+  using T = float;
+  using vec = __m512;
+  static constexpr int64_t L = 16;
+  static __mmask16 mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static vec zero() { return _mm512_setzero_ps(); }
+  static vec set1(float a) { return _mm512_set1_ps(a); }
+  static vec loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static vec load_n(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static void storeu(float* p, vec v) { _mm512_storeu_ps(p, v); }
+  static void store_n(float* p, vec v, int64_t n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+  static double hsum(vec v) {
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+  }
+};
+#include "depthwise_kernels.inc"
+}  // namespace k512
+#pragma GCC pop_options
+#endif
+
+}  // namespace
+
+Isa isa_from_name(const char* name) {
+  if (name == nullptr) return Isa::kGeneric;
+  if (std::strcmp(name, "avx512") == 0) return Isa::kAvx512;
+  if (std::strcmp(name, "avx2") == 0) return Isa::kAvx2;
+  return Isa::kGeneric;
+}
+
+bool applies(const shc::ConvGeom& g) { return g.groups > 1 && g.Dg <= kMaxDg; }
+
+template <typename T>
+void forward(const shc::ConvGeom& g, Isa isa, const T* x, const T* w, const T* m, const T* bias, T* y,
+             const SampleFn* before) {
+  TORCH_CHECK(applies(g), "shc depthwise method: not a grouped conv with at most ", kMaxDg,
+              " input channels per group");
+#if SHC_DW_X86
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::kAvx512) return k512::forward_with<k512::V>(g, x, w, m, bias, y, before);
+    if (isa == Isa::kAvx2) return k256::forward_with<k256::V>(g, x, w, m, bias, y, before);
+  }
+#endif
+  (void)isa;
+  kgen::forward_with<kgen::V<T>>(g, x, w, m, bias, y, before);
+}
+
+template <typename T>
+void backward(const shc::ConvGeom& g, Isa isa, const T* dy, const T* x, const T* w, const T* m, T* dx, T* gw,
+              double* dm, double* db, const SampleFn* done) {
+  TORCH_CHECK(applies(g), "shc depthwise method: not a grouped conv with at most ", kMaxDg,
+              " input channels per group");
+#if SHC_DW_X86
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::kAvx512) return k512::backward_with<k512::V>(g, dy, x, w, m, dx, gw, dm, db, done);
+    if (isa == Isa::kAvx2) return k256::backward_with<k256::V>(g, dy, x, w, m, dx, gw, dm, db, done);
+  }
+#endif
+  (void)isa;
+  kgen::backward_with<kgen::V<T>>(g, dy, x, w, m, dx, gw, dm, db, done);
+}
+
+template void forward<float>(const shc::ConvGeom&, Isa, const float*, const float*, const float*, const float*,
+                             float*, const SampleFn*);
+template void forward<double>(const shc::ConvGeom&, Isa, const double*, const double*, const double*,
+                              const double*, double*, const SampleFn*);
+template void backward<float>(const shc::ConvGeom&, Isa, const float*, const float*, const float*, const float*,
+                              float*, float*, double*, double*, const SampleFn*);
+template void backward<double>(const shc::ConvGeom&, Isa, const double*, const double*, const double*,
+                               const double*, double*, double*, double*, double*, const SampleFn*);
+
+}  // namespace depthwise
+}  // namespace shc_cpu
