@@ -1,0 +1,189 @@
+"""The static GPU performance report (`make gpu-model`, tools/gpu_model*.py): its readers of
+compiled code, its occupancy, wave and roofline arithmetic, and the structural facts of the
+compiled Triton kernels that make them fast, asserted so a change that loses one fails CI.
+
+The Triton kernels are compiled here for sm_90 exactly as the runtime would launch them at
+ResNet-50's first 3x3 layer (bf16, channels_last; tools/gpu_model_triton.py records the
+package's own launches), a few kernels only, cached under build/gpu-model/. No GPU is used and
+nothing here is a timing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import gpu_model as gm  # noqa: E402
+import gpu_model_sass as gs  # noqa: E402
+
+# ------------------------------------------------------------------------------ reading SASS
+SASS = """
+        code for sm_90
+                Function : kern
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0020*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R6.64] ;
+        /*0030*/                   LDSM.16.M88.4 R8, [R3] ;
+        /*0040*/                   HMMA.16816.F32.BF16 R12, R8, R10, R12 ;
+        /*0050*/                   HMMA.16816.F32.BF16 R16, R8, R11, R16 ;
+        /*0060*/                   IADD3 R0, R0, 0x1, RZ ;
+        /*0070*/               @P0 BRA 0x20 ;
+        /*0080*/                   MEMBAR.ALL.GPU ;
+        /*0090*/                   RED.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR4][R4.64], R12 ;
+        /*00a0*/                   CCTL.IVALL ;
+        /*00b0*/                   RED.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR4][R6.64], R13 ;
+        /*00c0*/                   NOP ;
+        /*00d0*/                   NOP ;
+        /*00e0*/                   NOP ;
+        /*00f0*/                   NOP ;
+        /*0100*/                   RED.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR4][R8.64], R14 ;
+        /*0110*/                   EXIT ;
+"""
+
+
+def test_sass_main_loop_and_its_instruction_mix():
+    (fn,) = gs.parse_sass(SASS)
+    assert fn.arch == "sm_90" and fn.name == "kern" and len(fn.instrs) == 18
+    loop = gs.main_loop(fn)
+    assert [i.addr for i in loop] == [0x20, 0x30, 0x40, 0x50, 0x60, 0x70]
+    mix = gs.mix(loop)
+    assert (mix["hmma"], mix["ldsm"], mix["ldgsts"], mix["ldg"]) == (2, 1, 1, 0)
+    assert mix["global_load_bits"] == [128]
+    assert mix["mma_equiv"] == 2.0 and mix["instr_per_mma"] == 3.0  # 6 instructions, 2 m16n8k16
+
+
+def test_atomics_beside_a_memory_barrier_are_counted():
+    (fn,) = gs.parse_sass(SASS)
+    assert gs.summarize(fn)["whole"]["red"] == 3
+    assert gs.barrier_beside_atomics(fn) == 2  # the third RED has no MEMBAR/CCTL within 3
+
+
+def test_mma_work_per_instruction():
+    hgmma = gs.Instr(0, "", "HGMMA.64x128x16.F32.BF16", "")
+    assert gs.mma_equiv(hgmma) == 64 * 128 * 16 / 4 / 2048  # a warp's quarter of the warpgroup tile
+    assert gs.mma_equiv(gs.Instr(0, "", "HMMA.1688.F32.TF32", "")) == 0.5
+    assert (
+        gs.width_bits("LDG.E.64") == 64 and gs.width_bits("LDG.E.U16") == 16 and gs.width_bits("LDG.E") == 32
+    )
+
+
+# ------------------------------------------------------------------- occupancy, waves, roofline
+def test_occupancy_from_the_published_per_sm_limits():
+    # 255 registers x 32 lanes = 8160 -> 8192 per warp: 8 warps per SM, 2 blocks of 4 warps
+    occ = gs.occupancy("A100", 255, 128, 0)
+    assert (occ["blocks_per_sm"], occ["limited_by"]) == (2, "registers")
+    # 100 KiB + the 1 KiB the system reserves per block: two fit in the H100's 228 KiB
+    occ = gs.occupancy("H100", 32, 128, 100 * 1024)
+    assert (occ["blocks_per_sm"], occ["limited_by"]) == (2, "shared")
+    occ = gs.occupancy("H100", 32, 1024, 0)
+    assert (occ["blocks_per_sm"], occ["limited_by"], occ["occupancy"]) == (2, "threads", 1.0)
+
+
+def test_wave_quantisation():
+    assert gs.waves("H100", 264, 2) == dict(grid=264, slots=264, waves=1, efficiency=1.0)
+    w = gs.waves("H100", 133, 1)
+    assert (w["waves"], w["efficiency"]) == (2, round(133 / 264, 3))
+
+
+def test_roofline_of_the_plain_conv():
+    layer = gm.Layer("64@56", 64, 56, 1, 256)
+    flops = 2 * 256 * 56 * 56 * 64 * 64 * 9
+    assert layer.flops == flops
+    dram = 2 * (256 * 64 * 56 * 56 * 2) + 64 * 64 * 9 * 2  # x, y in bf16 and the weight
+    bounds = gm.plain_bounds(layer, "H100")
+    assert bounds["fwd"] == pytest.approx(max(flops / 989e12, dram / 3.35e12) * 1e6)
+    assert bounds["fwd_bwd"] == pytest.approx(3 * bounds["fwd"])
+
+
+def test_valid_taps_of_a_strided_dx():
+    # 4x4 input, stride 2, padding 1: per dimension the outputs 0 and 1 read inputs -1..1 and 1..3,
+    # so 2 + 3 = 5 (output, tap) pairs are valid per dimension, 25 in all (of 4 x 9 = 36 computed)
+    assert gm.Layer("t", 8, 4, 2, 1).valid_tap_positions() == 25
+    assert gm.Layer("t", 8, 4, 1, 1).valid_tap_positions() == 10 * 10  # 2 + 3 + 3 + 2 per dimension
+
+
+# ------------------------------------------------------------- the compiled Triton kernels
+def _have_triton_compiler():
+    try:
+        import triton  # noqa: F401
+
+        gs.tool("cuobjdump")
+    except (ImportError, FileNotFoundError):
+        return False
+    return os.environ.get("TRITON_INTERPRET") != "1" or True
+
+
+needs_compiler = pytest.mark.skipif(
+    not _have_triton_compiler(), reason="triton with its cuobjdump is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """name -> the first config's compile of every kernel of one layer's forward and backward at
+    ResNet-50's 64@56 (batch 256, bf16, channels_last) for sm_90, with the runtime's
+    specialisation; compiled once per module, cached on disk."""
+    import gpu_model_triton as gt
+
+    old = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        launches = gt.layer_launches(64, 64, 56, 1, 256, "bf16", "cl")
+        jobs = [(lc, (lc.configs or [None])[0], 90) for lc in launches]
+        results = gt.compile_many(jobs, processes=1)
+    finally:
+        if old is not None:
+            os.environ["TRITON_INTERPRET"] = old
+    out = {}
+    for (lc, _cfg, _arch), r in zip(jobs, results, strict=True):
+        assert r.get("ok"), f"{lc.name}: {r.get('error')}"
+        out[lc.name] = r
+    return out
+
+
+@needs_compiler
+def test_the_runtime_specialisation_reaches_the_compile(compiled):
+    # 16-aligned channel counts and strides carry tt.divisibility=16 (what lets Triton vectorise),
+    # the unit channel stride of channels_last is a constant
+    fwd = compiled["mconv_fwd"]
+    assert {"CG", "DG", "sxh", "sxw", "syh", "syw"} <= set(fwd["divisible_ints"])
+    assert {"x_ptr", "w_ptr", "y_ptr"} <= set(fwd["divisible_ptrs"])
+    assert "sxd" in fwd["unit_constexprs"]
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel", ["mconv_fwd", "mconv_dx", "mconv_dw"])
+def test_conv_main_loops_use_wgmma_fed_by_16_byte_cp_async(compiled, kernel):
+    r = compiled[kernel]
+    loop = r["sass"]["main_loop"]
+    assert r["ptx"]["wgmma"] and loop["hgmma"] > 0, "the main loop is not on Hopper's wgmma"
+    assert 128 in loop["global_load_bits"] and loop["ldgsts"] > 0, "operands not loaded by 16-byte cp.async"
+    assert loop["ldg"] + loop["ld_generic"] == 0, "a synchronous global load in the main loop"
+    assert loop["ldl"] + loop["stl"] == 0, "local-memory traffic (spills) in the main loop"
+
+
+@needs_compiler
+def test_forward_kernels_do_not_spill(compiled):
+    for name in ("stats_map_fwd", "mconv_fwd"):
+        r = compiled[name]
+        assert r["stack"] + r["local"] == 0 and r["sass"]["whole"]["ldl"] + r["sass"]["whole"]["stl"] == 0, (
+            name
+        )
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel", ["stats_map_fwd", "stats_dx"])
+def test_statistics_kernels_read_x_with_16_byte_loads(compiled, kernel):
+    assert compiled[kernel]["sass"]["main_loop"]["global_load_bits"] == [128]
+
+
+@pytest.mark.skipif(shutil.which("c++filt") is None, reason="binutils")
+def test_cuda_kernel_names_are_read_from_mangled_symbols():
+    names = gm._demangle(["_ZN8shc_cuda11conv_kernelIN3c108BFloat16EEEvPKT_"])
+    assert "conv_kernel<c10::BFloat16>" in names[0]
