@@ -1,18 +1,18 @@
-"""shc study: the resumable robustness study (a tiny run on the digits), its report rules, and
-bad command lines of shc study and shc demo."""
+"""shc study: the resumable robustness study (--quick on the digits), its statistics, its plan,
+and bad command lines of shc study and shc demo."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import shutil
 
 import pytest
 import torch
 
-from shc_kernels.research import models, study, study_report
+from shc_kernels.research import study, study_report
 
-TINY = ["study", "--tiny", "--data", "digits", "--no-progress"]
+QUICK = ["study", "--quick", "--data", "digits", "--no-progress"]
 
 
 def _mtimes(root):
@@ -23,90 +23,88 @@ def _mtimes(root):
     }
 
 
-def test_tiny_study_writes_the_report_and_a_rerun_only_reads_the_cache(tmp_path, capsys):
+def test_quick_study_runs_every_unit_resumes_and_retrains_a_lost_checkpoint_identically(tmp_path, capsys):
     from shc_kernels import cli
 
     work, out = tmp_path / "work", tmp_path / "out"
-    assert cli.main([*TINY, "--work", str(work), "--out", str(out)]) == 0
+    args = [*QUICK, "--work", str(work), "--out", str(out)]
+    units = study.plan(study.QUICK)
+    assert cli.main(args) == 0
     first = capsys.readouterr().out
-    assert "running" in first
-    names = set(os.listdir(out))
-    assert {
-        "report.md",
-        "summary.csv",
-        "results.json",
-        "acc_vs_eps.png",
-        "lsa_curve.png",
-        "routes.png",
-    } <= names
-    res = json.loads((out / "results.json").read_text())
-    keys = {"plain10_s0", "plain10_shc_s0", "plain10_s1", "plain10_shc_s1"}
-    for unit in ("clean", "paper", "lsa", "pgd", "curve", "square"):
-        assert set(res["per_model"][unit]) == keys, unit
-    assert set(res["per_model"]["autoattack"]) == {"plain10_s0", "plain10_shc_s0"}  # first seed only
-    assert set(res["per_model"]["transfer"]) == {
-        "plain10_s0->plain10_shc_s0", "plain10_shc_s0->plain10_s0",
-        "plain10_s1->plain10_shc_s1", "plain10_shc_s1->plain10_s1",
-    }  # fmt: skip
-    pgd = next(r for r in res["summary"] if r["metric"].startswith("PGD-2, eps=0.3, 2 restarts"))
-    assert pgd["plain_n"] == pgd["shc_n"] == 2 and len(pgd["shc_values"]) == 2
-    assert "exceeds spread?" in (out / "report.md").read_text()
-    assert res["run"]["versions"]["torchattacks"] and res["run"]["machine"]
+    assert f"0 of {len(units)} units done" in first and f"{len(units)} of {len(units)} units done" in first
+    files = {os.path.relpath(p, out / "units") for p in _mtimes(out / "units")}
+    assert files == {u.path for u in units}
+    stages = {u.stage for u in units}
+    assert stages == set(study.STAGE_KEYS)  # every stage ran
+    rec = json.loads((out / "units" / "pgd" / "std_shc_s0__eps=0.05.json").read_text())
+    assert set(rec["result"]["bits"]) <= {"0", "1"} and len(rec["result"]["bits"]) == study.QUICK["images"]
+    prov = rec["provenance"]
+    assert prov["torch"] and prov["cpu"] and prov["date"] and prov["backend"] and "commit" in prov
+    assert rec["key"]["code"] == study.code_hashes()["study"] and rec["library"]
+    report = (out / "report.md").read_text()
+    for title in ("Positive control", "minimal eps", "masking", "maps frozen", "Mechanism", "Rerun", "Holm"):
+        assert title in report, title
+    assert "seed 0: identical" in report  # the rerun trains the same weights
 
-    before = _mtimes(work)
-    assert cli.main([*TINY, "--work", str(work), "--out", str(out)]) == 0
-    again = capsys.readouterr().out
-    assert "running" not in again and "cached" in again
-    assert _mtimes(work) == before  # no model retrained, no attack rerun
+    # A second run computes nothing.
+    before = _mtimes(out / "units")
+    assert cli.main(args) == 0
+    assert f"{len(units)} of {len(units)} units done; 0 to run" in capsys.readouterr().out
+    assert _mtimes(out / "units") == before
 
-    # --report-only rewrites the report from the cache and still names the run that computed it.
-    assert cli.main([*TINY, "--work", str(work), "--out", str(out), "--report-only"]) == 0
-    run = json.loads((out / "results.json").read_text())["run"]
-    assert run["computed_by"]["command"] == "shc " + " ".join([*TINY, "--work", str(work), "--out", str(out)])
-    assert "the results were computed by `shc study" in (out / "report.md").read_text()
+    # A fresh machine: no checkpoints. Only what a missing unit needs is retrained, to the same weights.
+    shutil.rmtree(work)
+    stale = out / "units" / "pgd" / "std_plain_s0__eps=0.01.json"
+    rec = json.loads(stale.read_text())
+    rec["key"]["settings"]["pgd_steps"] = 999  # computed with other settings: recomputed
+    stale.write_text(json.dumps(rec))
+    assert cli.main([*args[:-4], "--work", str(work), "--out", str(out), "--status"]) == 0
+    assert f"{len(units) - 1} of {len(units)} units done (1 stale" in capsys.readouterr().out
+    assert cli.main(args) == 0
+    log = capsys.readouterr().out
+    assert "train std_plain_s0" in log and "differ" not in log
+    assert "train std_shc_s0" not in log and "train adv" not in log  # nothing else needed a model
+    after = _mtimes(out / "units")
+    changed = {os.path.relpath(p, out / "units") for p in after if after[p] != before.get(p)}
+    assert changed == {"pgd/std_plain_s0__eps=0.01.json", "train/std_plain_s0.json"}
 
-
-def _row(metric, plain, shc):
-    return [("S", metric, f"plain10_s{i}", v) for i, v in enumerate(plain)] + [
-        ("S", metric, f"plain10_shc_s{i}", v) for i, v in enumerate(shc)
-    ]
-
-
-def test_difference_exceeds_the_spread_only_beyond_both_stds():
-    rows = _row("far", [10.0, 12.0, 11.0], [30.0, 31.0, 29.0]) + _row(
-        "near", [10.0, 14.0, 12.0], [13.0, 15.0, 11.0]
-    )
-    rows += _row("one seed", [5.0], [9.0])
-    got = {r["metric"]: r for r in study_report.aggregate(rows, ["plain10"])}
-    assert got["far"]["exceeds_spread"] is True and got["far"]["diff"] == pytest.approx(19.0)
-    assert got["far"]["spread"] == pytest.approx(2.0)  # std 1 + std 1
-    assert got["near"]["exceeds_spread"] is False
-    assert got["one seed"]["exceeds_spread"] is None and math.isnan(got["one seed"]["spread"])
+    # --report-only reads the units alone.
+    shutil.rmtree(work)
+    assert cli.main([*args, "--report-only"]) == 0
+    assert not work.exists() or not os.listdir(work)
 
 
-def test_masking_checks_flag_a_weaker_iterative_attack():
-    raw = {
-        "pgd": {"plain10_s0": {"pgd": 20.0, "fgsm": 10.0}},
-        "square": {"plain10_s0": {"acc": 50.0}},
-        "transfer": {"plain10_shc_s0->plain10_s0": {"acc": 60.0}},
-        "curve": {"plain10_s0": {"acc": {"0.3": 0.0}}},
-    }
-    (checks,) = study_report.masking_checks(raw, {"curve_eps": [0.1, 0.3]})
-    verdicts = list(checks["checks"].values())
-    assert verdicts == [False, True, True, True]  # PGD 20% > FGSM 10%: flagged
-
-
-def test_pgd_restarts_attack_only_the_survivors_and_never_lose_ground():
+def test_mcnemar_holm_and_bootstrap_give_the_known_values():
+    assert study_report.mcnemar(0, 5) == pytest.approx(2 / 32)
+    assert study_report.mcnemar(3, 3) == 1.0 and study_report.mcnemar(0, 0) == 1.0
+    assert study_report.mcnemar(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
+    assert study_report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert study_report.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
     torch.manual_seed(0)
-    net = models.plain10(num_classes=10, shc=True, small_input=True, width=0.0625).eval()
-    x = torch.rand(6, 1, 8, 8)
-    with torch.no_grad():
-        y = net(x).argmax(1)  # every image starts correct
-    adv, first, final = study.pgd_restarts(net, x, y, eps=0.05, steps=2, restarts=3, seed=0)
-    assert ((adv - x).abs().amax() <= 0.05 + 1e-6) and adv.min() >= 0 and adv.max() <= 1
-    assert (final <= first).all()  # a restart can only add fooled images
-    with torch.no_grad():
-        assert torch.equal(net(adv).argmax(1) == y, final)
+    plain = torch.rand(3, 400) < 0.5
+    lo, hi = study_report.bootstrap_diff(plain, plain.clone())
+    assert lo == hi == 0.0
+    shc = plain.clone()
+    shc[:, :40] = True
+    shc[:, 40:80] = False
+    true = 100 * float(shc.float().mean() - plain.float().mean())
+    lo, hi = study_report.bootstrap_diff(plain, shc)
+    assert lo < true < hi and hi - lo < 10
+
+
+def test_the_plan_meets_the_issues_minimums_and_puts_the_first_pair_first():
+    cfg = study.DEFAULT
+    grid = cfg["eps_grid"]
+    assert len(grid) >= 6 and min(grid) == 0.005 and max(grid) == 0.05
+    assert cfg["images"] >= 1000 and len(cfg["seeds"]) >= 5 and len(cfg["adv_seeds"]) >= 2
+    assert (cfg["aa_steps"], cfg["aa_queries"]) == (100, 5000)
+    units = study.plan(cfg)
+    assert len({u.path for u in units}) == len(units)
+    assert units[0] == study.Unit("train", "std_plain_s0")
+    first_adv = next(i for i, u in enumerate(units) if u.model.startswith("adv"))
+    assert all(u.model.endswith("_s0") for u in units[:first_adv])  # seed 0's pair, then the control
+    for u in units:  # every model is trained before its first attack
+        assert units.index(study.Unit("train", u.model)) <= units.index(u)
 
 
 def _bad_cases(tmp):
@@ -114,19 +112,12 @@ def _bad_cases(tmp):
     (tmp / "empty").mkdir()
     w = ["--work", str(tmp / "w"), "--out", str(tmp / "r")]
     return [
-        (["study", *w, "--seeds", "0"], "--seeds"),
-        (["study", *w, "--seeds", "0", "0"], "--seeds"),
-        (["study", *w, "--seeds", "-1", "2"], "--seeds"),
-        (["study", *w, "--width", "0"], "--width"),
-        (["study", *w, "--epochs", "0"], "--epochs"),
-        (["study", *w, "--eps", "-0.1"], "--eps"),
         (["study", *w, "--threads", "0"], "--threads"),
-        (["study", *w, "--archs", "bogus"], "--archs"),
+        (["study", *w, "--limit", "0"], "--limit"),
         (["study", *w, "--data", str(tmp / "nowhere")], "--data"),
         (["study", *w, "--data", str(tmp / "empty")], ("--data", "IDX")),
         (["study", "--work", str(tmp / "afile"), "--out", str(tmp / "r")], ("--work", "is a file")),
         (["study", "--work", str(tmp / "w"), "--out", str(tmp / "afile")], ("--out", "is a file")),
-        ([*TINY, *w, "--report-only"], "not trained yet"),
         (["demo", "--epochs", "0"], "--epochs"),
         (["demo", "--train-steps", "0"], "--train-steps"),
         (["demo", "--seed", "-1"], "--seed"),
