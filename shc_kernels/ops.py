@@ -153,8 +153,10 @@ def _conv_setup_context(ctx, inputs, output):
 def _conv_backward(ctx, grad_y):
     x, weight, m = ctx.saved_tensors
     need_x, need_w, need_m, need_b = ctx.needs_input_grad[:4]
+    # dense_layout, not .contiguous(): a channels_last grad_y stays channels_last (the CUDA kernels
+    # read any strides; an NCHW copy of it would cost a pass over dy on every backward).
     gx, gw, gm = ctx.lib.modulated_conv2d_backward(
-        grad_y.contiguous(), x, weight, m, *ctx.conf, [need_x, need_w, need_m]
+        dense_layout(grad_y), x, weight, m, *ctx.conf, [need_x, need_w, need_m]
     )
     gb = grad_y.sum(dim=(0, 2, 3)) if (ctx.has_bias and need_b) else None
     return (
@@ -257,7 +259,7 @@ def _layer_grad(lib, grad_y, grad_m, grad_z, grad_h, x, weight, m, z, h, f1w, f2
     if grad_y is None:
         grad_y = x.new_zeros(_fake_modulated_conv2d(x, weight, None, None, *conf).shape)
     mask = [conv_x, need_w, need_map]
-    gx, gw, gm = lib.modulated_conv2d_backward(grad_y.contiguous(), x_conv, weight, m, *conf, mask)
+    gx, gw, gm = lib.modulated_conv2d_backward(dense_layout(grad_y), x_conv, weight, m, *conf, mask)
     grads = dict.fromkeys(("x", "weight", "bias", "f1w", "f1b", "f2w", "f2b"))
     grads["x"] = gx if conv_x else None
     grads["weight"] = gw if need_w else None

@@ -286,3 +286,44 @@ def test_second_order_matches_reference(route):
 
     for g, e in zip(penalty("triton"), penalty("reference"), strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def deterministic_mode():
+    """torch.use_deterministic_algorithms for one test, restored after it."""
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+
+    def set_mode(warn_only):
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+
+    yield set_mode
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _conv_grads(need_weight_or_m):
+    weight, bias, *_ = make_params(4, 6, 3, 3, dtype=torch.float32)
+    x = rand_x(2, 4, 6, 5, dtype=torch.float32).requires_grad_(True)
+    m = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(3))
+    weight.requires_grad_(need_weight_or_m)
+    y = T.modulated_conv2d(x, weight, m, bias, (1, 1), (1, 1), (1, 1), 1)
+    y.sum().backward()
+    return x.grad, weight.grad
+
+
+def test_deterministic_mode_refuses_the_atomic_weight_gradient(deterministic_mode):
+    deterministic_mode(warn_only=False)
+    with pytest.raises(RuntimeError, match="not deterministic.*backend='reference'"):
+        _conv_grads(need_weight_or_m=True)
+
+
+def test_deterministic_mode_allows_dx_alone_and_warns_in_warn_only_mode(deterministic_mode):
+    deterministic_mode(warn_only=False)
+    gx, _ = _conv_grads(need_weight_or_m=False)  # dx has no atomics: no error
+    assert gx is not None and torch.isfinite(gx).all()
+    deterministic_mode(warn_only=True)
+    with pytest.warns(UserWarning, match="not deterministic"):
+        _, gw = _conv_grads(need_weight_or_m=True)
+    assert gw is not None and torch.isfinite(gw).all()

@@ -83,15 +83,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cuda(
   }
 
   at::Tensor gw_acc, dm_acc;
-  if (need_gw) gw_acc = at::zeros(weight.sizes(), weight.options().dtype(ct));
+  if (need_gw) gw_acc = at::zeros({g.kh, g.kw, g.C, g.Dg}, weight.options().dtype(ct));  // tap-major
   if (need_dm) dm_acc = at::zeros({g.N, g.T}, x.options().dtype(ct));
   if ((need_gw || need_dm) && g.N > 0 && g.Cg > 0 && g.Dg > 0) {
+    at::globalContext().alertNotDeterministic(
+        "shc::modulated_conv2d_backward (CUDA kernel) when the weight or m needs a gradient: dW and dm are "
+        "summed with atomics, in an order that varies from run to run");
     const at::Tensor wc = weight.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_conv_dw_cuda", [&] {
       launch_weight_grad<scalar_t>(g, x, dy, wc, mc, gw_acc, dm_acc, need_gw, need_dm, stream, op);
     });
   }
-  const at::Tensor gw = need_gw ? gw_acc.to(weight.scalar_type()) : at::empty({0}, weight.options());
+  const at::Tensor gw =
+      need_gw ? gw_acc.permute({2, 3, 0, 1}).to(weight.scalar_type()).contiguous() : at::empty({0}, weight.options());
   const at::Tensor dm = need_dm ? dm_acc.view({g.N, g.kh, g.kw}).to(m.scalar_type()) : at::empty({0}, m.options());
   return std::make_tuple(dx, gw, dm);
 }

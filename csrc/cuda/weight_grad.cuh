@@ -2,7 +2,8 @@
 // (c, d) tile for one (group, tap) and a range of samples; per sample it accumulates the plain
 // weight gradient G_n[c,d,t] = sum_p dy[n,c,p] x[n,d,p(+)t] over that sample's pixels, then
 // dW += m[n,t] * G_n (m[n,t] is uniform over the tile) and dm[n,t] += sum_{c,d} W[c,d,t] G_n[c,d,t].
-// Partial sums over CTAs are combined with atomics in fp32 (fp64 for fp64).
+// Partial sums over CTAs are combined with atomics in fp32 (fp64 for fp64), so dW and dm are not
+// bitwise reproducible: the launcher reports that to torch.use_deterministic_algorithms.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -38,9 +39,9 @@ struct DwArgs {
   int64_t ys0, ys1, ys2, ys3;
   const scalar_t* w;  // (C, Dg, kh, kw) contiguous
   const A* m;         // (N, T)
-  A* gw;              // (C, Dg, kh, kw) accumulator (zeroed) or nullptr
+  A* gw;              // (kh, kw, C, Dg) accumulator (zeroed) or nullptr: tap-major, d fastest
   A* dm;              // (N, T) accumulator (zeroed) or nullptr
-  int N, Cg, Dg, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, splits, per_split;
+  int N, C, Cg, Dg, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, splits, per_split;
   bool y_kfast, x_kfast;  // stage dy / x with the pixel index fastest (NCHW)
 };
 
@@ -162,14 +163,17 @@ __global__ void __launch_bounds__(Cfg::NT, Cfg::MINB) dw_kernel(const DwArgs<sca
   if (p.gw == nullptr) return;
   acc.template store<LDC>(Cs);
   __syncthreads();
+  // Consecutive threads add to consecutive d of one (t, c) row: a warp's atomics cover whole
+  // 32-byte sectors (a (C, Dg, kh, kw) target would put each lane T elements apart).
+  A* gw = p.gw + (static_cast<int64_t>(t) * p.C + static_cast<int64_t>(g) * p.Cg) * p.Dg;
   for (int idx = tid; idx < BM * BN; idx += NT) {
     const int r = idx / BN, col = idx % BN, c = m0 + r, d = n0 + col;
-    if (c < p.Cg && d < p.Dg)
-      atomicAdd(p.gw + ((static_cast<int64_t>(g) * p.Cg + c) * p.Dg + d) * T + t, Cs[r * LDC + col]);
+    if (c < p.Cg && d < p.Dg) atomicAdd(gw + static_cast<int64_t>(c) * p.Dg + d, Cs[r * LDC + col]);
   }
 }
 
-// dW and/or dm (accumulators zeroed by the caller, nullptr when not wanted) of the modulated conv.
+// dW and/or dm of the modulated conv into fp32 (fp64) accumulators zeroed by the caller: gw_acc
+// (kh, kw, C, Dg), dm_acc (N, T); need_gw / need_dm false leave them alone.
 template <typename scalar_t>
 void launch_weight_grad(const Geom& g, const at::Tensor& x, const at::Tensor& dy, const at::Tensor& wc,
                         const at::Tensor& mc, const at::Tensor& gw_acc, const at::Tensor& dm_acc, bool need_gw,
@@ -192,6 +196,7 @@ void launch_weight_grad(const Geom& g, const at::Tensor& x, const at::Tensor& dy
   a.gw = need_gw ? gw_acc.mutable_data_ptr<A>() : nullptr;
   a.dm = need_dm ? dm_acc.mutable_data_ptr<A>() : nullptr;
   a.N = static_cast<int>(g.N);
+  a.C = static_cast<int>(g.C);
   a.Cg = static_cast<int>(g.Cg);
   a.Dg = static_cast<int>(g.Dg);
   a.H = static_cast<int>(g.H);

@@ -16,6 +16,8 @@ and channels_last tensors both work.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -225,7 +227,9 @@ def _mconv_dx_kernel(
         if NEED_X:
             acc += tl.load(m_ptr + n * T + t) * v
         if NEED_M:
-            tl.atomic_add(dm_ptr + n * T + t, tl.sum(tl.sum(xt * v, axis=1), axis=0))
+            # relaxed: a plain reduction needs no ordering (the default acq_rel adds a fence per atomic)
+            dm_t = tl.sum(tl.sum(xt * v, axis=1), axis=0)
+            tl.atomic_add(dm_ptr + n * T + t, dm_t, sem="relaxed", scope="gpu")
     if NEED_X:
         dx_ptrs = dx_ptr + n64 * sdn + (ih * sdh + iw * sdw)[:, None] + d_glob.to(tl.int64)[None, :] * sdd
         tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
@@ -242,10 +246,12 @@ def _mconv_dw_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     sgn, sgc, sgh, sgw,
     sxn, sxd, sxh, sxw,
+    stride_wt,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    # dW[c, d, t] = sum_{n,p} dy[n, c, p] * m[n, t] * x[n, d, p(+)t]; dw is fp32 (C, DG, T).
+    # dW[c, d, t] = sum_{n,p} dy[n, c, p] * m[n, t] * x[n, d, p(+)t]; dw is fp32 (T, C, DG), tap-major
+    # so that neighbouring lanes (along d) add to neighbouring addresses.
     num_nb = tl.cdiv(DG, BLOCK_N)
     pid0 = tl.program_id(0)
     pid_m = pid0 // num_nb
@@ -288,8 +294,8 @@ def _mconv_dw_kernel(
         )
         b = (b.to(tl.float32) * scale[:, None]).to(x_ptr.dtype.element_ty)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-    dw_ptrs = dw_ptr + c_glob[:, None] * (DG * T) + offs_d[None, :] * T + t
-    tl.atomic_add(dw_ptrs, acc, mask=cmask[:, None] & dmask[None, :])
+    dw_ptrs = dw_ptr + t * stride_wt + c_glob[:, None] * DG + offs_d[None, :]
+    tl.atomic_add(dw_ptrs, acc, mask=cmask[:, None] & dmask[None, :], sem="relaxed", scope="gpu")
 
 
 def _input_precision(x: torch.Tensor) -> str:
@@ -335,8 +341,27 @@ def _dw_split(np_: int, base_programs: int, device: torch.device) -> tuple[int, 
     return triton.cdiv(np_, chunk), chunk
 
 
+def _alert_not_deterministic() -> None:
+    """What torch's own non-deterministic kernels do under torch.use_deterministic_algorithms(True):
+    raise, or warn in warn_only mode."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    msg = (
+        "shc::triton_modulated_conv2d_backward when the weight or m needs a gradient: dW and dm are "
+        "summed with atomics, in an order that varies from run to run, so it is not deterministic. Use "
+        "backend='cuda' or 'cpu' outside deterministic mode, backend='reference' for a deterministic "
+        "backward, or torch.use_deterministic_algorithms(True, warn_only=True)"
+    )
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(msg, stacklevel=3)
+    else:
+        raise RuntimeError(msg)
+
+
 def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, need_w, need_m):
     """(dx conv route, dW, dm); an entry not asked for comes back as an empty tensor."""
+    if need_w or need_m:
+        _alert_not_deterministic()
     n, d, height, width = x.shape
     c, dg, kh, kw = weight.shape
     t = kh * kw
@@ -367,7 +392,7 @@ def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, n
         )  # fmt: skip
     if need_w:
         np_ = n * oh * ow
-        dw32 = torch.zeros((c, dg, kh, kw), device=x.device, dtype=torch.float32)
+        dw32 = torch.zeros((kh, kw, c, dg), device=x.device, dtype=torch.float32)
         split, chunk = _dw_split(np_, triton.cdiv(cg, 64) * triton.cdiv(dg, 64) * t * groups, x.device)
 
         def grid_dw(meta):
@@ -377,8 +402,8 @@ def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, n
             gy, x, m, dw32,
             np_, oh * ow, height, width, ow, cg, dg, t, kw, chunk,
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-            *gy.stride(), *x.stride(),
+            *gy.stride(), *x.stride(), c * dg,
             INPUT_PRECISION=prec,
         )  # fmt: skip
-        dw = dw32.to(weight.dtype)
+        dw = dw32.permute(2, 3, 0, 1).to(weight.dtype).contiguous()
     return dx, dw, dm
