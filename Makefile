@@ -144,10 +144,11 @@ info: setup
 demo: setup
 	$(VENV)/bin/shc demo
 
-# Does SHC make a network more robust? Trains and attacks 12 models on Fashion-MNIST and writes
-# results/fashion_mnist/ (about an hour on a 2-core CPU); resumable: a rerun skips finished work.
+# Does SHC make a network more robust? Trains 16 Plain-10 models on Fashion-MNIST, attacks them and
+# writes results/fashion_mnist/ (units/ and report.md; about 6 hours of one core). Resumable on any
+# machine from the committed units: `shc study --status` says how much is left (docs/robustness.md).
 study: setup
-	$(VENV)/bin/shc study
+	OMP_NUM_THREADS=1 nice $(VENV)/bin/shc study --threads 1 $(STUDY_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info shc_kernels/_C*.so $(VENV)/.stamp-editable
