@@ -150,9 +150,10 @@ def parse_model(key: str) -> tuple[str, bool, int]:
 
 
 def plan(cfg: dict) -> list[Unit]:
-    """Every unit, most telling first: the standard pairs' clean/PGD grid/minimal eps/paper/
-    mechanism seed by seed, the positive control, masking and adaptive attacks, LocSearchAdv,
-    AutoAttack, then the rerun."""
+    """Every unit, most telling first: seed 0's standard pair (clean, PGD grid, minimal eps, paper,
+    mechanism), the positive control (adversarially trained pairs: clean, PGD, minimal eps,
+    masking), the other seeds' standard pairs, masking and adaptive attacks, LocSearchAdv,
+    AutoAttack (the most expensive: adversarially trained pairs first), then the rerun."""
     units: list[Unit] = []
 
     def pair(kind, seed, stages):
@@ -165,7 +166,6 @@ def plan(cfg: dict) -> list[Unit]:
     core += [("minimal_eps", (("eps_max", cfg["min_eps_max"]),)), ("paper", ()), ("mechanism", ())]
     adv = [("train", ()), ("clean", ())] + [("pgd", (("eps", e),)) for e in cfg["adv_eps_grid"]]
     adv += [("minimal_eps", (("eps_max", cfg["adv_min_eps_max"]),)), ("masking", (("eps", cfg["adv_eps"]),))]
-    adv += [("autoattack", (("eps", cfg["adv_eps"]), ("images", cfg["images"])))]
     seeds = cfg["seeds"]
     for seed in seeds[:1]:
         pair("std", seed, core)
@@ -180,6 +180,8 @@ def plan(cfg: dict) -> list[Unit]:
         pair("adv", seed, [("adaptive", (("eps", cfg["adv_eps"]),)), ("mechanism", ())])
     for seed in seeds:
         pair("std", seed, [("lsa", ())])
+    for seed in cfg["adv_seeds"]:
+        pair("adv", seed, [("autoattack", (("eps", cfg["adv_eps"]), ("images", cfg["aa_images"])))])
     for seed in cfg["aa_seeds"]:
         pair("std", seed, [("autoattack", (("eps", cfg["aa_eps"]), ("images", cfg["aa_images"])))])
     for seed in cfg["rerun_seeds"]:

@@ -34,7 +34,7 @@ DIFFERENCES = [
     "Training: 8 epochs of SGD (lr 0.1, /10 at epochs 5 and 7, weight decay 5e-4, batch 128), not the "
     "paper's ImageNet schedule; the positive control adds FGSM-RS adversarial training at eps 0.1.",
     "Images: the first 1,000 test images for every attack (the paper: 5,000 ImageNet validation images "
-    "classified correctly with confidence > 0.9); AutoAttack on the standard models uses the first 500; "
+    "classified correctly with confidence > 0.9); AutoAttack uses the first 500; "
     "LocSearchAdv the first 200.",
     "Gradient attacks as printed in the paper (least-likely target) with their effective L-inf budgets: "
     "FGSM 0.02 and 0.1, I-FGSM 5 x 0.001 = 0.005, RAND+FGSM eq. (4) alpha + eps = 0.0625; Gaussian noise "
@@ -243,7 +243,7 @@ def write(study, units) -> str:
         rep.paired(f"PGD-{cfg['pgd_steps']} eps={e:g}", "adv", "pgd", (("eps", e),))
         for e in cfg["adv_eps_grid"]
     ]
-    aa = (("eps", cfg["adv_eps"]), ("images", cfg["images"]))
+    aa = (("eps", cfg["adv_eps"]), ("images", cfg["aa_images"]))
     for comp in ("apgd-ce", "apgd-t", "fab-t", "square"):
         rows.append(
             rep.paired(f"AutoAttack eps={cfg['adv_eps']:g} after {comp}", "adv", "autoattack", aa, comp)
