@@ -139,3 +139,32 @@ def test_study_and_demo_help_have_no_rst_markup():
 
     for mod in (study, demo):
         assert "``" not in mod.build_parser().format_help()
+
+
+def test_training_resumed_from_its_epoch_checkpoint_gives_the_same_weights(tmp_path):
+    from shc_kernels.research import advtrain, data
+
+    train, test, k = data.digits(28)
+    train = torch.utils.data.TensorDataset(train.tensors[0][:256, :1].contiguous(), train.tensors[1][:256])
+    test = torch.utils.data.TensorDataset(test.tensors[0][:64, :1].contiguous(), test.tensors[1][:64])
+    kw = dict(arch="plain10", shc=True, width=0.0625, seed=3, batch_size=32, lr=0.05, milestones=(1,),
+              weight_decay=5e-4, max_steps=3, adv_eps=0.1, adv_alpha=0.125, log=lambda _: None)  # fmt: skip
+    whole = advtrain.fit(str(tmp_path / "a.pt"), train, test, k, epochs=2, **kw)
+    advtrain.fit(str(tmp_path / "b.pt"), train, test, k, epochs=1, **kw)  # stopped after one epoch
+    state = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert state["epoch"] == 1
+    resumed = advtrain.fit(str(tmp_path / "b.pt"), train, test, k, epochs=2, **kw)
+    assert resumed["weights"] == whole["weights"] and len(resumed["epochs"]) == 2
+    other = advtrain.fit(str(tmp_path / "c.pt"), train, test, k, epochs=2, **(kw | {"seed": 4}))
+    assert other["weights"] != whole["weights"]
+
+
+def test_fgsm_rs_examples_stay_within_eps_and_in_the_image_range():
+    from shc_kernels.research import advtrain, models
+
+    torch.manual_seed(0)
+    net = models.plain10(num_classes=10, shc=True, small_input=True, width=0.0625)
+    x, y = torch.rand(8, 1, 12, 12), torch.randint(0, 10, (8,))
+    adv = advtrain.fgsm_rs(net, x, y, 0.1, 0.125, torch.Generator().manual_seed(0))
+    assert (adv - x).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    assert (adv - x).abs().max() > 0.05  # it moved
