@@ -117,9 +117,9 @@ STAGE_KEYS = {
     "lsa": ("lsa_images", "lsa_steps", "lsa_candidates"),
     "mechanism": (),
 }
-# Rough seconds of a unit on one core (the est. left before this run has timed one of its kind).
-COST = dict(train=700, clean=2, pgd=60, minimal_eps=150, paper=15, masking=400, adaptive=250,
-            autoattack=900, lsa=200, mechanism=5)  # fmt: skip
+# Rough seconds of a unit on one idle core (guesses: the estimate uses measured times once there are any).
+COST = dict(train=300, clean=2, pgd=40, minimal_eps=100, paper=10, masking=300, adaptive=100,
+            autoattack=900, lsa=100, mechanism=5)  # fmt: skip
 CODE_FILES = ("study_units.py", "advtrain.py", "data.py", "attacks", "models")
 LIBRARY_FILES = ("functional.py", "modules.py", "ops.py", "backends.py", "reference.py", "_checks.py")
 
@@ -306,14 +306,15 @@ class Study:
             return None
 
     def status(self, unit: Unit, stored=None) -> str:
-        """done, stale (computed with other settings/code/model) or missing."""
+        """done, stale (computed with other settings, code or model weights), library (computed
+        with another version of the layer library: done with --accept-library-change) or missing."""
         stored = self.read(unit) if stored is None else stored
         if stored is None:
             return "missing"
         if stored.get("key") != self.key(unit):
             return "stale"
         if stored.get("library") != self.hashes["library"] and not self.accept_library:
-            return "stale"
+            return "library"
         if unit.stage != "train":
             train = self.read(Unit("train", unit.model))
             if train is None or train.get("result", {}).get("weights") != stored.get("weights"):
@@ -421,14 +422,23 @@ class Study:
             weights = self._weights[unit.model]
         seconds = time.perf_counter() - t
         self.write(unit, result, seconds, weights)
-        self.timed.setdefault(unit.stage, []).append(seconds)
+        if not (unit.stage == "train" and unit.model.startswith("adv")):
+            self.timed.setdefault(unit.stage, []).append(seconds)
 
     def estimate(self, units) -> float:
-        """Seconds left for ``units``: this run's mean time of each stage, else COST."""
+        """Seconds left for ``units``: the mean time of each stage in this run or, before one
+        finished, in the unit files already written (both on this machine's load), else COST;
+        an adversarially trained model's training counts twice."""
+        if not self.timed:
+            for u in plan(self.cfg):
+                rec = self.read(u)
+                if rec is not None and not (u.stage == "train" and u.model.startswith("adv")):
+                    self.timed.setdefault(u.stage, []).append(rec["seconds"])
         total = 0.0
         for u in units:
             times = self.timed.get(u.stage)
-            total += sum(times) / len(times) if times else COST[u.stage]
+            cost = sum(times) / len(times) if times else COST[u.stage]
+            total += 2 * cost if u.stage == "train" and u.model.startswith("adv") else cost
         return total
 
     def run(self, units, limit_s: float | None = None) -> int:
@@ -447,7 +457,8 @@ class Study:
                 break
             if self.status(unit) == "done":  # a model's train unit, run on demand by an earlier unit
                 continue
-            self.say(f"{unit.stage} {unit.name}")
+            if unit.stage != "train":  # run_unit says "train <model>" itself
+                self.say(f"{unit.stage} {unit.name}")
             self.run_unit(unit)
             left = todo[i + 1 :]
             done = len(units) - len(left)
@@ -530,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         left = _hours(study.estimate(todo))
         print(f"{counts.get('done', 0)} of {len(units)} units done ({counts.get('stale', 0)} stale, "
               f"{counts.get('missing', 0)} missing); est. {left} of one core left")  # fmt: skip
+        if counts.get("library"):
+            print(f"{counts['library']} units were computed with another version of the layer library "
+                  f"(its hash is not {study.hashes['library']}): they count as not done; "
+                  "--accept-library-change reuses them")  # fmt: skip
         if todo:
             print(f"next: {todo[0].stage} {todo[0].name}")
         return 0
