@@ -198,18 +198,34 @@ def _wrong_candidates(outputs: dict, run, reference) -> dict:
     return wrong
 
 
+def env_backend() -> str | None:
+    """The backend SHC_BACKEND names (None: unset or empty); an unknown value is an error that
+    names the variable, on every call that reads it."""
+    value = os.environ.get("SHC_BACKEND")
+    if not value:
+        return None
+    if value != "auto" and value not in BACKENDS + HIDDEN_BACKENDS:
+        expected = BACKENDS + ("auto",)
+        raise ValueError(
+            f"the environment variable SHC_BACKEND must be one of {expected} (or unset), got {value!r}"
+        )
+    return value
+
+
 def resolve(backend: str, x: torch.Tensor) -> str:
     """The concrete backend for a call on tensor ``x``; a clear ValueError when it can't run."""
     check_name(backend)
+    source = "backend"
     if backend == "auto":
-        backend = os.environ.get("SHC_BACKEND", "auto") or "auto"
+        backend = env_backend() or "auto"
+        source = "SHC_BACKEND"
     if backend == "auto":
         candidates = auto_candidates(x)
         return candidates[0] if candidates else "reference"
     reason = unavailable_reason(backend)
     if reason is not None:
-        raise ValueError(f"backend {backend!r} is not available: {reason}")
+        raise ValueError(f"{source} {backend!r} is not available: {reason}")
     device = backend_device(backend)
     if device is not None and x.device.type != device:
-        raise ValueError(f"backend {backend!r} runs on {device} tensors, but x is on {x.device}")
+        raise ValueError(f"{source} {backend!r} runs on {device} tensors, but x is on {x.device}")
     return backend

@@ -8,9 +8,11 @@ computes a call (``SHC_BACKEND`` and ``SHC_FORM`` act on every caller alike).
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.fx import Proxy
 
 from . import backends, reference
 from ._checks import (
@@ -43,7 +45,9 @@ def forced_form() -> str | None:
     """The form SHC_FORM forces, or None; an unknown value is an error on every call."""
     forced = os.environ.get("SHC_FORM")
     if forced and forced not in FORMS:
-        raise ValueError(f"SHC_FORM must be one of {FORMS}, got {forced!r}")
+        raise ValueError(
+            f"the environment variable SHC_FORM must be one of {FORMS} (or unset), got {forced!r}"
+        )
     return forced or None
 
 
@@ -160,7 +164,7 @@ def _choose_backend(backend, x, weight, bias, hyper_params, stride, padding, dil
                     grad_route):  # fmt: skip
     """(the backend for the call, whether it was chosen without timing)."""
     compiling = torch.compiler.is_compiling()
-    if backend != "auto" or os.environ.get("SHC_BACKEND") or compiling:
+    if backend != "auto" or backends.env_backend() or compiling:
         return backends.resolve(backend, x), not compiling
     candidates = backends.auto_candidates(x)
     if len(candidates) < 2:
@@ -183,9 +187,23 @@ def _choose_backend(backend, x, weight, bias, hyper_params, stride, padding, dil
 # ---------------------------------------------------------------- the three functions
 
 
+def _fx_node(fn, args, kwargs=None):
+    """Under torch.fx symbolic tracing (a Proxy among the tensors), ``fn`` becomes one
+    call_function node, as ``torch.fx.wrap`` makes it: the checks and the planning need real
+    tensors, so they run when the traced graph runs. None when nothing is a Proxy."""
+    for a in args:
+        if isinstance(a, Proxy):
+            return a.tracer.create_proxy("call_function", fn, tuple(args), dict(kwargs or {}))
+    return None
+
+
 def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, eps=1e-5, *, backend="auto"):
     """The statistical map m = T_theta(mu(x), sigma(x)) of shape (N, kh, kw), every element in
     (0, 1), float32 (float64 for float64 x). See reference.py for the exact math."""
+    node = _fx_node(statistical_map, (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, eps),
+                    {"backend": backend})  # fmt: skip
+    if node is not None:
+        return node
     kernel_size = check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size)
     eps = check_eps(eps)
     be = backends.resolve(backend, x)
@@ -207,6 +225,9 @@ def modulated_conv2d(x, weight, m, bias=None, stride=1, padding=0, dilation=1, g
 
     ``m`` has shape (N, kh, kw); it is used in float32 (float64 for float64 x). ``padding``
     takes what F.conv2d takes: an int, a pair, "valid" or "same"."""
+    node = _fx_node(modulated_conv2d, (x, weight, m, bias, stride, padding, dilation, groups, backend))
+    if node is not None:
+        return node
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     padding, explicit = conv_padding(padding, "zeros", weight, stride, dilation)
     if explicit is not None:
@@ -267,6 +288,9 @@ def shc_conv2d(
     transform works; slower).
     """
     hyper_params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    if isinstance(x, Proxy) or isinstance(weight, Proxy):
+        return _fx_node(shc_conv2d, (x, weight, bias, *hyper_params, stride, padding, dilation, groups, eps,
+                                     grad_route, backend), {"padding_mode": padding_mode})  # fmt: skip
     key = _call_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route,
                     backend, padding_mode)  # fmt: skip
     known = _KNOWN.get(key) if key is not None else None
@@ -276,6 +300,24 @@ def shc_conv2d(
         conf, planned = known
         be, form = planned or plan(backend, x, weight, bias, hyper_params, *conf)
         return _layer(x, weight, bias, *hyper_params, *conf, be, form)
+    node = _fx_node(shc_conv2d, (x, weight, bias, *hyper_params, stride, padding, dilation, groups, eps,
+                                 grad_route, backend), {"padding_mode": padding_mode})  # fmt: skip
+    if node is not None:
+        return node
+    args = (x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route, backend,
+            padding_mode, key)  # fmt: skip
+    if torch.jit.is_tracing():
+        # The checks' shape comparisons are constants of a torch.jit.trace, not data flow: their
+        # TracerWarnings would only be noise.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return _checked_shc_conv2d(*args)
+    return _checked_shc_conv2d(*args)
+
+
+def _checked_shc_conv2d(x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route,
+                        backend, padding_mode, key):  # fmt: skip
+    """shc_conv2d for a call not known yet: check every argument, plan, run (and remember it)."""
     check_grad_route(grad_route)
     eps = check_eps(eps)
     unbatched = isinstance(x, torch.Tensor) and x.dim() == 3
@@ -291,7 +333,7 @@ def shc_conv2d(
     # Every argument is checked before a backend or form is timed, so bad input is a clear
     # ValueError/TypeError, never a candidate that "failed" while timing.
     stride, padding, dilation = check_layer_conv_args(x_conv, weight, bias, stride, padding, dilation, groups)
-    check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]))
+    check_map_args(x, *hyper_params, tuple(weight.shape[2:]))
     conf = (stride, padding, dilation, groups, eps, grad_route)
     if _transform_active((x, weight, bias, *hyper_params)):
         y = _reference_layer(x, weight, bias, *hyper_params, *conf, explicit, padding_mode)

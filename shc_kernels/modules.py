@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import torch
 from torch import nn
+from torch.fx import Proxy
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
-from . import backends, functional
-from ._checks import check_eps, check_grad_route, pair
+from . import backends, functional, ops
+from ._checks import check_eps, check_grad_route, conv_padding, pair
 
 __all__ = ["HyperNetwork", "SHCConv2d", "convert"]
 
@@ -124,6 +126,24 @@ class SHCConv2d(nn.Conv2d):
             f"grad_route={self.grad_route!r}, backend={self.backend!r}"
         )
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # fmt: skip
+        """A plain nn.Conv2d's checkpoint (a weight, no ``hyper.*`` keys) loaded into this layer
+        gives the layer that computes what that conv computes, in either order of convert and
+        load: where the map is constant (``hyper.fc2.weight == 0``, as convert and the models
+        start it) the weight is divided by that map, as convert does. With a map that varies
+        with the input no weight does that: an error says to load before converting."""
+        key = prefix + "weight"
+        plain = key in state_dict and not any(k.startswith(prefix + "hyper.") for k in state_dict)
+        if plain and isinstance(state_dict[key], torch.Tensor) and state_dict[key].shape == self.weight.shape:
+            try:
+                state_dict[key] = _weight_for_plain_conv(self, state_dict[key])
+            except ValueError as exc:
+                error_msgs.append(f"While loading {key!r}: {exc}")
+                return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)  # fmt: skip
+
     def _hyper_params(self) -> tuple:
         """(fc1.weight, fc1.bias, fc2.weight, fc2.bias). Where the hypernetwork is this package's
         with plain nn.Linear layers, read from their parameter dicts: what nn.Module's attribute
@@ -148,7 +168,106 @@ class SHCConv2d(nn.Conv2d):
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight, self.bias)
+        if torch.jit.is_scripting():
+            return self._scripted_forward(x)
+        else:
+            if isinstance(x, Proxy):  # torch.fx: one call_module node, as for nn.Conv2d
+                return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
+            return self._conv_forward(x, self.weight, self.bias)
+
+    # ------------------------------------------------------------ TorchScript
+
+    # What torch.jit.script compiles: the compiled op of x's device (csrc/), never the Python
+    # planning above (__prepare_scriptable__ says where that cannot be honoured).
+    __jit_unused_properties__ = ["grad_route", "backend", "eps"]
+
+    def __prepare_scriptable__(self):
+        """Called by torch.jit.script: refuse, with what to use instead, where the scripted layer
+        (the op shc::shc_conv2d on x's device) would not compute what this layer computes."""
+        why = ops.LOAD_ERROR
+        if why is None and self._backend in ("reference", "triton"):
+            why = f"this layer has backend={self._backend!r}, which TorchScript cannot run"
+        env = os.environ.get("SHC_BACKEND")
+        if why is None and self._backend == "auto" and env in ("reference", "triton"):
+            why = f"SHC_BACKEND={env!r} asks for a backend TorchScript cannot run"
+        if why is not None:
+            raise RuntimeError(
+                "torch.jit.script runs SHCConv2d as the compiled op shc::shc_conv2d (backends 'cpu' and "
+                f"'cuda'), but {why}; use torch.jit.trace, torch.compile or torch.export instead "
+                "(docs/workflows.md)"
+            )
+        padding, explicit = conv_padding(
+            self.padding, self.padding_mode, self.weight, self.stride, self.dilation
+        )
+        self._script_padding = list(padding)
+        self._script_split = explicit is not None  # lists stay non-empty: TorchScript infers their type
+        self._script_pre_pad = [0, 0, 0, 0] if explicit is None else list(explicit)
+        return self
+
+    def _scripted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer in TorchScript: shc::shc_conv2d (one op), or, where the input is padded
+        beforehand (padding_mode other than zeros, "same" with an even kernel), the map from the
+        unpadded input and shc::modulated_conv2d on the padded one (functional.shc_conv2d's
+        "split" route)."""
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            x = x.contiguous()
+        fc1, fc2 = self.hyper.fc1, self.hyper.fc2
+        stride = [self.stride[0], self.stride[1]]
+        dilation = [self.dilation[0], self.dilation[1]]
+        weight = self.weight.contiguous()
+        if not self._script_split:
+            y = torch.ops.shc.shc_conv2d(
+                x, weight, self.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias, stride,
+                self._script_padding, dilation, self.groups, self._eps, self._grad_route,
+            )[0]  # fmt: skip
+        else:
+            x_stats = x.detach() if self._grad_route == "conv" else x
+            x_conv = x.detach() if self._grad_route == "hyper" else x
+            mu, sigma = torch.ops.shc.channel_stats(x_stats, self._eps)
+            dt = mu.dtype
+            z = torch.cat([mu, sigma], dim=1)
+            b1 = None if fc1.bias is None else fc1.bias.to(dt)
+            b2 = None if fc2.bias is None else fc2.bias.to(dt)
+            h = torch.relu(torch.nn.functional.linear(z, fc1.weight.to(dt), b1))
+            logits = torch.nn.functional.linear(h, fc2.weight.to(dt), b2)
+            m = torch.sigmoid(logits).view(x.shape[0], self.weight.shape[2], self.weight.shape[3])
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x_conv = torch.nn.functional.pad(x_conv, self._script_pre_pad, mode=mode).contiguous()
+            y = torch.ops.shc.modulated_conv2d(
+                x_conv, weight, m, self.bias, stride, [0, 0], dilation, self.groups
+            )
+        return y.squeeze(0) if unbatched else y
+
+
+def _weight_for_plain_conv(layer: SHCConv2d, weight: torch.Tensor) -> torch.Tensor:
+    """The weight with which ``layer`` computes what a plain conv with ``weight`` computes: the
+    weight divided, tap by tap, by the layer's constant map m = sigmoid(hyper.fc2.bias)."""
+    fc2 = layer.hyper.fc2
+    if type(fc2) is not nn.Linear or fc2.weight.device.type == "meta":
+        raise ValueError(
+            "this is a plain nn.Conv2d's checkpoint (no hyper.* keys), and the layer's map cannot be read "
+            "here; load the checkpoint into the plain model before shc.convert"
+        )
+    if bool(fc2.weight.detach().ne(0).any()):
+        raise ValueError(
+            "this is a plain nn.Conv2d's checkpoint (no hyper.* keys), but the SHCConv2d's map varies with "
+            "the input (hyper.fc2.weight != 0), so no weight makes it compute what the plain conv did; load "
+            "the checkpoint into the plain model first, then call shc.convert (or start from a freshly "
+            "converted model)"
+        )
+    kh, kw = layer.kernel_size
+    logits = fc2.bias.detach() if fc2.bias is not None else torch.zeros(kh * kw, device=fc2.weight.device)
+    m = torch.sigmoid(logits.double()).to(weight.device).view(1, 1, kh, kw)
+    scaled = (weight.detach().double() / m).to(weight.dtype)
+    if weight.device.type != "meta" and not bool(scaled.isfinite().all()):
+        raise ValueError(
+            f"dividing the {weight.dtype} checkpoint weight by the layer's map overflows; load it in a wider "
+            "dtype (model.float()) and cast back"
+        )
+    return scaled
 
 
 def _normalize_kernel_sizes(kernel_sizes):
@@ -207,6 +326,30 @@ def _own_forward(conv: nn.Conv2d) -> bool:
     return cls.forward is not nn.Conv2d.forward or cls._conv_forward is not nn.Conv2d._conv_forward
 
 
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _convert_summary(model, n_converted, sizes, other_sizes, own_forward) -> str:
+    """convert's one line: what it converted, what it left and why (counts by reason)."""
+    wanted = "any size" if sizes is None else " or ".join(sorted("×".join(map(str, k)) for k in sizes))
+    left = []
+    if other_sizes:
+        left.append(f"{sum(other_sizes.values())} of other kernel sizes ({_counts(other_sizes)})")
+    if own_forward:
+        left.append(
+            f"{sum(own_forward.values())} subclasses with a forward of their own ({_counts(own_forward)}), "
+            "which would compute something else as SHC layers"
+        )
+    if n_converted == 0:
+        already = len({id(m) for m in model.modules() if isinstance(m, SHCConv2d)})
+        why = [f"{already} SHCConv2d there already"] if already else []
+        why += ["left " + "; ".join(left)] if left else []
+        return (f"shc.convert converted nothing in {type(model).__name__} ({wanted}): "
+                + ("; ".join(why) or "it has no nn.Conv2d"))  # fmt: skip
+    return f"shc.convert converted {n_converted} nn.Conv2d ({wanted}) to SHCConv2d; left " + "; ".join(left)
+
+
 def _to_shc(conv: nn.Conv2d, m0: float, shc_kwargs) -> SHCConv2d:
     new = SHCConv2d(
         conv.in_channels,
@@ -249,23 +392,27 @@ def convert(model: nn.Module, kernel_sizes=((3, 3),), **shc_kwargs) -> nn.Module
     (or the new layer when ``model`` itself is such a conv). ``shc_kwargs`` go to SHCConv2d.
 
     A conv used at several places becomes one SHC layer used at all of them. Subclasses of
-    nn.Conv2d with a forward of their own (weight standardisation...) are left as they are, with
-    a warning; a lazy conv, a parametrized one (weight_norm) or one with hooks is refused with
-    an error naming it, since converting would drop what it adds."""
+    nn.Conv2d with a forward of their own (weight standardisation...) are left as they are. When
+    nothing was converted, or such a subclass was left, one warning line says what was converted
+    and what was left, counted by reason. A lazy conv, a parametrized one (weight_norm) or one
+    with hooks is refused with an error naming it, since converting would drop what it adds."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_shc_kwargs(shc_kwargs)
     sizes = _normalize_kernel_sizes(kernel_sizes)
     m0 = 0.5  # sigmoid(0): exact in every float format, so the division by it is exact too
-    skipped = []
+    other_sizes: dict[str, int] = {}  # "1×1" -> how many convs of that size were not candidates
+    own_forward: dict[str, int] = {}  # class name -> how many were left for their own forward
 
     def wanted(name, mod):
         if not isinstance(mod, nn.Conv2d) or isinstance(mod, SHCConv2d):
             return False
-        if _own_forward(mod) and not (_lazy(mod) or parametrize.is_parametrized(mod)):
-            skipped.append(f"{name or 'the model'} ({type(mod).__name__})")
-            return False
         if not _lazy(mod) and sizes is not None and tuple(mod.kernel_size) not in sizes:
+            size = "×".join(map(str, mod.kernel_size))
+            other_sizes[size] = other_sizes.get(size, 0) + 1
+            return False
+        if _own_forward(mod) and not (_lazy(mod) or parametrize.is_parametrized(mod)):
+            own_forward[type(mod).__name__] = own_forward.get(type(mod).__name__, 0) + 1
             return False
         why = _refusal(name, mod)
         if why:
@@ -282,10 +429,6 @@ def convert(model: nn.Module, kernel_sizes=((3, 3),), **shc_kwargs) -> nn.Module
             elif wanted(f"{parent_name}.{name}".lstrip("."), child):
                 converted[id(child)] = _to_shc(child, m0, shc_kwargs)
                 setattr(parent, name, converted[id(child)])
-    if skipped:
-        warnings.warn(
-            f"convert left {', '.join(sorted(set(skipped)))} as they are: subclasses of nn.Conv2d with a "
-            "forward of their own would compute something else as SHC layers",
-            stacklevel=2,
-        )
+    if not converted or own_forward:
+        warnings.warn(_convert_summary(model, len(converted), sizes, other_sizes, own_forward), stacklevel=2)
     return model

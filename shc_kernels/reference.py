@@ -62,7 +62,12 @@ def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, 
 
 
 def modulated_conv2d(x, weight, m, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """y[n] = conv2d(x[n], weight * m[n], ...), one F.conv2d call per sample."""
+    """y[n] = conv2d(x[n], weight * m[n], ...), one F.conv2d call per sample. ``padding`` takes
+    what F.conv2d takes: an int, a pair, "valid" or "same"."""
+    stride, dilation = _checks.pair(stride, "stride"), _checks.pair(dilation, "dilation")
+    padding, explicit = _checks.conv_padding(padding, "zeros", weight, stride, dilation)
+    if explicit is not None:  # "same" with an even total padding: the extra row/column goes last
+        x = F.pad(x, explicit)
     stride, padding, dilation = _checks.check_conv_args(x, weight, m, bias, stride, padding, dilation, groups)
     n = x.shape[0]
     if n == 0:  # an empty result that still connects every input to the graph
@@ -89,16 +94,28 @@ def shc_conv2d(
     groups=1,
     eps=1e-5,
     grad_route="both",
+    *,
+    padding_mode="zeros",
 ):
     """The whole layer. ``grad_route`` picks which route(s) carry the gradient to x.
 
     "conv" detaches x where it feeds the statistics, "hyper" where it feeds the convolution,
-    so the parameter gradients stay exact and dx(both) == dx(conv) + dx(hyper).
+    so the parameter gradients stay exact and dx(both) == dx(conv) + dx(hyper). ``padding`` (an
+    int, a pair, "valid" or "same") and ``padding_mode`` are nn.Conv2d's; the statistics are
+    those of the unpadded input. ``x`` may be one unbatched sample (D, H, W), as for F.conv2d.
     """
     _checks.check_grad_route(grad_route)
+    unbatched = isinstance(x, torch.Tensor) and x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
     _checks.check_tensor(x, "x", 4)
     _checks.check_tensor(weight, "weight", 4)
     _checks.check_channels(x, weight, groups)
+    stride, dilation = _checks.pair(stride, "stride"), _checks.pair(dilation, "dilation")
+    padding, explicit = _checks.conv_padding(padding, padding_mode, weight, stride, dilation)
     x_stats, x_conv = _checks.route_inputs(x, grad_route)
+    if explicit is not None:
+        x_conv = F.pad(x_conv, explicit, mode="constant" if padding_mode == "zeros" else padding_mode)
     m = statistical_map(x_stats, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]), eps)
-    return modulated_conv2d(x_conv, weight, m, bias, stride, padding, dilation, groups)
+    y = modulated_conv2d(x_conv, weight, m, bias, stride, padding, dilation, groups)
+    return y.squeeze(0) if unbatched else y

@@ -78,3 +78,16 @@ def test_single_pixel_plane_has_sigma_sqrt_eps():
     mu, sigma = shc.reference.channel_stats(x, eps=1e-5)
     torch.testing.assert_close(mu, x[:, :, 0, 0])
     torch.testing.assert_close(sigma, torch.full_like(sigma, 1e-5**0.5))
+
+
+@pytest.mark.parametrize("kernel, padding_mode", [((3, 3), "zeros"), ((3, 4), "zeros"), ((2, 4), "reflect")])
+def test_reference_takes_padding_same_and_padding_mode_as_the_layer(kernel, padding_mode):
+    layer = shc.SHCConv2d(3, 4, kernel, padding="same", padding_mode=padding_mode).double()
+    x = rand_x(2, 3, 7, 8)
+    y = shc.reference.shc_conv2d(x, layer.weight, layer.bias, *layer._hyper_params(), padding="same",
+                                 padding_mode=padding_mode)  # fmt: skip
+    assert y.shape == (2, 4, 7, 8)
+    torch.testing.assert_close(y, layer(x))
+    one = shc.reference.shc_conv2d(x[0], layer.weight, layer.bias, *layer._hyper_params(), padding="same",
+                                   padding_mode=padding_mode)  # fmt: skip
+    torch.testing.assert_close(one, y[0])

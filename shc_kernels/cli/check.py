@@ -362,6 +362,20 @@ def select_device(device: str) -> None:
         torch.cuda.set_device(dev.index)
 
 
+def check_environment() -> str | None:
+    """What is wrong with SHC_BACKEND / SHC_FORM (each call of the layer would raise it), or None.
+    The rows below name their backend and form explicitly, so without this a bad value would let
+    every row pass while every model's forward raises."""
+    from ..functional import forced_form as env_form
+
+    for read, calls in ((backends.env_backend, "with backend='auto' (every model) "), (env_form, "")):
+        try:
+            read()
+        except ValueError as exc:
+            return f"{exc}: every call of the layer {calls}raises this; fix or unset it".replace("  ", " ")
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shc check",
@@ -387,7 +401,17 @@ def main(argv: list[str] | None = None) -> int:
         wrong = [b for b in args.backends if b != "triton" and backends.backend_device(b) != kind]
         if wrong:
             fail(parser, f"--backends: {', '.join(wrong)} cannot run on {kind} tensors (--device {device})")
+    environment_problem = check_environment()
+    if environment_problem:
+        fail(parser, environment_problem)
     plan = make_plan(device, args.quick, args.backends, [DTYPES[d] for d in args.dtypes or DTYPES])
+    env = os.environ.get("SHC_BACKEND")
+    if env and env != "auto":  # what every model (backend="auto") runs: a failed row when it cannot
+        reason = backends.unavailable_reason(env)
+        if reason is None and backends.backend_device(env) not in (None, kind):
+            reason = f"it runs on {backends.backend_device(env)} tensors, not {kind}"
+        if reason is not None:
+            plan.broken[f"SHC_BACKEND={env}"] = reason
     if not plan.broken and plan.runs() == 0:
         notes = "".join(f"; {n}" for n in plan.notes)
         fail(parser, f"nothing to check: no backend among {plan.runnable or 'those named'} computes "

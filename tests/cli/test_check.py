@@ -209,3 +209,25 @@ def test_bad_command_lines_are_rejected(args, expect, tmp_path, monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
 def test_device_cuda_without_a_gpu_is_rejected(tmp_path):
     assert_rejected(["check", "--device", "cuda"], "this machine has no CUDA GPU", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("SHC_BACKEND", "bogus"), ("SHC_FORM", "bogus")],
+)
+def test_a_bad_environment_value_is_an_error_naming_the_variable_not_a_pass(name, value, monkeypatch):
+    # Every model's forward would raise; the rows name their backend and form, so they alone
+    # would all pass (SHC_BACKEND) or end in a traceback (SHC_FORM).
+    monkeypatch.setenv(name, value)
+    code, stdout, stderr = run_cli(["check", "--device", "cpu", "--quick", "--dtypes", "float32"])
+    assert code == 2 and "PASS" not in stdout and "Traceback" not in stderr
+    assert f"the environment variable {name} must be one of" in stderr and repr(value) in stderr
+
+
+def test_shc_backend_naming_a_backend_that_cannot_run_here_is_a_failed_row(monkeypatch):
+    monkeypatch.setenv("SHC_BACKEND", "cuda")
+    monkeypatch.setattr(check.backends, "unavailable_reason", lambda b: "no GPU" if b == "cuda" else None)
+    argv = ["check", "--device", "cpu", "--quick", "--dtypes", "float32", "--backends", "cpu"]
+    code, stdout, _ = run_cli(argv)
+    plan_rows = [line for line in stdout.splitlines() if line.startswith("SHC_BACKEND=cuda")]
+    assert code == 1 and len(plan_rows) == 1 and "FAIL (unavailable: no GPU)" in plan_rows[0]
