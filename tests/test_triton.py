@@ -154,7 +154,7 @@ def _stats64(x, eps):
 
 @pytest.mark.parametrize(
     "scale, shift",
-    [(1e30, 0.0), (1e30, 3e30), (1e36, -1e37), (1.5e38, 0.0), (1e-30, 0.0), (0.0, 0.0)],
+    [(1e19, 0.0), (1e20, -3e20), (1e30, 3e30), (1e36, -1e37), (1.5e38, 0.0), (1e-30, 0.0), (0.0, 0.0)],
     ids=lambda v: f"{v:g}",
 )
 def test_statistics_stay_finite_and_right_for_huge_and_tiny_x(scale, shift):
@@ -169,6 +169,41 @@ def test_statistics_stay_finite_and_right_for_huge_and_tiny_x(scale, shift):
     assert mu.isfinite().all() and sigma.isfinite().all() and m.isfinite().all()
     torch.testing.assert_close(mu.double(), want_mu, rtol=1e-5, atol=0)
     torch.testing.assert_close(sigma.double(), want_sigma, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_statistics_merge_pixel_chunks_exactly_for_a_large_mean_over_a_small_spread(channels_last):
+    # 37 x 41 planes: several pixel chunks per plane (merged by the combine kernel) in both layouts.
+    x = (rand_x(3, 5, 37, 41, dtype=torch.float64, channels_last=channels_last) * 0.5 + 1e4).float()
+    d = x.shape[1]
+    f1w, f2w = torch.zeros(2, 2 * d), torch.zeros(1, 2)
+    _m, mu, sigma, _h = torch.ops.shc.triton_statistical_map(x, f1w, None, f2w, None, 1, 1, 1e-5)
+    want_mu, want_sigma = _stats64(x, 1e-5)
+    torch.testing.assert_close(mu.double(), want_mu, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sigma.double(), want_sigma, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_hypernetwork_route_dx_keeps_its_digits_for_a_large_mean(channels_last):
+    # Mean 1e4 over a spread of 1: dx = dmu/HW + dsigma (x - mu) / (HW sigma) must be computed
+    # centred; as a * x + b the two 1e4-sized terms cancel and leave ~3e-4 relative error.
+    x = (rand_x(2, 4, 9, 11, dtype=torch.float64, channels_last=channels_last) + 1e4).float()
+    d = x.shape[1]
+    g = torch.Generator().manual_seed(4)
+    f1w, f1b = torch.randn(3, 2 * d, generator=g) * 0.3, torch.randn(3, generator=g)
+    f1w[:, :d] *= 1e-4  # keeps fc1's pre-activations, and so the sigmoid's slope, of order 1
+    f2w, f2b = torch.randn(9, 3, generator=g) * 0.3, torch.randn(9, generator=g)
+
+    def dx(fn, x, params):
+        x = x.detach().clone().requires_grad_(True)
+        m = fn(x, *params, (3, 3), 1e-5)
+        m.backward(torch.linspace(-1.0, 1.0, m.numel(), dtype=m.dtype).view_as(m))
+        return x.grad
+
+    got = dx(T.statistical_map, x, (f1w, f1b, f2w, f2b))
+    want = dx(reference.statistical_map, x.double(), [p.double() for p in (f1w, f1b, f2w, f2b)])
+    err = (got.double() - want).abs().max().item()
+    assert err <= 1e-5 * want.abs().max().item(), (err, want.abs().max().item())
 
 
 def test_bfloat16_is_refused_under_the_interpreter():

@@ -1,4 +1,4 @@
-"""The Triton backend: statistics + hypernetwork in one kernel per sample (stats.py), the
+"""The Triton backend: statistics as a two-stage reduction + the hypernetwork (stats.py), the
 modulated conv as implicit GEMMs (conv.py), both wrapped as ``shc::triton_*`` custom ops
 (ops.py). Triton is imported lazily: importing this package never needs it."""
 

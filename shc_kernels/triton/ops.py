@@ -3,7 +3,8 @@ the two functions the functional API calls: ``statistical_map`` and ``modulated_
 
 Ops:
   shc::triton_statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps)
-      -> (m, mu, sigma, h)        all fp32; mu, sigma, h are saved for the backward only
+      -> (m, mu, sigma, h)        fp32 but mu float64 (the backward centres x on it); mu, sigma,
+                                  h are saved for the backward only
   shc::triton_statistical_map_backward(dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, need_x)
       -> (dx hypernetwork route, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias)
   shc::triton_modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups) -> y
@@ -66,7 +67,7 @@ def _(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps):
     f32 = dict(dtype=torch.float32)
     return (
         x.new_empty((n, kh, kw), **f32),
-        x.new_empty((n, d), **f32),
+        x.new_empty((n, d), dtype=torch.float64),
         x.new_empty((n, d), **f32),
         x.new_empty((n, fc1_weight.shape[0]), **f32),
     )

@@ -1,11 +1,20 @@
-"""Statistics and hypernetwork (DESIGN.md §1 steps 1-2) as Triton kernels.
+"""Statistics and hypernetwork (DESIGN.md §1 steps 1-2) on the Triton backend.
 
-Forward, one program per sample: two-pass mean / population std (+eps) of every channel over
-H×W in fp32, scaled so that it stays finite for any finite x (|x| ~ 1e30 included), then
-``m = sigmoid(fc2(relu(fc1(cat[mu, sigma]))))``. Backward, one program per
-sample: the MLP backward from ``dm`` to ``dmu``, ``dsigma`` (the batch-reduced parameter
-gradients are two small matmuls in torch); then one elementwise kernel for the
-hypernetwork-route ``dx``.
+Forward: the statistics are a memory-bound pass over x, spread over (sample, channel block,
+pixel chunk) programs so that many wide loads are in flight (``_stats_fwd_kernel``); each program
+keeps, per channel, its chunk's mean and sum of squared deviations from that mean (M2), merged
+tile by tile with Chan's formula in float64. A second small kernel (``_stats_combine_kernel``)
+merges a plane's chunks the same way (M2 = sum M2_i + sum n_i (mean_i - mean)^2) and writes mu
+(float64: the backward centres x on it) and sigma = sqrt(M2 / HW + eps) (fp32). Nothing is
+subtracted from a sum of squares, so a large mean over a small spread does not cancel, and
+float64 holds the square of any finite fp32 value, so sigma is finite for every finite x. The
+hypernetwork over the batch is two small GEMMs in torch:
+``m = sigmoid(fc2(relu(fc1(cat[mu, sigma]))))``.
+
+Backward: the MLP backward from ``dm`` to ``dmu``, ``dsigma`` is again batched GEMMs in torch;
+then one elementwise kernel writes the hypernetwork-route ``dx`` in centred form,
+``dmu / HW + dsigma * (x - mu) / (HW * sigma)`` with ``x - mu`` in float64 (``a * x + b`` would
+cancel where the mean is large against the spread).
 """
 
 from __future__ import annotations
@@ -14,139 +23,82 @@ import torch
 import triton
 import triton.language as tl
 
+from . import interpreting
+
 __all__ = ["stats_map_forward", "stats_map_backward"]
 
-# Tile sizes: the kernels are bandwidth-bound and tiny next to the conv; no autotuning.
-_BLOCK_D = 32
-_BLOCK_Q = 128
-_BLOCK_K = 32
 _NUM_WARPS = 4
+_MAX_SPLIT = 64  # pixel chunks per plane (the combine kernel holds them in one tile)
+
+
+def _tiles(x: torch.Tensor) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_Q) of the statistics' tile: long along the contiguous axis (pixels for NCHW,
+    channels for channels_last), 4096 elements: four 16-byte loads per thread and step in bf16."""
+    if x.stride(1) == 1 and x.shape[1] > 1:
+        return 64, 64
+    return 8, 512
 
 
 @triton.jit
-def _stats_map_fwd_kernel(
-    x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-    mu_ptr, sigma_ptr, h_ptr, m_ptr,
-    D, HW, K, T,
+def _stats_fwd_kernel(
+    x_ptr, mean_ptr, m2_ptr,
+    D, HW, CHUNK, SPLIT,
     stride_xn, stride_xd, stride_xq,
-    inv_hw, eps,
-    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
+    # One program: channels [d0, d0 + BLOCK_D) of sample n over pixels [q_start, q_start + CHUNK).
     n = tl.program_id(0)
-    x_base = x_ptr + n.to(tl.int64) * stride_xn
-    # 1. statistics, two passes per channel block, finite for any finite fp32 x: the mean sums
-    # x/HW (never above max|x|), and the spread is summed in units of a power of two >= max|x|
-    # (so (x - mu)^2 cannot overflow, and the scaling itself rounds nothing).
-    for d0 in range(0, D, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        dmask = offs_d < D
-        s = tl.zeros([BLOCK_D], dtype=tl.float32)
-        amax = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for q0 in range(0, HW, BLOCK_Q):
-            offs_q = q0 + tl.arange(0, BLOCK_Q)
-            mask = dmask[:, None] & (offs_q < HW)[None, :]
-            ptrs = x_base + offs_d[:, None] * stride_xd + offs_q[None, :] * stride_xq
-            v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-            s += tl.sum(v * inv_hw, axis=1)
-            amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
-        mu = s
-        # 2^-126 <= scale <= 2^127: a normal power of two, and log2 never sees 0.
-        exponent = tl.minimum(tl.ceil(tl.log2(tl.maximum(amax, 1.1754943508222875e-38))), 127.0)
-        scale = tl.exp2(exponent)
-        inv_scale = tl.exp2(-exponent)
-        mu_s = mu * inv_scale
-        ss = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for q0 in range(0, HW, BLOCK_Q):
-            offs_q = q0 + tl.arange(0, BLOCK_Q)
-            mask = dmask[:, None] & (offs_q < HW)[None, :]
-            ptrs = x_base + offs_d[:, None] * stride_xd + offs_q[None, :] * stride_xq
-            v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-            dv = tl.where(mask, v * inv_scale[:, None] - mu_s[:, None], 0.0)
-            ss += tl.sum(dv * dv, axis=1)
-        spread = scale * tl.sqrt(ss * inv_hw)  # the population std without eps
-        # sqrt(spread^2 + eps); above 1e18 eps is below fp32's resolution and spread^2 could overflow
-        capped = tl.minimum(spread, 1e18)
-        sigma = tl.where(spread > 1e18, spread, tl.sqrt(capped * capped + eps))
-        tl.store(mu_ptr + n * D + offs_d, mu, mask=dmask)
-        tl.store(sigma_ptr + n * D + offs_d, sigma, mask=dmask)
-    tl.debug_barrier()  # mu/sigma written by other threads of this program are read below
-    # 2. h = relu(fc1([mu, sigma])), fc1_weight is (K, 2D) contiguous.
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        kmask = offs_k < K
-        acc = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            dmask = offs_d < D
-            mu = tl.load(mu_ptr + n * D + offs_d, mask=dmask, other=0.0)
-            sg = tl.load(sigma_ptr + n * D + offs_d, mask=dmask, other=0.0)
-            wmask = kmask[:, None] & dmask[None, :]
-            wrow = w1_ptr + offs_k[:, None] * (2 * D) + offs_d[None, :]
-            w_mu = tl.load(wrow, mask=wmask, other=0.0).to(tl.float32)
-            w_sg = tl.load(wrow + D, mask=wmask, other=0.0).to(tl.float32)
-            acc += tl.sum(w_mu * mu[None, :] + w_sg * sg[None, :], axis=1)
-        if HAS_B1:
-            acc += tl.load(b1_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
-        tl.store(h_ptr + n * K + offs_k, tl.maximum(acc, 0.0), mask=kmask)
-    tl.debug_barrier()
-    # 3. m = sigmoid(fc2(h)), fc2_weight is (T, K) contiguous.
-    offs_t = tl.arange(0, BLOCK_T)
-    tmask = offs_t < T
-    logit = tl.zeros([BLOCK_T], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        kmask = offs_k < K
-        hk = tl.load(h_ptr + n * K + offs_k, mask=kmask, other=0.0)
-        w2 = tl.load(
-            w2_ptr + offs_t[:, None] * K + offs_k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0
-        ).to(tl.float32)
-        logit += tl.sum(w2 * hk[None, :], axis=1)
-    if HAS_B2:
-        logit += tl.load(b2_ptr + offs_t, mask=tmask, other=0.0).to(tl.float32)
-    tl.store(m_ptr + n * T + offs_t, 1.0 / (1.0 + tl.exp(-logit)), mask=tmask)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    s = tl.program_id(2)
+    dmask = offs_d < D
+    q_start = s * CHUNK
+    q_end = tl.minimum(q_start + CHUNK, HW)
+    base = x_ptr + n.to(tl.int64) * stride_xn + offs_d.to(tl.int64)[:, None] * stride_xd
+    mean = tl.zeros([BLOCK_D], dtype=tl.float64)
+    m2 = tl.zeros([BLOCK_D], dtype=tl.float64)
+    count = tl.zeros([BLOCK_D], dtype=tl.float64)
+    for q0 in range(q_start, q_end, BLOCK_Q):
+        offs_q = q0 + tl.arange(0, BLOCK_Q)
+        mask = dmask[:, None] & (offs_q < q_end)[None, :]
+        v = tl.load(base + offs_q[None, :] * stride_xq, mask=mask, other=0.0).to(tl.float64)
+        nb = tl.minimum(q_end - q0, BLOCK_Q).to(tl.float64)
+        t_mean = tl.sum(v, axis=1) / nb
+        dv = tl.where(mask, v - t_mean[:, None], 0.0)
+        t_m2 = tl.sum(dv * dv, axis=1)
+        # Chan's merge of (count, mean, m2) with the tile's (nb, t_mean, t_m2)
+        total = count + nb
+        delta = t_mean - mean
+        mean += delta * (nb / total)
+        m2 += t_m2 + delta * delta * (count * (nb / total))
+        count = total
+    out = (n * D + offs_d).to(tl.int64) * SPLIT + s
+    tl.store(mean_ptr + out, mean, mask=dmask)
+    tl.store(m2_ptr + out, m2, mask=dmask)
 
 
 @triton.jit
-def _map_bwd_kernel(
-    dm_ptr, m_ptr, h_ptr, w1_ptr, w2_ptr,
-    dlogit_ptr, dpre_ptr, dmu_ptr, dsigma_ptr,
-    D, K, T,
-    BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
+def _stats_combine_kernel(
+    mean_ptr, m2_ptr, mu_ptr, sigma_ptr,
+    D, HW, CHUNK, SPLIT, eps,
+    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     n = tl.program_id(0)
-    offs_t = tl.arange(0, BLOCK_T)
-    tmask = offs_t < T
-    m = tl.load(m_ptr + n * T + offs_t, mask=tmask, other=0.0)
-    dl = tl.load(dm_ptr + n * T + offs_t, mask=tmask, other=0.0) * m * (1.0 - m)
-    tl.store(dlogit_ptr + n * T + offs_t, dl, mask=tmask)
-    # dpre = (dlogit @ fc2_weight) * (h > 0)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        kmask = offs_k < K
-        w2 = tl.load(
-            w2_ptr + offs_t[:, None] * K + offs_k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0
-        ).to(tl.float32)
-        dh = tl.sum(w2 * dl[:, None], axis=0)
-        hk = tl.load(h_ptr + n * K + offs_k, mask=kmask, other=0.0)
-        tl.store(dpre_ptr + n * K + offs_k, tl.where(hk > 0.0, dh, 0.0), mask=kmask)
-    tl.debug_barrier()
-    # [dmu, dsigma] = dpre @ fc1_weight
-    for d0 in range(0, D, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        dmask = offs_d < D
-        g_mu = tl.zeros([BLOCK_D], dtype=tl.float32)
-        g_sg = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            kmask = offs_k < K
-            dp = tl.load(dpre_ptr + n * K + offs_k, mask=kmask, other=0.0)
-            wmask = kmask[:, None] & dmask[None, :]
-            wrow = w1_ptr + offs_k[:, None] * (2 * D) + offs_d[None, :]
-            g_mu += tl.sum(tl.load(wrow, mask=wmask, other=0.0).to(tl.float32) * dp[:, None], axis=0)
-            g_sg += tl.sum(tl.load(wrow + D, mask=wmask, other=0.0).to(tl.float32) * dp[:, None], axis=0)
-        tl.store(dmu_ptr + n * D + offs_d, g_mu, mask=dmask)
-        tl.store(dsigma_ptr + n * D + offs_d, g_sg, mask=dmask)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_s = tl.arange(0, BLOCK_S)
+    dmask = offs_d < D
+    smask = offs_s < SPLIT
+    mask = dmask[:, None] & smask[None, :]
+    cnt = tl.minimum(tl.maximum(HW - offs_s * CHUNK, 0), CHUNK).to(tl.float64)
+    idx = (n * D + offs_d).to(tl.int64)[:, None] * SPLIT + offs_s[None, :]
+    means = tl.load(mean_ptr + idx, mask=mask, other=0.0)
+    m2s = tl.load(m2_ptr + idx, mask=mask, other=0.0)
+    hw = tl.sum(cnt, axis=0)  # = HW, in float64
+    mu = tl.sum(cnt[None, :] * means, axis=1) / hw
+    dm = tl.where(mask, means - mu[:, None], 0.0)
+    m2 = tl.sum(m2s + cnt[None, :] * dm * dm, axis=1)
+    sigma = tl.sqrt(m2 / hw + eps)
+    tl.store(mu_ptr + n * D + offs_d, mu, mask=dmask)
+    tl.store(sigma_ptr + n * D + offs_d, sigma.to(tl.float32), mask=dmask)
 
 
 @triton.jit
@@ -157,23 +109,24 @@ def _stats_dx_kernel(
     inv_hw,
     BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
-    # dx = dmu/HW + dsigma * (x - mu) / (HW * sigma) = a * x + b per (n, d)
+    # dx = dmu/HW + dsigma * (x - mu) / (HW * sigma), centred: x - mu in float64 (mu is float64)
     n = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_q = tl.program_id(2) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     dmask = offs_d < D
     mask = dmask[:, None] & (offs_q < HW)[None, :]
-    mu = tl.load(mu_ptr + n * D + offs_d, mask=dmask, other=0.0)
+    mu = tl.load(mu_ptr + n * D + offs_d, mask=dmask, other=0.0).to(tl.float64)
     sg = tl.load(sigma_ptr + n * D + offs_d, mask=dmask, other=1.0)
     a = tl.load(dsigma_ptr + n * D + offs_d, mask=dmask, other=0.0) * inv_hw / sg
-    b = tl.load(dmu_ptr + n * D + offs_d, mask=dmask, other=0.0) * inv_hw - a * mu
+    b = tl.load(dmu_ptr + n * D + offs_d, mask=dmask, other=0.0) * inv_hw
     n64 = n.to(tl.int64)
     x = tl.load(
         x_ptr + n64 * stride_xn + offs_d[:, None] * stride_xd + offs_q[None, :] * stride_xq,
         mask=mask,
         other=0.0,
     )
-    dx = a[:, None] * x.to(tl.float32) + b[:, None]
+    centred = (x.to(tl.float64) - mu[:, None]).to(tl.float32)
+    dx = a[:, None] * centred + b[:, None]
     dx_ptrs = dx_ptr + n64 * stride_gn + offs_d[:, None] * stride_gd + offs_q[None, :] * stride_gq
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -186,49 +139,64 @@ def _plane_strides(x: torch.Tensor) -> tuple[int, int, int]:
     return sn, sd, (sw if x.shape[3] > 1 else sh)
 
 
-def _block_t(t: int) -> int:
-    return max(16, triton.next_power_of_2(t))
+def _split(n: int, dblocks: int, hw: int, block_q: int, device: torch.device) -> tuple[int, int]:
+    """(split, chunk): pixel chunks per plane so that the grid has about 4 programs per SM."""
+    if device.type == "cuda":
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 2 * n * dblocks if interpreting() else 1  # the interpreter: exercise the merge
+    split = max(1, min(_MAX_SPLIT, triton.cdiv(target, n * dblocks), triton.cdiv(hw, block_q)))
+    chunk = triton.cdiv(triton.cdiv(hw, split), block_q) * block_q
+    return triton.cdiv(hw, chunk), chunk
+
+
+def channel_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu float64, sigma fp32), each (N, D), over x's H x W planes."""
+    n, d, height, width = x.shape
+    hw = height * width
+    mu = torch.empty((n, d), device=x.device, dtype=torch.float64)
+    sigma = torch.empty((n, d), device=x.device, dtype=torch.float32)
+    if n == 0 or d == 0:
+        return mu, sigma
+    block_d, block_q = _tiles(x)
+    dblocks = triton.cdiv(d, block_d)
+    split, chunk = _split(n, dblocks, hw, block_q, x.device)
+    means = torch.empty((n, d, split), device=x.device, dtype=torch.float64)
+    m2s = torch.empty_like(means)
+    _stats_fwd_kernel[(n, dblocks, split)](
+        x, means, m2s, d, hw, chunk, split, *_plane_strides(x),
+        BLOCK_D=block_d, BLOCK_Q=block_q, num_warps=_NUM_WARPS,
+    )  # fmt: skip
+    _stats_combine_kernel[(n, triton.cdiv(d, 32))](
+        means, m2s, mu, sigma, d, hw, chunk, split, float(eps),
+        BLOCK_D=32, BLOCK_S=max(2, triton.next_power_of_2(split)), num_warps=_NUM_WARPS,
+    )  # fmt: skip
+    return mu, sigma
 
 
 def stats_map_forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps):
-    """(m (N, kh, kw), mu (N, D), sigma (N, D), h (N, K)), all fp32."""
-    n, d, height, width = x.shape
-    k, t = fc1_weight.shape[0], kh * kw
-    f32 = dict(device=x.device, dtype=torch.float32)
-    m = torch.empty((n, kh, kw), **f32)
-    mu, sigma, h = torch.empty((n, d), **f32), torch.empty((n, d), **f32), torch.empty((n, k), **f32)
-    if n == 0:
-        return m, mu, sigma, h
-    hw = height * width
-    w1, w2 = fc1_weight.contiguous(), fc2_weight.contiguous()
-    b1 = fc1_bias.contiguous() if fc1_bias is not None else w1
-    b2 = fc2_bias.contiguous() if fc2_bias is not None else w2
-    _stats_map_fwd_kernel[(n,)](
-        x, w1, b1, w2, b2, mu, sigma, h, m,
-        d, hw, k, t, *_plane_strides(x), 1.0 / hw, float(eps),
-        HAS_B1=fc1_bias is not None, HAS_B2=fc2_bias is not None,
-        BLOCK_D=_BLOCK_D, BLOCK_Q=_BLOCK_Q, BLOCK_K=_BLOCK_K, BLOCK_T=_block_t(t),
-        num_warps=_NUM_WARPS,
-    )  # fmt: skip
-    return m, mu, sigma, h
+    """(m (N, kh, kw) fp32, mu (N, D) float64, sigma (N, D) fp32, h (N, K) fp32)."""
+    n = x.shape[0]
+    mu, sigma = channel_stats(x, eps)
+    z = torch.cat([mu.float(), sigma], dim=1)
+    w1, w2 = fc1_weight.float(), fc2_weight.float()
+    pre = z @ w1.t() if fc1_bias is None else torch.addmm(fc1_bias.float(), z, w1.t())
+    h = pre.relu_()
+    logit = h @ w2.t() if fc2_bias is None else torch.addmm(fc2_bias.float(), h, w2.t())
+    return logit.sigmoid_().view(n, kh, kw), mu, sigma, h
 
 
 def stats_map_backward(dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, need_x):
     """(dx hypernetwork route or empty, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias)."""
     n, d, height, width = x.shape
-    k, t = fc1_weight.shape[0], m.shape[1] * m.shape[2]
-    f32 = dict(device=x.device, dtype=torch.float32)
-    dlogit, dpre = torch.zeros((n, t), **f32), torch.zeros((n, k), **f32)
-    dmu, dsigma = torch.zeros((n, d), **f32), torch.zeros((n, d), **f32)
-    if n > 0:
-        _map_bwd_kernel[(n,)](
-            dm.float().contiguous(), m.contiguous(), h.contiguous(),
-            fc1_weight.contiguous(), fc2_weight.contiguous(),
-            dlogit, dpre, dmu, dsigma, d, k, t,
-            BLOCK_D=_BLOCK_D, BLOCK_K=_BLOCK_K, BLOCK_T=_block_t(t), num_warps=_NUM_WARPS,
-        )  # fmt: skip
+    t = m.shape[1] * m.shape[2]
+    sm = m.reshape(n, t).float()
+    dlogit = dm.reshape(n, t).float() * sm * (1 - sm)  # through the sigmoid
+    dpre = (dlogit @ fc2_weight.float()) * (h > 0)  # through fc2 and the relu
+    dz = dpre @ fc1_weight.float()
+    dmu, dsigma = dz[:, :d].contiguous(), dz[:, d:].contiguous()
     # Parameter gradients are sums over the batch: two small GEMMs.
-    z = torch.cat([mu, sigma], dim=1)
+    z = torch.cat([mu.float(), sigma], dim=1)
     g_w1 = (dpre.t() @ z).to(fc1_weight.dtype)
     g_b1 = dpre.sum(0)
     g_w2 = (dlogit.t() @ h).to(fc2_weight.dtype)
@@ -238,9 +206,10 @@ def stats_map_backward(dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, need_x):
     dx = torch.empty_like(x)  # keeps x's memory format
     if n > 0:
         hw = height * width
-        grid = (n, triton.cdiv(d, _BLOCK_D), triton.cdiv(hw, _BLOCK_Q))
+        block_d, block_q = _tiles(x)
+        grid = (n, triton.cdiv(d, block_d), triton.cdiv(hw, block_q))
         _stats_dx_kernel[grid](
             x, dx, mu, sigma, dmu, dsigma, d, hw, *_plane_strides(x), *_plane_strides(dx), 1.0 / hw,
-            BLOCK_D=_BLOCK_D, BLOCK_Q=_BLOCK_Q, num_warps=_NUM_WARPS,
+            BLOCK_D=block_d, BLOCK_Q=block_q, num_warps=_NUM_WARPS,
         )  # fmt: skip
     return dx, g_w1, g_b1, g_w2, g_b2
