@@ -136,6 +136,17 @@ cuda-sim: setup
 cuda-sim-sanitize: setup
 	bash tools/simt_sanitize.sh
 
+# The static performance report of the GPU kernels, read without a GPU (nothing in it is a timing):
+# every Triton kernel compiled as the runtime launches it and every CUDA kernel of the cuda-check
+# build (SASS mix, registers, spills, occupancy, waves), the emulator's global sectors and shared
+# wavefronts per request, and a roofline bound per ResNet-50 3x3 shape beside the plain conv's:
+# bench/results/gpu_model.md and .json (tools/gpu_model.py; docs/gpu.md says what it can and cannot
+# say). Separate from `test` (minutes of compiling); tests/test_gpu_model.py checks its facts there.
+.PHONY: gpu-model
+gpu-model: cuda-check
+	env -u TRITON_INTERPRET $(PY) tools/gpu_model.py
+	env -u TRITON_INTERPRET $(PY) -m pytest -q -p no:cacheprovider tests/test_gpu_model.py
+
 test: setup lint pytest triton-test triton-check cmake-check cuda-check cuda-sim
 
 info: setup

@@ -223,6 +223,65 @@ at::Tensor wmma_dot(const at::Tensor& A, const at::Tensor& B, const at::Tensor& 
                    out.mutable_data_ptr<float>(), hardwired);
   return out;
 }
+// Planted access patterns for the access metrics (simt_metrics.h, tests/sim/test_access_metrics.py):
+// each launch of one warp (32 threads) makes one kind of warp-wide access whose profiler counts
+// are known. "copy": out[i] = in[i * stride] in fp32 (stride 1: 4 sectors a request; 2: 8; 32:
+// 32), fp16 (stride 1: 2 sectors) or float4 (16-byte lanes: 16 sectors); "shared": a store and a
+// load of s[lane * stride] in fp32 (stride 1 or 33: 1 wavefront; 2: 2; 32: 32; 0: every lane the
+// same word, 1) or as float4 copies (stride 1: 4 wavefronts, the fewest for 512 bytes; 2: 8).
+__global__ void copy_f32_kernel(const float* in, float* out, int stride) {
+  out[threadIdx.x] = in[threadIdx.x * stride];
+}
+__global__ void copy_f16_kernel(const __half* in, __half* out, int stride) {
+  out[threadIdx.x] = in[threadIdx.x * stride];
+}
+__global__ void copy_f32x4_kernel(const float4* in, float4* out, int stride) {
+  out[threadIdx.x] = in[threadIdx.x * stride];
+}
+__global__ void shared_f32_kernel(float* out, int stride) {
+  __shared__ float s[32 * 33];
+  s[threadIdx.x * stride] = static_cast<float>(threadIdx.x);
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x * stride];
+}
+__global__ void shared_f32x4_kernel(const float4* in, float4* out, int stride) {
+  __shared__ __align__(16) float4 s[32 * 33];
+  s[threadIdx.x * stride] = in[threadIdx.x];
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x * stride];
+}
+
+at::Tensor access_pattern(const std::string& kind, int64_t stride) {
+  TORCH_CHECK(stride >= 0 && stride <= 33, "access_pattern: stride in [0, 33]");
+  const int st = static_cast<int>(stride);
+  if (kind == "copy_f32") {
+    at::Tensor in = at::arange(32 * 33, at::kFloat), out = at::empty({32}, at::kFloat);
+    shc_cuda::launch(copy_f32_kernel, 1, 32, 0, nullptr, in.const_data_ptr<float>(), out.mutable_data_ptr<float>(), st);
+    return out;
+  }
+  if (kind == "copy_f16") {
+    at::Tensor in = at::arange(32 * 33, at::kFloat).to(at::kHalf), out = at::empty({32}, at::kHalf);
+    shc_cuda::launch(copy_f16_kernel, 1, 32, 0, nullptr, reinterpret_cast<const __half*>(in.const_data_ptr<at::Half>()),
+                     reinterpret_cast<__half*>(out.mutable_data_ptr<at::Half>()), st);
+    return out.to(at::kFloat);
+  }
+  if (kind == "copy_f32x4") {
+    at::Tensor in = at::arange(4 * 32 * 33, at::kFloat), out = at::empty({4 * 32}, at::kFloat);
+    shc_cuda::launch(copy_f32x4_kernel, 1, 32, 0, nullptr, reinterpret_cast<const float4*>(in.const_data_ptr<float>()),
+                     reinterpret_cast<float4*>(out.mutable_data_ptr<float>()), st);
+    return out;
+  }
+  if (kind == "shared_f32x4") {
+    at::Tensor in = at::arange(4 * 32, at::kFloat), out = at::empty({4 * 32}, at::kFloat);
+    shc_cuda::launch(shared_f32x4_kernel, 1, 32, 0, nullptr, reinterpret_cast<const float4*>(in.const_data_ptr<float>()),
+                     reinterpret_cast<float4*>(out.mutable_data_ptr<float>()), st);
+    return out;
+  }
+  at::Tensor out = at::empty({32}, at::kFloat);
+  TORCH_CHECK(kind == "shared_f32", "access_pattern: unknown kind ", kind);
+  shc_cuda::launch(shared_f32_kernel, 1, 32, 0, nullptr, out.mutable_data_ptr<float>(), st);
+  return out;
+}
 }  // namespace
 }  // namespace shc_sim_test
 
@@ -233,4 +292,5 @@ TORCH_LIBRARY(shc_sim_test, m) {
   m.def("warp_sums(Tensor x) -> Tensor", &shc_sim_test::warp_sums);
   m.def("handshake(int P, bool wait, float grace, int blocks) -> Tensor", &shc_sim_test::handshake);
   m.def("wmma_dot(Tensor A, Tensor B, Tensor W, bool hardwired) -> Tensor", &shc_sim_test::wmma_dot);
+  m.def("access_pattern(str kind, int stride) -> Tensor", &shc_sim_test::access_pattern);
 }

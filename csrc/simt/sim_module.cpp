@@ -132,6 +132,44 @@ PyObject* sanitizer(PyObject*, PyObject*) {
 #endif
 }
 
+// Memory-access totals per site (simt_metrics.h), for tools/gpu_model_sim.py.
+PyObject* access_metrics(PyObject*, PyObject*) {
+#if SIMT_METRICS
+  simt::Metrics& m = simt::metrics();
+  std::lock_guard<std::mutex> lock(m.mu);
+  PyObject* out = PyList_New(0);
+  if (out == nullptr) return nullptr;
+  for (const auto& [k, v] : m.sites) {
+    PyObject* d = Py_BuildValue(
+        "{s:K,s:I,s:O,s:O,s:L,s:L,s:L,s:L,s:L,s:L}", "offset",
+        static_cast<unsigned long long>(k.site - simt::module_base()), "size", k.size, "store",
+        (k.flags & 1) ? Py_True : Py_False, "shared", (k.flags & 2) ? Py_True : Py_False, "requests",
+        static_cast<long long>(v.requests), "lanes", static_cast<long long>(v.lanes), "bytes",
+        static_cast<long long>(v.bytes), "sectors", static_cast<long long>(v.sectors), "wavefronts",
+        static_cast<long long>(v.wavefronts), "ideal", static_cast<long long>(v.ideal));
+    if (d == nullptr || PyList_Append(out, d) != 0) {
+      Py_XDECREF(d);
+      Py_DECREF(out);
+      return nullptr;
+    }
+    Py_DECREF(d);
+  }
+  return out;
+#else
+  PyErr_SetString(PyExc_RuntimeError, "access metrics need the metrics build (tools/gpu_model_sim.py)");
+  return nullptr;
+#endif
+}
+
+PyObject* reset_access_metrics(PyObject*, PyObject*) {
+#if SIMT_METRICS
+  simt::Metrics& m = simt::metrics();
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.sites.clear();
+#endif
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"configure", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&configure)), METH_VARARGS | METH_KEYWORDS,
      "configure(*, sm_count=None, occupancy=None, live_blocks=None, order=None, mapping=None, seed=None, "
@@ -146,6 +184,11 @@ PyMethodDef methods[] = {
     {"counters", counters, METH_NOARGS, "Launches, blocks and block barriers run; the most blocks live at once."},
     {"reset_counters", reset_counters, METH_NOARGS, "Zero the counters."},
     {"sanitizer", sanitizer, METH_NOARGS, "'thread' or 'address' for a sanitizer build, else None."},
+    {"access_metrics", access_metrics, METH_NOARGS,
+     "Per instrumented site (offset in this module, access size, store, shared): warp-wide requests, active\n"
+     "lanes, bytes, 32-byte sectors (global), wavefronts (shared), and the ideal (fewest) sectors or\n"
+     "wavefronts for those bytes. Metrics build only (tools/gpu_model_sim.py)."},
+    {"reset_access_metrics", reset_access_metrics, METH_NOARGS, "Forget the access metrics gathered so far."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C_sim",

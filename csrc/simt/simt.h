@@ -47,7 +47,8 @@ void __tsan_acquire(void* addr);
 void __tsan_release(void* addr);
 }
 #endif
-#if defined(__SANITIZE_ADDRESS__)
+// The metrics build (SIMT_METRICS) uses the address instrumentation without its runtime.
+#if defined(__SANITIZE_ADDRESS__) && !SIMT_METRICS
 #define SIMT_ASAN 1
 extern "C" {
 void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);

@@ -1,5 +1,6 @@
 // The SIMT layer's scheduler (simt.h says what it emulates and how).
 #include "simt.h"
+#include "simt_metrics.h"
 
 #include <link.h>
 #include <sys/mman.h>
@@ -96,6 +97,12 @@ struct Fiber {
 #if SIMT_ASAN
   void* fake_stack = nullptr;
 #endif
+#if SIMT_METRICS
+  AccessLog log;
+  Fiber() = default;
+  Fiber(const Fiber&) = delete;
+  ~Fiber() { std::free(log.a); }
+#endif
 };
 
 struct Block {
@@ -121,6 +128,9 @@ struct Block {
   const void* sched_bottom = nullptr;
   size_t sched_size = 0;
   void* sched_fake = nullptr;
+#endif
+#if SIMT_METRICS
+  uintptr_t shared_lo = 0, shared_hi = 0;  // this OS thread's TLS block: the block's shared memory
 #endif
 };
 
@@ -306,6 +316,14 @@ void run_block(Block& b, Stacks& stacks) {
   std::vector<int> order(nt);
   for (int i = 0; i < nt; ++i) order[i] = cfg.order == Order::reverse ? nt - 1 - i : i;
   poison_shared();
+#if SIMT_METRICS
+  {
+    const TlsModule& m = tls_module();
+    size_t ti[2] = {m.modid, 0};
+    b.shared_lo = m.size ? reinterpret_cast<uintptr_t>(__tls_get_addr(ti)) : 0;
+    b.shared_hi = b.shared_lo + m.size;
+  }
+#endif
 #if SIMT_TSAN
   b.sched_tsan = __tsan_get_current_fiber();
   __tsan_release(&b.start_sync);
@@ -427,6 +445,15 @@ void run_block(Block& b, Stacks& stacks) {
   }
 #if SIMT_TSAN
   for (auto& f : b.fibers) __tsan_destroy_fiber(f.tsan);
+#endif
+#if SIMT_METRICS
+  if (!b.error && done == nt) {
+    std::vector<AccessLog*> logs;
+    for (auto& f : b.fibers) logs.push_back(&f.log);
+    metrics_block_done(logs, nt);
+  } else {
+    for (auto& f : b.fibers) f.log.n = 0;
+  }
 #endif
   if (b.error) std::rethrow_exception(b.error);
   if (done < nt && g_abort.load()) throw Abort{};
@@ -601,3 +628,64 @@ void set_mapping(Mapping mapping, uint64_t seed) {
   invert();
 }
 }  // namespace simt
+
+#if SIMT_METRICS
+// ---- The instrumentation's hooks (simt_metrics.h): not instrumented themselves.
+namespace simt {
+namespace {
+__attribute__((no_sanitize_address)) inline void record(uintptr_t addr, uint32_t size, uint32_t store, void* ret) {
+  // Builtins only: a call into a library function (std::atomic::load is one at -O1) is
+  // instrumented and would re-enter the hook.
+  Fiber* f = __atomic_load_n(reinterpret_cast<Fiber* const*>(&tl_fiber), __ATOMIC_RELAXED);
+  if (f == nullptr) return;
+  const uintptr_t st = reinterpret_cast<uintptr_t>(f->stack);
+  if (addr >= st && addr < st + f->stack_size) return;  // locals: registers on a GPU
+  const uintptr_t fo = reinterpret_cast<uintptr_t>(f);
+  if (addr >= fo && addr < fo + sizeof(Fiber)) return;  // threadIdx, blockIdx, the layer's bookkeeping
+  const Block* b = f->block;
+  const uint32_t shared = (addr >= b->shared_lo && addr < b->shared_hi) ? 2u : 0u;
+  AccessLog& log = f->log;
+  if (log.n == log.cap) {
+    const size_t cap = log.cap ? 2 * log.cap : 4096;
+    void* p = std::realloc(log.a, cap * sizeof(Access));
+    if (p == nullptr) std::abort();
+    log.a = static_cast<Access*>(p);
+    log.cap = cap;
+  }
+  log.a[log.n++] = Access{reinterpret_cast<uintptr_t>(ret), addr, size, store | shared};
+}
+__attribute__((no_sanitize_address)) inline void record_n(uintptr_t addr, size_t size, uint32_t store, void* ret) {
+  for (size_t off = 0; off < size; off += 16)  // as the widest (16-byte) accesses a GPU would issue
+    record(addr + off, static_cast<uint32_t>(size - off < 16 ? size - off : 16), store, ret);
+}
+}  // namespace
+}  // namespace simt
+
+#define SIMT_HOOK(n)                                                                                        \
+  extern "C" __attribute__((no_sanitize_address, visibility("default"))) void __asan_load##n##_noabort(    \
+      uintptr_t a) {                                                                                        \
+    simt::record(a, n, 0, __builtin_return_address(0));                                                     \
+  }                                                                                                         \
+  extern "C" __attribute__((no_sanitize_address, visibility("default"))) void __asan_store##n##_noabort(   \
+      uintptr_t a) {                                                                                        \
+    simt::record(a, n, 1, __builtin_return_address(0));                                                     \
+  }
+SIMT_HOOK(1)
+SIMT_HOOK(2)
+SIMT_HOOK(4)
+SIMT_HOOK(8)
+SIMT_HOOK(16)
+#undef SIMT_HOOK
+// The rest of what the instrumentation calls: nothing to do without ASan's runtime.
+extern "C" __attribute__((no_sanitize_address, visibility("default"))) void __asan_handle_no_return() {}
+extern "C" __attribute__((no_sanitize_address, visibility("default"))) void __asan_before_dynamic_init(const char*) {}
+extern "C" __attribute__((no_sanitize_address, visibility("default"))) void __asan_after_dynamic_init() {}
+extern "C" __attribute__((no_sanitize_address, visibility("default"))) void __asan_loadN_noabort(uintptr_t a,
+                                                                                                 size_t n) {
+  simt::record_n(a, n, 0, __builtin_return_address(0));
+}
+extern "C" __attribute__((no_sanitize_address, visibility("default"))) void __asan_storeN_noabort(uintptr_t a,
+                                                                                                  size_t n) {
+  simt::record_n(a, n, 1, __builtin_return_address(0));
+}
+#endif
