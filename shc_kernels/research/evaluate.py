@@ -14,6 +14,7 @@ module is the command line (its names are re-exported here for older imports).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -21,6 +22,7 @@ import torch
 from . import args as ca
 from . import data as data_mod
 from .checkpoint import CheckpointError, load_model
+from .checkpoint import read as read_checkpoint
 from .protocol import (
     ATTACKS,
     PAPER,
@@ -52,17 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--label", nargs="+", default=None, metavar="NAME", help="one name per checkpoint")
     p.add_argument(
-        "--data", default=None, type=data_mod.data_argument(splits=("val",)),
-        help="fashion-mnist, a folder of its IDX files, or an ImageNet-style folder with val/ "
-        "(default: the embedded digits)",
+        "--data", default=None, type=data_mod.data_argument(splits=("val",), digits=True),
+        help="digits (the embedded digits), fashion-mnist, a folder of its IDX files, or an ImageNet-style "
+        "folder with val/ (default: the data the checkpoints were trained on, which they record)",
     )  # fmt: skip
     p.add_argument(
         "--image-size", type=ca.positive_int, default=256,
         help="crop size for an ImageFolder --data (resized by the paper's 299/256 first)",
     )  # fmt: skip
     p.add_argument(
-        "--digits-size", type=ca.positive_int, default=32, help="image size of the embedded digits"
-    )
+        "--digits-size", type=ca.positive_int, default=None,
+        help="image size of the embedded digits (default: the checkpoints' training size, else 32)",
+    )  # fmt: skip
     p.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     p.add_argument(
         "--gaussian-images", type=ca.positive_int, default=None, help="images for Table 1 (default: all)"
@@ -112,12 +115,63 @@ def _load_models(parser, args, device) -> dict:
     return models, metas
 
 
+def _recorded(path: str) -> dict | None:
+    """The data options a checkpoint of `shc train` records ({"data", "digits_size"}), or None
+    where it records none (written by something else, or before `shc train` recorded them)."""
+    state = read_checkpoint(path)
+    recorded = state.get("args") if isinstance(state, dict) else None
+    if not isinstance(recorded, dict) or "data" not in recorded:
+        return None
+    return {"data": recorded["data"], "digits_size": recorded.get("digits_size", 32)}
+
+
+def _describe(data) -> str:
+    return "the embedded digits" if data in (None, "digits") else str(data)
+
+
+def _same_data(a, b) -> bool:
+    a, b = (None if d == "digits" else d for d in (a, b))
+    if a is None or b is None or a == "fashion-mnist" or b == "fashion-mnist":
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def choose_data(parser, args) -> None:
+    """--data (and --digits-size) from what the checkpoints record when not given: never the
+    digits for a model trained on other data. Checkpoints that disagree, or record nothing, need
+    --data; a --data other than a checkpoint's own is said on stderr."""
+    records = {path: _recorded(path) for path in args.checkpoint}
+    if args.data is None:
+        unknown = [path for path, r in records.items() if r is None]
+        if unknown:
+            ca.fail(parser, f"argument --data: {unknown[0]} does not record the data it was trained on: give "
+                            "--data (digits for the embedded digits)")  # fmt: skip
+        kinds = {(r["data"], r["digits_size"] if r["data"] is None else None) for r in records.values()}
+        if len(kinds) > 1:
+            found = "; ".join(f"{path}: {_describe(r['data'])}" for path, r in records.items())
+            ca.fail(parser, f"argument --data: the checkpoints were trained on different data ({found}): "
+                            "give --data")  # fmt: skip
+        first = next(iter(records.values()))
+        args.data = first["data"] or "digits"
+        if args.digits_size is None and first["data"] is None:
+            args.digits_size = first["digits_size"]
+        print(f"shc attack: data: {_describe(args.data)}, as the checkpoints record", file=sys.stderr)
+    else:
+        for path, r in records.items():
+            if r is not None and not _same_data(r["data"] or "digits", args.data):
+                print(f"shc attack: note: {path} was trained on {_describe(r['data'])}, attacked on "
+                      f"{_describe(args.data)} (--data)", file=sys.stderr)  # fmt: skip
+    if args.digits_size is None:
+        args.digits_size = 32
+
+
 def _load_val(parser, args):
+    data = None if args.data == "digits" else args.data
     try:
-        if args.data is None or args.data == "fashion-mnist" or data_mod.is_idx_folder(args.data):
-            _, val, num_classes = data_mod.load(args.data, digits_size=args.digits_size)
+        if data is None or data == "fashion-mnist" or data_mod.is_idx_folder(data):
+            _, val, num_classes = data_mod.load(data, digits_size=args.digits_size)
         else:
-            val, num_classes = data_mod.imagefolder_val(args.data, args.image_size, paper_eval=True)
+            val, num_classes = data_mod.imagefolder_val(data, args.image_size, paper_eval=True)
     except (FileNotFoundError, ValueError) as exc:
         ca.fail(parser, f"argument --data: {exc}")
     return val, num_classes
@@ -129,6 +183,7 @@ def run(args, parser=None) -> dict:
     parser = parser or build_parser()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     models, metas = _load_models(parser, args, device)
+    choose_data(parser, args)
     val, num_classes = _load_val(parser, args)
     for path, meta in zip(args.checkpoint, metas, strict=True):
         if meta["num_classes"] != num_classes:

@@ -23,7 +23,8 @@ FAST += ["--no-progress"]
 
 def _save(path, model, shc_flag):
     meta = {"arch": "plain10", "shc": shc_flag, "small_input": True, "num_classes": 10, "width": 0.125}
-    torch.save({"meta": meta, "model": model.state_dict(), "epoch": 0}, path)  # train.py's format
+    args = {"data": None, "digits_size": 32}  # what shc train records of its data (the digits)
+    torch.save({"meta": meta, "model": model.state_dict(), "epoch": 0, "args": args}, path)  # train.py's
     return str(path)
 
 
@@ -123,11 +124,14 @@ def test_run_attacks_and_format_tables_without_files(tmp_path):
 # ---------------------------------------------------------------- bad command lines (issue 14)
 
 
-def _tiny_model_file(path, num_classes=10, **meta_extra):
+def _tiny_model_file(path, num_classes=10, data=None, record=True, **meta_extra):
     torch.manual_seed(0)
     net = models.plain10(num_classes=num_classes, shc=False, small_input=True, width=0.0625)
     meta = {"arch": "plain10", "shc": False, "small_input": True, "num_classes": num_classes, "width": 0.0625}
-    torch.save({"meta": meta | meta_extra, "model": net.state_dict()}, path)
+    state = {"meta": meta | meta_extra, "model": net.state_dict()}
+    if record:  # shc train records its arguments, the data among them
+        state["args"] = {"data": data, "digits_size": 8}
+    torch.save(state, path)
     return str(path)
 
 
@@ -195,3 +199,41 @@ def test_shc_attack_on_an_imagefolder_with_only_val(tmp_path):
 def test_attack_help_has_no_rst_markup():
     help_text = evaluate.build_parser().format_help()
     assert "``" not in help_text and ":func:" not in help_text
+
+
+def _three_class_folder(root):
+    from PIL import Image
+
+    for i, cls in enumerate(("a", "b", "c")):
+        (root / "val" / cls).mkdir(parents=True)
+        Image.new("RGB", (30, 20), (80 * i, 10, 200)).save(root / "val" / cls / "x.png")
+    return str(root)
+
+
+def test_shc_attack_without_data_attacks_on_the_data_the_checkpoint_records(tmp_path, capsys):
+    folder = _three_class_folder(tmp_path / "d")
+    ckpt = _tiny_model_file(tmp_path / "three.pt", num_classes=3, data=folder)
+    out = tmp_path / "out"
+    argv = ["--checkpoint", ckpt, "--image-size", "12", "--out", str(out), "--attacks", "gaussian"]
+    assert evaluate.main([*argv, "--confidence", "0", "--no-progress"]) == 0
+    assert json.loads((out / "results.json").read_text())["val_images"] == 3  # not the 10-class digits
+    assert f"data: {folder}, as the checkpoints record" in capsys.readouterr().err
+
+
+def test_shc_attack_without_data_refuses_checkpoints_that_disagree_or_record_nothing(tmp_path):
+    from cli_cases import assert_rejected
+
+    digits = _tiny_model_file(tmp_path / "digits.pt")
+    fashion = _tiny_model_file(tmp_path / "fashion.pt", data="fashion-mnist")
+    silent = _tiny_model_file(tmp_path / "silent.pt", record=False)
+    out = ["--out", str(tmp_path / "out")]
+    both = ["attack", "--checkpoint", digits, fashion, *out]
+    assert_rejected(both, ("--data", "trained on different data"), tmp_path)
+    assert_rejected(["attack", "--checkpoint", silent, *out], ("--data", "does not record the"), tmp_path)
+
+
+def test_shc_attack_says_when_data_is_not_what_the_checkpoint_was_trained_on(tmp_path, capsys):
+    fashion = _tiny_model_file(tmp_path / "fashion.pt", data="fashion-mnist")
+    argv = ["--checkpoint", fashion, "--data", "digits", "--out", str(tmp_path / "out"), *FAST]
+    assert evaluate.main([*argv, "--attacks", "gaussian"]) == 0
+    assert "was trained on fashion-mnist, attacked on the embedded digits (--data)" in capsys.readouterr().err
