@@ -7,12 +7,17 @@ on every weight (the hypernetworks included: the paper's l2 term), lr ÷10 at ep
 (and every ``--save-every`` steps), and ``--resume`` continues exactly where it stopped, mid-epoch
 included: the sampler starts at the saved batch, and every sample's augmentation is seeded by
 (seed, epoch, position), so it does not depend on the batches skipped or on ``--workers``.
+A resume takes the run's options (data, model, optimiser, seed, batch size, epochs) from its
+checkpoint: ``--resume --out OUT`` is enough. Given again, they must agree with the run's, except
+``--epochs`` (a new length) and ``--batch-size`` at the end of an epoch; resuming a finished run
+says so and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -528,9 +533,77 @@ def check_run(args, device) -> None:
             raise ValueError(f"--backend {args.backend} does not run on {device.type} (the training device)")
 
 
-def run(args) -> list[dict]:
+# What --resume does with each option of the run (the rest are this process's own: --device,
+# --workers, --out, --save-every, --no-progress, --compile, --backend, --channels-last).
+# The run's data, model and optimisation: taken from the run; a different value is refused.
+RUN_DEFINES = ("arch", "shc", "small_input", "width", "data", "image_size", "digits_size", "paper_eval",
+               "seed", "grad_route", "amp", "lr", "momentum", "weight_decay", "milestones",
+               "max_steps_per_epoch")  # fmt: skip
+
+
+def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The dests of the options given on the command line ``argv`` (not left at their defaults)."""
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_args(argv)))
+
+
+def resume_arguments(args, state: dict, given: set[str] | None) -> list[str]:
+    """Make ``args`` the run's own for --resume: every option of RUN_DEFINES and --epochs and
+    --batch-size not given (``given``: the options on the command line; None: all) comes from
+    the run's checkpoint; a given one that differs from the run's is refused, except --epochs (a
+    new length) and --batch-size at an epoch's end (mid-epoch the sampler's position in the epoch
+    would not mean the same images). Returns what this command changes, in words."""
+    recorded = state.get("args") if isinstance(state.get("args"), dict) else {}
+    changes = []
+    for name in (*RUN_DEFINES, "epochs", "batch_size"):
+        if name not in recorded:
+            continue  # a checkpoint older than the option
+        theirs, ours = recorded[name], getattr(args, name)
+        flag, epoch, step = "--" + name.replace("_", "-"), state["epoch"] + 1, state["step"]
+        if given is not None and name not in given:
+            setattr(args, name, theirs)
+        elif ours != theirs and name == "epochs":
+            changes.append(f"{flag} {ours} (the run had {theirs})")
+        elif ours != theirs and name == "batch_size":
+            if step:
+                raise ValueError(
+                    f"--resume: {flag} {ours} differs from the run's {theirs}, and the run stopped inside "
+                    f"epoch {epoch} (step {step}): drop {flag}, or change it once an epoch ends"
+                )
+            changes.append(f"{flag} {ours} from epoch {epoch} (the run had {theirs}; its lr stays)")
+        elif ours != theirs:
+            was = "default" if theirs is None else theirs
+            raise ValueError(
+                f"--resume: {flag} {ours} differs from the run's {was}: a resume continues the run as it "
+                f"was (drop {flag} to take the run's), or start a new run in another --out"
+            )
+    return changes
+
+
+def run(args, given: set[str] | None = None) -> list[dict]:
+    """``shc train`` after parsing. ``given``: the options on the command line (main passes them;
+    None: every option counts as given), which --resume may not change (resume_arguments)."""
     rank, world, device = _setup_distributed(args.device)
     check_run(args, device)
+    if args.resume:
+        state = checkpoint.read(os.path.join(args.out, checkpoint.FILENAME), "--resume")
+        if not isinstance(state, dict) or not {"meta", "model", "epoch", "step"} <= set(state):
+            raise checkpoint.CheckpointError(f"--resume: {args.out} holds no checkpoint of `shc train`")
+        changes = resume_arguments(args, state, given)
+        epoch, step = state["epoch"], state["step"]
+        if epoch >= args.epochs:  # a finished run: said, exit status 0
+            if rank == 0:
+                print(f"shc train: the run in {args.out} is finished ({epoch} of {args.epochs} epochs): "
+                      f"nothing to train; give --epochs N (N > {epoch}) with --resume to train it further",
+                      file=sys.stderr)  # fmt: skip
+            _teardown_distributed(world)
+            return []
+        if rank == 0:
+            where = f"epoch {epoch + 1} of {args.epochs}" + (f", step {step}" if step else "")
+            print(f"shc train: resuming {args.out} at {where} with the run's options"
+                  + (f"; changed: {', '.join(changes)}" if changes else ""), file=sys.stderr)  # fmt: skip
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     train_set, val_set, num_classes = load_data(args, rank)
@@ -580,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        run(args)
+        run(args, given_options(parser, sys.argv[1:] if argv is None else argv))
     except (FileNotFoundError, ValueError) as exc:
         cli_args.fail(parser, _one_line(exc))
     except KeyboardInterrupt:

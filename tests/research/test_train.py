@@ -220,3 +220,41 @@ def test_sampler_starts_at_the_saved_batch_without_reading_the_skipped_ones():
     whole = list(sampler)
     sampler.set_epoch(1, start=2)
     assert list(sampler) == whole[4:] and len(sampler) == 6
+
+
+def _tiny_run(out, *extra):
+    argv = [*SMALL[:-4], "--digits-size", "8", "--batch-size", "32", "--lr", "0.05", "--shc"]
+    return [*argv, "--epochs", "1", "--max-steps-per-epoch", "2", "--no-progress", "--out", str(out), *extra]
+
+
+def test_resume_takes_the_runs_options_and_refuses_changes_it_cannot_honour(tmp_path, capsys, one_thread):
+    out = tmp_path / "run"
+    assert train.main(_tiny_run(out)) == 0
+    path = out / checkpoint.FILENAME
+    done = torch.load(path, weights_only=True)
+    # Resuming a finished run says so, exit status 0, and trains nothing.
+    capsys.readouterr()
+    assert train.main(["--out", str(out), "--resume"]) == 0
+    assert "is finished (1 of 1 epochs): nothing to train; give --epochs N (N > 1)" in capsys.readouterr().err
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    # A changed optimiser setting is refused (it was silently ignored: the optimiser's state has the lr).
+    for flag, value, run_value in (("--lr", "0.5", "0.05"), ("--seed", "3", "0"), ("--width", "0.5", "0.25")):
+        with pytest.raises(SystemExit) as exc:
+            train.main(["--out", str(out), "--resume", "--epochs", "2", flag, value])
+        assert exc.value.code == 2
+        assert f"--resume: {flag} {value} differs from the run's {run_value}" in capsys.readouterr().err
+    # Inside an epoch the batch size cannot change; the sampler's position counts its batches.
+    mid = dict(done, epoch=0, step=1)
+    torch.save(mid, path)
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(out), "--resume", "--batch-size", "16"])
+    assert "stopped inside epoch 1 (step 1): drop --batch-size" in capsys.readouterr().err
+    torch.save(done, path)
+    # Only --out, --resume and a new length: every other option is the run's (its --small-input,
+    # --width and --digits-size are not the defaults, so a run with defaults would not load).
+    assert train.main(["--out", str(out), "--resume", "--epochs", "2", "--batch-size", "16"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err and "--epochs 2 (the run had 1)" in err and "--batch-size 16 from epoch 2" in err
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 2 and state["meta"] == done["meta"] and state["args"]["lr"] == 0.05
+    assert state["args"]["digits_size"] == 8 and state["args"]["batch_size"] == 16
