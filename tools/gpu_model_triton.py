@@ -122,25 +122,29 @@ def recording(sms: int = 132):
             if isinstance(val, (triton.runtime.jit.JITFunction, triton.runtime.autotuner.Autotuner)):
                 saved.append((mod, attr, val))
                 setattr(mod, attr, _Recorder(mname, attr, val, out))
-    conv = mods["conv"]
-    split = getattr(conv, "_dw_split", None)
-    if split is not None:
-        saved.append((conv, "_dw_split", split))
+    # The launchers size their grids by the GPU's SM count (dW split, statistics chunks): their
+    # split helpers, whose last argument is the device, see a CUDA device of `sms` SMs.
+    for mod in mods.values():
+        for name in ("_dw_split", "_split"):
+            split = getattr(mod, name, None)
+            if split is None:
+                continue
+            saved.append((mod, name, split))
 
-        def fake_split(np_, base, device, _sms=sms):
-            import torch
+            def fake_split(*args, _split=split, _sms=sms):
+                import torch
 
-            class _P:
-                multi_processor_count = _sms
+                class _P:
+                    multi_processor_count = _sms
 
-            real = torch.cuda.get_device_properties
-            torch.cuda.get_device_properties = lambda d: _P()
-            try:
-                return split(np_, base, torch.device("cuda"))
-            finally:
-                torch.cuda.get_device_properties = real
+                real = torch.cuda.get_device_properties
+                torch.cuda.get_device_properties = lambda d: _P()
+                try:
+                    return _split(*args[:-1], torch.device("cuda"))
+                finally:
+                    torch.cuda.get_device_properties = real
 
-        conv._dw_split = fake_split
+            setattr(mod, name, fake_split)
     try:
         yield out
     finally:
