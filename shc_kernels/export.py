@@ -24,6 +24,8 @@ is exactly ``y[n] = sum_t m[n,t] * conv_t(x[n])`` (docs/design.md §3).
 from __future__ import annotations
 
 import copy
+import io
+import os
 
 import torch
 import torch.nn.functional as F
@@ -144,14 +146,14 @@ def to_onnx(model: nn.Module, example: torch.Tensor, f, *, dynamic_batch: bool =
 
 
 def check_onnx(f, model: nn.Module, x: torch.Tensor) -> float:
-    """Run the ONNX file ``f`` on ``x`` in onnxruntime (CPU) and return its largest error against
-    ``model(x)`` in eval mode, relative to the output's largest magnitude."""
+    """Run the ONNX file ``f`` (a path or a BytesIO) on ``x`` in onnxruntime (CPU) and return its
+    largest error against ``model(x)`` in eval mode, relative to the output's largest magnitude."""
     try:
         import onnxruntime
     except ImportError:
         raise ImportError("check_onnx needs onnxruntime: pip install onnxruntime") from None
-    session = onnxruntime.InferenceSession(f if isinstance(f, str) else f.getvalue(),
-                                           providers=["CPUExecutionProvider"])  # fmt: skip
+    source = f.getvalue() if isinstance(f, io.BytesIO) else os.fspath(f)
+    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     got = torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
     was_training = model.training

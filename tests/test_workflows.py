@@ -247,11 +247,11 @@ def test_onnx_export_to_standard_operators_with_a_dynamic_batch(tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
     net = shc_net()
     x = torch.randn(2, 3, 17, 16)
-    path = str(tmp_path / "net.onnx")
+    path = tmp_path / "net.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's exporter warns about its own deprecation
         export.to_onnx(net, x, path)
-    ops = {node.op_type for node in onnx.load(path).graph.node}
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"Conv", "Gemm", "Sigmoid", "ReduceMean"} <= ops and all(op.isalpha() for op in ops)
     for batch in (1, 2, 5):  # the batch is dynamic
         assert export.check_onnx(path, net, torch.randn(batch, 3, 17, 16)) < 1e-5
