@@ -352,6 +352,23 @@ def _checked_shc_conv2d(x, weight, bias, hyper_params, stride, padding, dilation
     return y.squeeze(0) if unbatched else y
 
 
+def _refuse_script(name: str):
+    def refuse():
+        raise RuntimeError(
+            f"torch.jit.script cannot compile shc_kernels.{name} (Python that checks and plans each call): "
+            "script the module SHCConv2d instead (it runs the compiled op), or use torch.jit.trace, "
+            "torch.compile or torch.export (docs/workflows.md)"
+        )
+
+    return refuse
+
+
+# torch.jit.script calls a function's __prepare_scriptable__ before compiling it, also where it
+# meets the function inside scripted code: a clear error there, not one from deep inside.
+for _fn in (statistical_map, modulated_conv2d, shc_conv2d):
+    _fn.__prepare_scriptable__ = _refuse_script(_fn.__name__)
+
+
 # Calls that passed every check of shc_conv2d, by metadata: a layer called again with tensors of
 # the same types, shapes, dtypes and devices, the same arguments and the same SHC_BACKEND and
 # SHC_FORM skips the ~20 us of Python checks and planning (bench/results/cpu_call_overhead_*).

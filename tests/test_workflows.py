@@ -210,6 +210,20 @@ def test_torchscript_script_of_a_backend_it_cannot_run_says_what_to_use():
         torch.jit.script(layer)
 
 
+def test_torchscript_script_of_the_functional_api_says_to_script_the_module():
+    layer = shc.SHCConv2d(3, 4, 3)
+
+    class Functional(nn.Module):
+        def forward(self, x):
+            return shc.shc_conv2d(x, layer.weight, layer.bias, layer.hyper.fc1.weight, layer.hyper.fc1.bias,
+                                  layer.hyper.fc2.weight, layer.hyper.fc2.bias)  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="script the module SHCConv2d instead"):
+        torch.jit.script(Functional())
+    with pytest.raises(RuntimeError, match="cannot compile shc_kernels.statistical_map"):
+        torch.jit.script(shc.statistical_map)
+
+
 def test_torch_export_with_a_dynamic_batch(converted):
     _, model, x, y = converted
     batch = torch.export.Dim("batch", min=1, max=64)
