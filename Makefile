@@ -145,7 +145,7 @@ cuda-sim-sanitize: setup
 .PHONY: gpu-model
 gpu-model: cuda-check
 	env -u TRITON_INTERPRET $(PY) tools/gpu_model.py
-	env -u TRITON_INTERPRET $(PY) -m pytest -q -p no:cacheprovider tests/test_gpu_model.py
+	SHC_GPU_MODEL_REQUIRE_CUDA=1 env -u TRITON_INTERPRET $(PY) -m pytest -q -p no:cacheprovider tests/test_gpu_model.py
 
 test: setup lint pytest triton-test triton-check cmake-check cuda-check cuda-sim
 

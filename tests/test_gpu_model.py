@@ -212,3 +212,32 @@ def test_the_aot_check_compiles_every_kernel_and_config_with_the_runtime_special
         assert len(got) >= 2 * n_cfg, name
     variants = {(i["kernel"], i["variant"]) for i, _ in todo}
     assert {("mconv_dx", "dx only"), ("mconv_dx", "dm only"), ("mconv_fwd", "no bias")} <= variants
+
+
+# ------------------------------------------------------------------ the compiled CUDA kernels
+def _cuda_so():
+    so = gm.cuda_so()
+    if so is None and os.environ.get("SHC_GPU_MODEL_REQUIRE_CUDA") == "1":
+        pytest.fail("no make cuda-check build (build/cuda-check) to read the CUDA kernels from")
+    return so
+
+
+@pytest.fixture(scope="module")
+def cuda_kernels():
+    """(kernel, dtype) -> the sm_90 row of the make cuda-check build (`make gpu-model` runs this
+    file after cuda-check with SHC_GPU_MODEL_REQUIRE_CUDA=1, so there it cannot skip)."""
+    so = _cuda_so()
+    if so is None:
+        pytest.skip("no make cuda-check build (build/cuda-check): run make gpu-model")
+    return {(r["kernel"], r["dtype"]): r for r in gm.cuda_rows(so, [90])}
+
+
+def test_cuda_kernels_do_not_spill(cuda_kernels):
+    assert cuda_kernels, "no kernels read from the cuda-check build"
+    for (kernel, dtype), r in cuda_kernels.items():
+        assert r["ldl_stl"] == 0, f"{kernel}<{dtype}>: {r['ldl_stl']} local loads/stores"
+
+
+def test_cuda_fp16_conv_main_loop_loads_operands_with_ldmatrix(cuda_kernels):
+    loop = cuda_kernels[("conv_kernel", "Half")]["main_loop"]
+    assert loop["hmma"] > 0 and loop["ldsm"] > 0 and loop["ld_generic"] == 0

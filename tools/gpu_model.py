@@ -385,7 +385,7 @@ def write_markdown(path: Path, report: dict, baseline: dict | None):
     hdr = "| GPU | shape | plain fwd us | SHC fwd work / pred us | fwd ratio work / pred |"
     hdr += " plain fwd+bwd us | SHC fwd+bwd work / pred us | fwd+bwd ratio work / pred |"
     if base:
-        hdr += " before: fwd / fwd+bwd ratio (pred) |"
+        hdr += f" before ({(baseline or {}).get('commit')}): fwd / fwd+bwd ratio (pred) |"
     lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
     for r in report["layers"]:
         row = (
@@ -461,7 +461,79 @@ def write_markdown(path: Path, report: dict, baseline: dict | None):
             lines.append(f"| {g['shape']} | {g['conv']} | {g['dx']} | {g['dw']} | {g['stats']} |")
     if report.get("emulator"):
         lines += emulator_markdown(report["emulator"])
+    found = findings(report)
+    if found:
+        lines += ["", "## What the compiled code and the emulator flag", ""] + [f"- {f}" for f in found]
+    if baseline and baseline.get("triton"):
+        lines += ["", f"## Before (commit {baseline.get('commit')}): what they flagged", ""]
+        lines += [f"- {f}" for f in findings(baseline)] or ["- nothing"]
     path.write_text("\n".join(lines) + "\n")
+
+
+def findings(report: dict) -> list[str]:
+    """What the numbers flag, kernel by kernel: the structural defects the compiled code shows."""
+    out = []
+    seen = set()
+    for r in report.get("triton", []):
+        c = r["chosen"]
+        if not c.get("ok") or r["gpu"] != "H100":
+            continue
+        ml, k = c["main_loop"], c["kernel"]
+
+        def flag(text, key, _k=k, _where=f"H100, e.g. {r['shape']}, {c['config']}"):
+            if (_k, key) not in seen:
+                seen.add((_k, key))
+                out.append(f"Triton `{_k}` ({_where}): {text}")
+
+        if c["spill_bytes"] or c["ldl_stl"]:
+            flag(
+                f"{c['regs']} registers, {c['spill_bytes']} B of stack, {c['ldl_stl']} LDL/STL (spills)",
+                "spill",
+            )
+        if c["atomics_with_barrier"]:
+            flag(
+                f"{c['atomics_with_barrier']} of {c['atomics']} atomics beside a MEMBAR/CCTL "
+                "(acquire-release)",
+                "bar",
+            )
+        if ml["instr_per_mma"] and c["issue_efficiency"] < 0.75:
+            flag(f"{ml['instr_per_mma']} instructions per MMA in the main loop: tensor cores issue-bound "
+                 f"({c['issue_efficiency']:.0%} of peak)", "issue")  # fmt: skip
+        if c["flops"] and c["waves"]["efficiency"] < 0.75:
+            flag(f"grid of {c['waves']['grid']} blocks in {c['waves']['waves']} waves "
+                 f"({c['waves']['efficiency']:.0%} of the last used)", "waves")  # fmt: skip
+    for r in report.get("cuda", []):
+        if r["arch"] != 90:
+            continue
+        ml, k = r["main_loop"], f"{r['kernel']}<{r['dtype']}>"
+        if ml["ld_generic"] and ml["hmma"]:
+            out.append(f"CUDA `{k}` (sm_90): {ml['ld_generic']} generic LD + {ml['movm']} MOVM beside "
+                       f"{ml['ldsm']} LDSM for {ml['hmma']} HMMA in the main loop")  # fmt: skip
+        if ml["hmma"] and not ml["ldgsts"]:
+            out.append(f"CUDA `{k}` (sm_90): no cp.async (LDGSTS) in the main loop; global load widths "
+                       f"{ml['global_load_bits']} bits")  # fmt: skip
+        if ml["instr_per_mma"] and ml["instr_per_mma"] > 8:
+            out.append(f"CUDA `{k}` (sm_90): {ml['instr_per_mma']} instructions per MMA in the main loop")
+        if r["atomics_with_barrier"]:
+            out.append(f"CUDA `{k}` (sm_90): {r['atomics_with_barrier']} atomics beside a MEMBAR/CCTL")
+        if r["spill_bytes"] or r["ldl_stl"]:
+            out.append(f"CUDA `{k}` (sm_90): {r['spill_bytes']} B stack, {r['ldl_stl']} LDL/STL")
+    for run in (report.get("emulator") or {}).get("runs", []):
+        for k in run["kernels"]:
+            for w in k["worst"]:
+                if w["per_request"] >= 1.5 * w["ideal"] and w["requests"] >= 16:
+                    unit = "sectors" if w["space"] == "global" else "wavefronts"
+                    key = (w["site"], w["space"], w["store"])
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    out.append(
+                        f"CUDA `{k['kernel']}` (emulated, {run['dtype']} {run['layout']} {run['case']}): "
+                        f"{w['site']} {w['space']} {'store' if w['store'] else 'load'} "
+                        f"of {w['size']} B lanes: "
+                        f"{w['per_request']} {unit} per request where {w['ideal']} would do"
+                    )
+    return out
 
 
 def _row(*cells) -> str:
@@ -531,13 +603,17 @@ def main(argv=None) -> int:
         "--no-cuda", action="store_true", help="skip the CUDA kernels (no cuda-check build needed)"
     )
     ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument("--commit", help="the commit the sources are from (default: git rev-parse HEAD)")
     ap.add_argument("--no-sim", action="store_true", help="skip the emulator's access metrics")
     a = ap.parse_args(argv)
     import triton
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit = (
+        a.commit
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    )
     report = dict(
         command="python tools/gpu_model.py"
         + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
@@ -563,14 +639,11 @@ def main(argv=None) -> int:
     if not a.no_sim:
         report["emulator"] = emulator_metrics()
     baseline = json.loads(Path(a.baseline).read_text()) if a.baseline else None
+    if baseline is None and Path(a.out + ".json").exists():  # keep the 'before' across reruns
+        baseline = json.loads(Path(a.out + ".json").read_text()).get("baseline")
     if baseline:
-        report["baseline_commit"] = baseline.get("commit")
-        report["baseline_layers"] = baseline.get("layers")
-    elif Path(a.out + ".json").exists():  # keep the 'before' column across reruns
-        old = json.loads(Path(a.out + ".json").read_text())
-        if old.get("baseline_layers"):
-            baseline = dict(layers=old["baseline_layers"], commit=old.get("baseline_commit"))
-            report["baseline_commit"], report["baseline_layers"] = baseline["commit"], baseline["layers"]
+        baseline.pop("baseline", None)
+        report["baseline"] = baseline
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
