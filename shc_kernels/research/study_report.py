@@ -230,6 +230,8 @@ def write(study, units) -> str:
                          f"{'; '.join(same) or '—'} |")  # fmt: skip
     lines.append("")
 
+    lines += _per_model_lines(rep, Unit, model_key)
+
     sections = []
     # ---------------- accuracy vs eps (standard models)
     rows = [rep.paired("clean", "std", "clean", ())]
@@ -329,6 +331,42 @@ def write(study, units) -> str:
     with open(os.path.join(study.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return path
+
+
+def _per_model_lines(rep, Unit, model_key) -> list[str]:
+    """Every model's own numbers (whatever exists, also where its pair is not done yet)."""
+    cfg = rep.cfg
+    lines = ["## Per model (the first images; accuracy %, a clean error counts as a failure)", ""]
+    for kind, seeds, grid, emax in (
+        ("std", cfg["seeds"], cfg["eps_grid"], cfg["min_eps_max"]),
+        ("adv", cfg["adv_seeds"], cfg["adv_eps_grid"], cfg["adv_min_eps_max"]),
+        ("rerun", cfg["rerun_seeds"], cfg["eps_grid"], cfg["min_eps_max"]),
+    ):
+        head = ["model", "test set (10,000)", "clean"] + [f"PGD {e:g}" for e in grid] + ["median minimal eps"]
+        rows = []
+        for s in seeds:
+            for shc in (False, True):
+                key = model_key(kind, shc, s)
+                train = rep.result(Unit("train", key))
+                if train is None:
+                    continue
+                clean = rep.result(Unit("clean", key))
+                cells = [key, f"{train['test_acc']:.2f}", _fmt(clean["acc"]) if clean else "—"]
+                for e in grid:
+                    r = rep.result(Unit("pgd", key, (("eps", e),)))
+                    cells.append(_fmt(r["acc"]) if r else "—")
+                m = rep.result(Unit("minimal_eps", key, (("eps_max", emax),)))
+                if m:
+                    v = sorted(2 * emax if x is None else x for x in m["eps"])
+                    cells.append(f"{v[len(v) // 2]:.4f}")
+                else:
+                    cells.append("—")
+                rows.append("| " + " | ".join(cells) + " |")
+        if rows:
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows, ""]
+    if len(lines) == 2:
+        lines += ["(no model trained yet)", ""]
+    return lines
 
 
 def _bits_row(rep, label, plain, shc):
