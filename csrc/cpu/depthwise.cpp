@@ -80,6 +80,18 @@ struct Plan {
   }
 };
 
+// Samples per before() / done() call. The fused layer's hypernetwork runs per call, its fc1 (D/2 x 2D
+// at the default width: D^2 values) read once for the call's samples, so a block holds about as many
+// x values (D / HW samples; one at 28x28 and 96 channels, 14 at 7x7 and 672, where fc1 per sample
+// was most of the layer's forward), up to 4 MiB of x and an equal share of the batch per thread.
+int64_t sample_block(const shc::ConvGeom& g) {
+  const int64_t HW = std::max<int64_t>(1, g.H * g.W), D = std::max<int64_t>(1, g.D);
+  int64_t nb = ceil_div(D, HW);
+  nb = std::min(nb, (int64_t(1) << 20) / (D * HW));
+  nb = std::min(nb, ceil_div(g.N, at::get_num_threads()));
+  return std::max<int64_t>(1, nb);
+}
+
 // ------------------------------------------------------------------ the plain C++ copy
 namespace kgen {
 template <typename S>
