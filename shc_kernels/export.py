@@ -1,7 +1,8 @@
 """Export to standard ONNX operators, with a dynamic batch.
 
-The layer's custom op ``shc::shc_conv2d`` is not an ONNX operator, so ``torch.onnx.export`` of a
-model with SHC layers fails on it. ``to_onnx`` exports a copy of the model in which every
+The layer's custom op ``shc::shc_conv2d`` is not an ONNX operator. While ``torch.onnx.export``
+traces a model (either exporter), ``functional.shc_conv2d`` computes the layer with
+``decomposed_layer`` instead, and ``to_onnx`` exports a copy of the model in which every
 ``SHCConv2d`` is replaced by ``DecomposedSHCConv2d``: the same math (docs/design.md §1) in plain
 PyTorch operations that every exporter maps to standard ONNX operators:
 
@@ -57,44 +58,54 @@ class DecomposedSHCConv2d(nn.Module):
         self.pad = tuple(explicit) if explicit is not None else symmetric
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        unbatched = x.dim() == 3
-        if unbatched:
-            x = x.unsqueeze(0)
-        m = self.statistical_map(x)
-        y = self.modulated_conv(x, m)
-        return y.squeeze(0) if unbatched else y
-
-    def statistical_map(self, x: torch.Tensor) -> torch.Tensor:
-        """m of shape (N, kh*kw) in the statistics' dtype (float32, float64 for float64 x)."""
-        xs = x.to(stats_dtype(x.dtype))
-        mu = xs.mean(dim=(2, 3))
-        var = (xs - mu[:, :, None, None]).square().mean(dim=(2, 3))
-        sigma = torch.sqrt(var + self.eps)
         fc1, fc2 = self.hyper.fc1, self.hyper.fc2
-        dt = mu.dtype
-        h = torch.relu(F.linear(torch.cat([mu, sigma], dim=1), fc1.weight.to(dt), _cast(fc1.bias, dt)))
-        return torch.sigmoid(F.linear(h, fc2.weight.to(dt), _cast(fc2.bias, dt)))
+        return decomposed_layer(x, self.weight, self.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
+                                self.stride, self.pad, self.dilation, self.groups, self.eps,
+                                self.padding_mode)  # fmt: skip
 
-    def modulated_conv(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """sum over taps t = (i, j) of m[:, t] * (the 1×1 conv with W[:, :, i, j] of the padded x
-        shifted by t)."""
-        if any(self.pad):
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(x, self.pad, mode=mode)
-        kh, kw = self.weight.shape[2:]
-        (dh, dw), m = self.dilation, m.to(x.dtype)
-        y = None
-        for i in range(kh):
-            for j in range(kw):
-                # The rows/columns tap (i, j) of every output reads: from i*dh, leaving room for the
-                # taps below it, so a stride-s 1×1 conv gives exactly the layer's output size.
-                end_h, end_w = (kh - 1 - i) * dh, (kw - 1 - j) * dw
-                shifted = x[:, :, i * dh : x.shape[2] - end_h, j * dw : x.shape[3] - end_w]
-                tap = F.conv2d(shifted, self.weight[:, :, i : i + 1, j : j + 1], None, self.stride, 0, 1,
-                               self.groups)  # fmt: skip
-                term = tap * m[:, i * kw + j, None, None, None]
-                y = term if y is None else y + term
-        return y if self.bias is None else y + self.bias[None, :, None, None]
+
+def decomposed_layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, pad, dilation,
+                     groups, eps, padding_mode="zeros"):  # fmt: skip
+    """The layer in the operations of the module docstring: ``pad`` is F.pad's (left, right,
+    top, bottom) applied before the convolution (the statistics see the unpadded x), ``stride``
+    and ``dilation`` pairs. Forward only."""
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    m = _statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps)
+    if any(pad):
+        x = F.pad(x, tuple(pad), mode="constant" if padding_mode == "zeros" else padding_mode)
+    y = _modulated_conv(x, weight, bias, m, tuple(stride), tuple(dilation), groups)
+    return y.squeeze(0) if unbatched else y
+
+
+def _statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps):
+    """m of shape (N, kh*kw) in the statistics' dtype (float32, float64 for float64 x)."""
+    xs = x.to(stats_dtype(x.dtype))
+    mu = xs.mean(dim=(2, 3))
+    var = (xs - mu[:, :, None, None]).square().mean(dim=(2, 3))
+    sigma = torch.sqrt(var + eps)
+    dt = mu.dtype
+    h = torch.relu(F.linear(torch.cat([mu, sigma], dim=1), fc1_weight.to(dt), _cast(fc1_bias, dt)))
+    return torch.sigmoid(F.linear(h, fc2_weight.to(dt), _cast(fc2_bias, dt)))
+
+
+def _modulated_conv(x, weight, bias, m, stride, dilation, groups):
+    """sum over taps t = (i, j) of m[:, t] * (the 1×1 conv with W[:, :, i, j] of the padded x
+    shifted by t)."""
+    kh, kw = weight.shape[2:]
+    (dh, dw), m = dilation, m.to(x.dtype)
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            # The rows/columns tap (i, j) of every output reads: from i*dh, leaving room for the taps
+            # below it, so a stride-s 1×1 conv gives exactly the layer's output size.
+            end_h, end_w = (kh - 1 - i) * dh, (kw - 1 - j) * dw
+            shifted = x[:, :, i * dh : x.shape[2] - end_h, j * dw : x.shape[3] - end_w]
+            tap = F.conv2d(shifted, weight[:, :, i : i + 1, j : j + 1], None, stride, 0, 1, groups)
+            term = tap * m[:, i * kw + j, None, None, None]
+            y = term if y is None else y + term
+    return y if bias is None else y + bias[None, :, None, None]
 
 
 def _cast(t, dtype):

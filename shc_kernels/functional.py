@@ -8,6 +8,7 @@ computes a call (``SHC_BACKEND`` and ``SHC_FORM`` act on every caller alike).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import torch
@@ -49,6 +50,16 @@ def forced_form() -> str | None:
             f"the environment variable SHC_FORM must be one of {FORMS} (or unset), got {forced!r}"
         )
     return forced or None
+
+
+def _onnx_exporting() -> bool:
+    """Whether torch.onnx.export is tracing this call (either exporter). Asked only while tracing
+    or compiling (an export is one of them), and only once torch.onnx is imported (an export
+    imports it): never a cost, or an import, in eager calls."""
+    if not (torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None):
+        return False
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
 
 
 def _transform_active(tensors) -> str | None:
@@ -335,7 +346,12 @@ def _checked_shc_conv2d(x, weight, bias, hyper_params, stride, padding, dilation
     stride, padding, dilation = check_layer_conv_args(x_conv, weight, bias, stride, padding, dilation, groups)
     check_map_args(x, *hyper_params, tuple(weight.shape[2:]))
     conf = (stride, padding, dilation, groups, eps, grad_route)
-    if _transform_active((x, weight, bias, *hyper_params)):
+    if _onnx_exporting():  # standard ONNX operators in place of the custom op (export.py)
+        from .export import decomposed_layer
+
+        pad = explicit if explicit is not None else (padding[1], padding[1], padding[0], padding[0])
+        y = decomposed_layer(x, weight, bias, *hyper_params, stride, pad, dilation, groups, eps, padding_mode)
+    elif _transform_active((x, weight, bias, *hyper_params)):
         y = _reference_layer(x, weight, bias, *hyper_params, *conf, explicit, padding_mode)
     elif explicit is None:
         be, form, static = _plan(backend, x, weight, bias, hyper_params, *conf)
@@ -373,7 +389,8 @@ for _fn in (statistical_map, modulated_conv2d, shc_conv2d):
 # the same types, shapes, dtypes and devices, the same arguments and the same SHC_BACKEND and
 # SHC_FORM skips the ~20 us of Python checks and planning (bench/results/cpu_call_overhead_*).
 # Only plain ints, a float eps, str route and backend and zero padding qualify (so a bool or a
-# numpy int is always checked anew); nothing is remembered while torch.compile traces.
+# numpy int is always checked anew); nothing is remembered, or skipped, while torch.compile,
+# torch.export or torch.jit.trace traces (an ONNX export is one of them: _onnx_exporting).
 _KNOWN: dict = {}
 _KNOWN_MAX = 4096
 
@@ -389,7 +406,7 @@ def _call_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, 
         padding_mode != "zeros" or type(groups) is not int or type(eps) is not float
         or type(grad_route) is not str or type(backend) is not str
         or not (_plain_pair(stride) and _plain_pair(padding) and _plain_pair(dilation))
-        or torch.compiler.is_compiling()
+        or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
     ):  # fmt: skip
         return None
     meta = []

@@ -271,6 +271,23 @@ def test_onnx_export_to_standard_operators_with_a_dynamic_batch(tmp_path):
         assert export.check_onnx(path, net, torch.randn(batch, 3, 17, 16)) < 1e-5
 
 
+def test_torch_onnx_export_of_the_model_itself_gives_standard_operators(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+    net = shc_net()
+    x = torch.randn(2, 3, 17, 16)
+    with torch.no_grad():
+        net(x)  # eager calls first: the export must not reuse what they planned (the custom op)
+    path = tmp_path / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})  # fmt: skip
+    assert "shc" not in {node.domain for node in onnx.load(str(path)).graph.node}
+    for batch in (1, 3):
+        assert export.check_onnx(path, net, torch.randn(batch, 3, 17, 16)) < 1e-5
+
+
 def test_decompose_computes_what_the_layers_compute(converted):
     _, model, x, y = converted
     with torch.no_grad():
