@@ -1,4 +1,4 @@
-"""The CPU kernel's four methods of the modulated conv (csrc/cpu/shc_cpu.cpp): im2col (any conv),
+"""The CPU kernel's four methods of the modulated conv (csrc/cpu/, docs/cpu_methods.md): im2col (any conv),
 "shift" (stride-1 3x3: the padded plane read at a fixed offset per tap, the map scaling the
 weights), "taps" (one group: a block of samples with the sample innermost, one GEMM per tap over
 the positions where it reads the image) and "direct" (shift's domain and stride-2 forwards, fp32
