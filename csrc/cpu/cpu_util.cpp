@@ -70,10 +70,9 @@ template <typename T>
 void taps_major(const T* w, int64_t C, int64_t D, int64_t taps, bool transposed, T* wt,
                 const direct::Kernel* kern) {
   constexpr int64_t kB = 16;
-  // fp32, 9 taps, AVX-512: 16 runs at a time through registers (direct::taps9_avx512), where the
-  // scalar copy was 7.6% of 128>128@4's forward. One thread, batch 32, the layer against F.conv2d,
-  // median of paired ratios (bench/results/cpu_ab_rows_2026-12-07.md): forward 128>128@4 1.14x ->
-  // 1.10x, 512>512@4 1.13x -> 1.08x, 64>128@8/2 1.10x -> 1.06x, 64>64@8 1.07x -> 1.04x.
+  // fp32, 9 taps, AVX-512: 16 runs at a time through registers (direct::taps9_avx512), not a
+  // scalar copy (the re-layout runs on every call, and is a visible part of a small plane's
+  // forward).
   auto taps9 = [&](const T* src, int64_t stride, T* dst, int64_t ld, int64_t n) {
     if constexpr (std::is_same_v<T, float>)
       if (n == kB && taps == 9 && kern != nullptr && kern->taps9 != nullptr) return kern->taps9(src, stride, dst, ld);

@@ -124,8 +124,8 @@ void gemm_rm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
 }
 
 // fp32 GEMMs go through oneDNN's batch-reduce GEMM micro-kernel (at::native::cpublas::brgemm,
-// JIT-compiled for the running CPU: AVX-512 where available, on any vendor), which is ~15-25%
-// faster than the BLAS sgemm in this setting. It is probed once; where it is unavailable (no
+// JIT-compiled for the running CPU: AVX-512 where available, on any vendor), which is faster
+// than the BLAS sgemm on these small, repeated GEMMs. It is probed once; where it is unavailable (no
 // oneDNN ukernel support for the ISA) BLAS is used. SHC_CPU_NO_BRGEMM=1 forces BLAS (Knobs).
 bool brgemm_f32_ok();
 
@@ -156,7 +156,7 @@ void mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, in
 // tile the tiles follow the rows of whichever side has the longer row stride, so each of its
 // cache lines is finished before the next is touched: walking src's rows while dst's rows lie
 // 8 KiB apart (a taps block's output, 128 channels x 4x4 into y) left a line per sample half
-// written in the same L1 set, and that transpose took 14% of a 64>128@7/2 forward. (A macro:
+// written in the same L1 set. (A macro:
 // the fp32 AVX2 copy below must be compiled for AVX2 for its tile to inline; the optional
 // second argument is the inner lambda's attributes.)
 #define SHC_TRANSPOSE_TILES(FULL_TILE, ...)                                           \
@@ -187,8 +187,7 @@ void mm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, in
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // fp32 with AVX2: each 8x8 tile in eight loads, 24 shuffles and eight stores (the portable
-// tile's element moves were 9.5% of a 128>128@7/2 taps forward, batch 128, against 47% in its
-// GEMMs).
+// tile moves one element at a time).
 template <bool kAdd>
 __attribute__((target("avx2"))) void transpose_avx2(int64_t rows, int64_t cols, const float* src, int64_t ld_src,
                                                     float* dst, int64_t ld_dst) {

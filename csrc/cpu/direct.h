@@ -14,9 +14,7 @@
 // positions, 224 in whole vectors, now 196 in 208 (AVX-512's tail kernel takes the last 4).
 // Positions past the plane are computed up to the next whole vector (the input planes get a
 // tile's worth of slack) and not stored: the tiles write straight into y (or dx), adding the bias,
-// the plane's last vector and the rows past C (D) masked off (the copy out of a tiled buffer was
-// 3% of a 32>32@14 forward's profile, but removing it, and the padding column, measured within
-// the noise).
+// the plane's last vector and the rows past C (D) masked off (no copy out of a tiled buffer).
 //
 // Stride 2 (forward only): each padded input plane is split into its four phases (row parity a,
 // column parity b), phase[a][b][i][j] = x_pad[2i + a][2j + b], i <= OH, j <= OW. Tap (ky, kx) of
@@ -24,8 +22,8 @@
 // The phases are stored at pitch OW: phase b = 1 (x column 2j) from j = 0, phase b = 0 (x column
 // 2j - 1) from j = 1, whose j = 0 (the padding column) only the left taps read, at ow = 0, where
 // they are masked. Output position oh * OW + ow plus a fixed offset per tap, the same kernel as
-// stride 1 (im2col there builds 9 x D rows for every output position and runs a GEMM over them:
-// 1.1-1.4x a plain conv at batch 32).
+// stride 1 (im2col there builds 9 x D rows for every output position and runs a GEMM over them,
+// slower than a plain conv).
 // This header holds the method's layout and its per-sample convs, which the shift method's backward
 // (shift.cpp) also runs for its dx; direct.cpp has the forward.
 #pragma once
@@ -116,12 +114,9 @@ void direct_sample(const DirectLayout& dl, const float* wp, const float* m, bool
 
 // The direct method's convs with at least 32 rows (output channels forward, input channels for dx)
 // take the rows tile (direct::RowsArgs), which skips the padded taps and reads its input unpadded
-// and in place; fewer rows would leave most of its two row vectors empty. Against the conv tile
-// (one thread, batch 32, the layer against F.conv2d, median of paired ratios in one process,
-// bench/results/cpu_ab_rows_2026-12-07.md): forward 256>256@14 1.29x -> 1.02x, 128>128@16 1.19x ->
-// 1.02x, 64>64@14 1.20x -> 0.99x, 32>32@14 1.12x -> 0.94x, 64>64@56 1.08x -> 0.97x, stride 2
-// 256>256@28/2 1.02x -> 0.80x; with dx by it too, fwd+bwd 256>256@14 1.13x -> 1.02x, 64>64@28
-// 0.97x -> 0.91x. 16 output channels: 16>16@32 forward 0.76x -> 1.12x, so not below 32.
+// and in place; fewer rows would leave most of its two row vectors empty (with 16 output
+// channels the conv tile is faster). It beats the conv tile, forward and dx, on every plane the
+// method takes (docs/cpu_methods.md).
 inline bool rows_path(const Geom& g, const direct::Kernel& kern, int64_t nrows) {
   return kern.rows_conv != nullptr && (shift_taps(g) || direct_stride2(g)) && nrows >= direct::kRowsR;
 }
@@ -129,9 +124,8 @@ inline bool rows_path(const Geom& g, const direct::Kernel& kern, int64_t nrows) 
 // One sample by the rows tile: out (ps.rows planes of g.P positions) = bias + `in` (ps.inner planes
 // of H x W) convolved with the panel wp scaled by m (flipped if transposed), one row block at a
 // time: block rb's 9 * inner * 32 scaled values are written to `block`, which stays in L2 for the
-// plane's tiles, where the whole scaled panel (2.3 MiB at 256 x 256 channels) went to memory and back
-// (forward, one thread, batch 32, median of paired ratios to F.conv2d: 256>256@14 1.029x -> 1.022x,
-// 128>128@8 1.098x -> 1.081x, within 0.3% elsewhere).
+// plane's tiles, where the whole scaled panel (2.3 MiB at 256 x 256 channels) would go to memory
+// and back.
 void rows_sample(const Geom& g, const direct::Kernel& kern, const PanelShape& ps, const float* wp, const float* m,
                  bool transposed, const float* in, float* block, const float* bias, float* out);
 

@@ -40,7 +40,7 @@ inline void split_row(const float* src, int64_t n, float* even, float* odd) {
 #if SHC_DIRECT_X86
 // One AVX2 tile: rows [0, 4) of row block rb and positions [o, o + 24), of which the first rem
 // (>= 1) are stored. The accumulators are named, not an array: GCC kept an array of __m256 on
-// the stack and stored it back on every step (1.9x slower). The edge masks are ANDed into the loads.
+// the stack and stored it back on every step. The edge masks are ANDed into the loads.
 __attribute__((target("avx2,fma"), always_inline)) inline void tile_avx2(const Args& a, int64_t o, int64_t rb,
                                                                          int64_t rem) {
   const int64_t K = a.K, plane = a.plane;

@@ -3,7 +3,7 @@
 //   out[r][o] = sum_s sum_k panel[s][k][r] * in[k * plane + o + off[s]]
 // with the accumulators of a rows x positions tile in registers across all 9 taps and the whole
 // reduction: the shift method's per-tap GEMMs write and re-read the C x positions output once
-// per tap and pay nine GEMM calls per sample, which at 14x14 planes cost it ~20% against
+// per tap and pay nine GEMM calls per sample, which on small planes costs it against
 // oneDNN's direct conv. Two builds of the tile, picked at run time (kernel()):
 //   AVX-512F + FMA: 8 rows x 48 positions (24 zmm accumulators; a plane's last 1-4 positions
 //   take tail_avx512, rows in the lanes);
@@ -47,17 +47,15 @@ using ConvFn = void (*)(const Args&);
 // split(src, H, W, dst, Pq, Wp): one H x W plane into its stride-2 phases (direct.h's
 // DirectLayout): x row r is x_pad row r + 1 = 2i + a; its even columns 2j go to phase (a, 1) at
 // j, its odd ones 2j + 1 to phase (a, 0) at j; phase (a, b) holds row i at dst + (2a + b) Pq + 1
-// + i Wp. One call per plane, not per row (the call and its setup were most of the split's time:
-// one thread, batch 32, the layer's forward 0.86x of the per-row split at 32>32@32/2, 0.89x at
-// 16>32@28/2, also at batch 128; median of 61 paired runs in one process).
+// + i Wp. One call per plane, not per row (a call per row spent most of the split's time in the
+// call and its setup).
 using SplitFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t);
 // rows_conv(a), for a padding-1 3x3 conv of stride S (1 or 2): a.out[r * a.ldo + oh * OW + ow] = bias[r] +
 // sum over the taps (ky, kx) whose input lies inside the H x W image of
 // sum_k panel[rb][ky * 3 + kx][k][r % 32] * in[k * plane + (S oh + ky - 1) * W + S ow + kx - 1], r < nrows.
 // Unlike conv, rows go in the lanes and positions are broadcast, so a tap that reads the zero
 // padding is skipped, not multiplied: conv computes all 9 taps everywhere, 10% more FMAs than
-// the image holds at 14x14 (oneDNN, which skips them, ran 256>256@14 0.87x and 128>128@16 0.92x
-// as fast with padding as on the same output without). in is unpadded (no copy). panel is
+// the image holds at 14x14 (oneDNN skips them). in is unpadded (no copy). panel is
 // ceil(nrows / 32) blocks of 9 * K * 32 floats, bias as many times 32 floats.
 struct RowsArgs {
   const float* in;

@@ -154,7 +154,7 @@ SHC_MULTIVERSION void col2im_flat(const Geom& g, T* dcols, const T* x, const T* 
 // column iw = 2*ow + j - 1, so tap (i, j) reads phase plane (a, b) = (ih % 2, iw % 2) at
 // (oh + qi, ow + qj) with qi, qj in {-1, 0}. With each phase stored OH x OW (its missing last row
 // or column zero), a tap's rows of one plane are again one contiguous run at a fixed offset, as in
-// im2col_flat, instead of a loop per output row (stride-2 layers spent 1.4-1.8x a plain conv).
+// im2col_flat, instead of a loop per output row.
 inline bool s2_taps(const Geom& g) {
   return g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.ph == 1 && g.pw == 1 && g.dh == 1 &&
          g.dw == 1 && g.OH == (g.H + 1) / 2 && g.OW == (g.W + 1) / 2;
@@ -387,7 +387,7 @@ struct Blocking {
 
 // A GEMM width (the row stride of the im2col block, dy and y blocks) that is a multiple of 128
 // floats maps the B-operand rows the micro-kernel walks onto a few L1 sets (4x4 planes of 32
-// samples gave 512 columns: forward 1.6x a plain conv, 1.2x with 500).
+// samples gave 512 columns), so such widths are avoided.
 inline bool aliased(int64_t L) { return L >= 128 && L % 128 == 0; }
 
 Blocking choose_blocking(const Geom& g, size_t elem, const Knobs& knobs) {

@@ -40,7 +40,7 @@ Method env_method() {
 Knobs read_knobs(bool backward) {
   Knobs k{};
   // 64 reduction rows (7 channels of a 3x3): the im2col block and the GEMM's C stay in a 512 KiB
-  // L2 while the next block is built (256 rows measured 10-40% slower on every ResNet/Plain-10 shape).
+  // L2 while the next block is built (256 rows were slower on every ResNet/Plain-10 shape).
   k.krows = env_int("SHC_CPU_KROWS", 64, 1, 1 << 20);
   k.cols = env_int(backward ? "SHC_CPU_COLS_BWD" : "SHC_CPU_COLS", 512, 1, 1 << 24);
   k.ws_bytes = env_int("SHC_CPU_WS_BYTES", 4 << 20, 1, int64_t(1) << 40);
@@ -57,42 +57,21 @@ Knobs read_knobs(bool backward) {
   return k;
 }
 
-// Measured one thread, batch 128 and 32, ratios of the minima to F.conv2d (python
-// bench/ab_methods.py, bench/results/cpu_methods_ab_b{128,32}_2026-12-03.md; the shift/im2col A/B
-// of 2026-12-02 in cpu_shift_ab_b*_2026-12-02.md):
-// - shift beats im2col for stride-1 planes of 7x7 and more with C * D <= 64 * 64 (16>16@28, batch
-//   128: forward 0.81x against 0.90x, fwd+bwd 0.83x against 1.09x) while a sample's output
-//   (C x H x (W+1)) stays within a 512 KiB L2: at 64>64@56 it streams from memory nine times
-//   (1.43x against 0.96x forward); slower with 128 channels (128>128@8: 1.49x against 1.05x) and
-//   for a 3-channel input;
-// - taps beats both on output planes up to 8x8 with 8+ input channels and 8+ samples per block
-//   (128>128@4, batch 128: forward 0.73x against im2col's 1.20x, fwd+bwd 0.72x against 1.26x;
-//   64>128@7/2: 0.74x against 1.24x; 64>64@7, batch 32, blocks of 8 samples: 0.98x against
-//   shift's 1.16x, fwd+bwd 1.02x against 1.24x) and is far slower on large planes (a block there
-//   holds 1-2 samples: 4.3x at 16>16@28).
-// - direct (bench/results/cpu_methods_ab_b{32,128}_2026-12-04.md: AMD EPYC with AVX-512;
-//   cpu_methods_ab_b32_avx2_2026-12-04.md: the same machine with oneDNN, MKL and the direct
-//   kernel capped at AVX2) beats shift and im2col on the shift method's planes above 8x8 up to
-//   128 x 128 channels, forward and fwd+bwd, on both ISAs (AVX-512, batch 32, forward: 16>16@28
-//   0.83x against shift's 1.05x, 32>32@14 1.00x against 1.12x, 64>64@56 0.85x against im2col's
-//   1.00x, 128>128@28 0.96x against shift's 1.08x; AVX2: 0.65x against 0.75x, 0.97x against
-//   1.00x, 0.97x against 1.04x) and on stride 2 above 8x8 outputs (16>32@28/2: 0.96x against
-//   im2col's 1.18x; 32>64@14/2, 7x7 out: 1.23x against taps' 0.86x); its backward (shift's) loses
-//   to im2col's on a 3-channel input (fwd+bwd 0.75x against 0.71x), where its forward wins (0.73x
-//   against 1.11x). Up to 256 x 256 channels with AVX-512 (Kernel::max_cd; since its tail kernel
-//   and the phase split per plane, the layer, one thread, direct against im2col, median of paired
-//   runs in one process, batch 32: 256>256@14 forward 0.92, fwd+bwd 0.93; 256>256@16 0.91 and
-//   0.93; 128>256@14 0.88; stride 2 128>256@32/2 0.81, 256>256@28/2 0.92; batch 128 256>256@14
-//   0.85), where 512 x 512 loses (its panel, 9 MiB a sample: 512>512@14 batch 8 1.12 and 1.21,
-//   512>512@28/2 1.20); 128 x 128 with AVX2 (oneDNN, MKL and the kernel capped at AVX2: 256>256@14
-//   forward 1.08, 256>256@28/2 1.15).
+// The rules (their measurements: docs/cpu_methods.md, bench/ab_methods.py):
+// - shift beats im2col for stride-1 planes of 7x7 and more with C * D <= 64 * 64 while a sample's
+//   output (C x H x (W+1)) stays within a 512 KiB L2 (past it, it streams from memory nine times);
+//   it is slower with 128 channels and for a 3-channel input;
+// - taps beats both on output planes up to 8x8 with 8+ input channels and 8+ samples per block,
+//   and is far slower on large planes (a block there holds 1-2 samples);
+// - direct beats shift and im2col on the shift method's planes above 8x8 up to 128 x 128
+//   channels, forward and fwd+bwd, with AVX-512 and with AVX2, and on stride 2 above 8x8
+//   outputs; its backward (shift's) loses to im2col's on a 3-channel input, where its forward
+//   wins. Up to 256 x 256 channels with AVX-512 (Kernel::max_cd), where 512 x 512 loses (its
+//   panel is 9 MiB a sample); 128 x 128 with AVX2;
 // - the direct method's rows tile (rows_path, AVX-512, 32+ output channels) also beats taps in the
-//   forward on planes of 8x8 up to 128 x 128 channels and 7x7 up to 64 x 128
-//   (bench/results/cpu_ab_rows_2026-12-07.md, one thread, batch 32, against taps: 32>32@8 0.98x
-//   against 1.30x, 128>128@8 1.06x against 1.14x, 64>64@7 1.10x against 1.14x, 32>64@16/2 1.05x
-//   against 1.15x, 32>64@14/2 0.91x against 1.00x), not with more channels or smaller planes
-//   (128>128@7 1.19x against 1.09x, 256>256@7 1.17x against 1.08x, 64>64@4 1.39x against 1.09x):
-//   there a sample's scaled panel is written for few positions, where taps shares one per block.
+//   forward on planes of 8x8 up to 128 x 128 channels and 7x7 up to 64 x 128, not with more
+//   channels or smaller planes: there a sample's scaled panel is written for few positions, where
+//   taps shares one per block.
 Method choose_method(const Geom& g, const Knobs& k, size_t elem, bool backward) {
   const bool direct_ok = (shift_taps(g) || (!backward && direct_stride2(g))) && elem == sizeof(float) &&
                          k.direct != nullptr;

@@ -25,8 +25,7 @@ namespace {
 // shc::shc_conv2d's forward where the conv takes the taps method: each block's statistics and map
 // are computed inside the conv's loop, from the transposed block it gathers from, so x is read
 // from memory once, not twice (a stride-2 layer into a 4x4-8x8 plane reads four input values per
-// output position, and the separate statistics pass was 5-9% of such a layer's forward; fused,
-// 64>128@7/2, batch 128, 2-3% faster). shc_conv2d_direct does the same for the direct method.
+// output position, and a separate statistics pass is a visible part of such a layer's forward). shc_conv2d_direct does the same for the direct method.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_taps(
     const Geom& g, const Knobs& k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& b,
     const HyperParams& hp, int64_t hid, double eps, at::ScalarType ct) {
@@ -194,9 +193,8 @@ shc_conv2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at:
           for (int64_t k = 0; k < K; ++k) gp[k] = hn[k] > 0.0 ? gp[k] : 0.0;
         }
         if (!hyper_x) return;
-        // gz (nb x 2D) = gpre (nb x K) @ fc1_weight (K x 2D): one BLAS call for the chunk (a loop
-        // per sample, compiled for x86-64-v2, cost ~0.2-0.3 ms more of a 512>512@4 layer's ~37 ms
-        // fwd+bwd at batch 32)
+        // gz (nb x 2D) = gpre (nb x K) @ fc1_weight (K x 2D): one BLAS call for the chunk, not a
+        // loop per sample compiled for x86-64-v2
         std::vector<double> gz(static_cast<size_t>(nb * 2 * D));
         mm<double>(nb, 2 * D, K, gpre.const_data_ptr<double>() + n0 * K, K, f1d.const_data_ptr<double>(), 2 * D,
                    gz.data(), 2 * D, false, false);

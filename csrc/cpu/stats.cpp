@@ -4,8 +4,7 @@
 // (then m1 is only k's rounding error: the corrected two-pass formula). fp64 planes sum in
 // double. fp32 planes sum in float over blocks of 512 elements in 32 lanes (each lane adds 16
 // values, then the lanes pairwise), the blocks' sums in double: converting every element to
-// double kept the pass at ~6 G elements/s (~65 us for a 32 x 16 x 28x28 input, which x.sum()
-// reads at 26); two passes on every plane cost +45% on small planes. The order is fixed
+// double, or two passes on every plane, made the pass several times slower than reading x. The order is fixed
 // (deterministic); the AVX2 copies below add in another fixed order. On x86-64 the portable copy
 // is also compiled for AVX2 (the rest of the build targets x86-64-v2).
 #include "stats.h"
@@ -68,9 +67,8 @@ SHC_PLANE_MOMENTS(plane_moments, double, 16, INT64_MAX)
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // The fp32 copy in AVX2 intrinsics: the same blocks of 512 in 32 lanes (four vectors per sum),
-// the lanes added in registers. The portable copy's lane arrays went through the stack (store
-// forwarding stalls): shc::channel_stats of 32 x 16 x 28x28, one thread, took 49 us with it and
-// 30 us with this (65 us when every element was converted to double).
+// the lanes added in registers. The portable copy's lane arrays go through the stack (store
+// forwarding stalls).
 __attribute__((target("avx2"))) float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_hadd_ps(s, s);
@@ -169,14 +167,12 @@ __attribute__((target("avx2"))) void moments4_shifted_avx2(const float* x, int64
   _mm256_storeu_pd(var, _mm256_max_pd(v, _mm256_setzero_pd()));
 }
 
-// Planes from this size on go one at a time, in blocks of 512. shc::channel_stats, one thread,
-// four planes at a time against one: 32 x 32 x 14x14 23 -> 20 us, 128 x 32 x 14x14 78 -> 64 us;
-// 28x28 no different; 56x56 459 -> 737 us (four streams a plane apart).
+// Planes from this size on go one at a time, in blocks of 512: four at a time helps small planes,
+// not 28x28, and slows 56x56 (four streams a plane apart).
 constexpr int64_t kMoments4Max = 512;
 
-// Four consecutive planes of n < kMoments4Max (small planes: one plane at a time paid ~10 ns for
-// its horizontal sums and scalar tail, 190 us for the 16384 planes of 128 x 128 x 7x7; and ~28 ns a
-// plane of 14x14, 29 us for 32 x 32 x 14x14): each plane's sums in one vector, the four planes'
+// Four consecutive planes of n < kMoments4Max (small planes: one plane at a time pays for its
+// horizontal sums and scalar tail on every plane): each plane's sums in one vector, the four planes'
 // horizontal sums in one tree per block of 128, the moments in double vectors. mean and var get
 // four values each.
 __attribute__((target("avx2"))) void moments4_avx2(const float* x, int64_t n, double* mean, double* var) {
@@ -242,8 +238,7 @@ SHC_MULTIVERSION void lane_block_sums(const T* xd, int64_t q0, int64_t q1, int64
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // The same sums for fp32 in AVX2 registers, W = 8 V lanes, the same operations in the same order
-// (the portable copy's lane arrays went through the stack: it took 3% of a 64>128@7/2 layer's
-// forward, batch 128).
+// (the portable copy's lane arrays go through the stack).
 template <int V>
 __attribute__((target("avx2"))) void lane_block_sums_avx2(const float* xd, int64_t q0, int64_t q1, int64_t nb,
                                                           const float* k, float* a1, float* a2) {

@@ -97,7 +97,7 @@ SHC_MULTIVERSION void taps_scatter_portable(const Geom& g, const TapWindow& w, c
 #if defined(__x86_64__) && defined(__GNUC__)
 // fp32 copies in AVX2 for blocks of 8, 16, 24 or 32 samples (V vectors of 8 lanes, the map's and
 // dm's lanes in registers). The portable loops run a short vector loop per position and summed dm
-// in double per element: the scatter took 12% of a 64>64@8 layer's fwd+bwd, batch 128. Here dm
+// in double per element. Here dm
 // sums in float over one channel's window (at most P products per lane), then in double.
 template <int V>
 __attribute__((target("avx2,fma"))) void taps_gather_avx2(const Geom& g, const TapWindow& w, const float* xs,
@@ -190,29 +190,21 @@ void taps_scatter(const Geom& g, const TapWindow& w, const T* dcols, const T* xs
 // Samples per block: ~SHC_CPU_COLS GEMM columns (nb * P), within the per-thread workspace, and a
 // block for every thread where the batch allows (the samples are the SIMD lanes of the gathers
 // and scatters, so fewer, wider blocks beat more chunks per thread here), rounded down to a
-// multiple of 8 lanes (7x7 planes gave 10: 256>256@7, batch 32, fwd+bwd 1.26x; with 8, 0.97x).
+// multiple of 8 lanes (a block of 10 leaves 2 lanes to the scalar tail).
 int64_t taps_block(const Geom& g, size_t elem, const Knobs& k) {
   const int64_t per_sample = static_cast<int64_t>(elem) * (2 * g.D * g.H * g.W + 2 * g.D * g.P + 3 * g.C * g.P);
   // Below 16 samples the workspace may grow up to fourfold to reach 16: each block streams all nine
-  // W_t, and at 512 channels (9 MiB of weights) blocks of 8 paid for that twice (one thread, the
-  // layer against F.conv2d, forward / fwd+bwd, batch 32: 512>512@7/2 1.27x / 1.24x with 8 samples,
-  // 0.99x / 1.02x with 16; 512>512@7 had 5 samples a block, so im2col, 1.18x / 1.19x; taps with 8:
-  // 0.96x / 1.01x, and 0.93x / 0.98x at batch 128). Twofold left 512>512@8 (917 KiB a sample) at 8:
-  // fourfold, forward 1.23x -> 1.11x at batch 32, 1.23x -> 1.17x at batch 128 (median of paired
-  // ratios in one process, 2026-12-06), for a workspace of 14 MiB a thread there. A bigger budget
-  // everywhere was no faster on the shapes that already had 16 or more.
+  // W_t, and at 512 channels (9 MiB of weights) blocks of 8 pay for that twice as often as blocks
+  // of 16 (twofold left 512>512@8, 917 KiB a sample, at 8). A bigger budget everywhere was no
+  // faster on the shapes that already had 16 or more.
   const int64_t fit = k.ws_bytes / std::max<int64_t>(1, per_sample);
   const int64_t cap = std::max<int64_t>(1, fit >= 16 ? fit : std::min<int64_t>(16, 4 * fit));
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t balance = std::max<int64_t>(1, (g.N + nthreads - 1) / nthreads);
   // Forwards on planes above 32 positions take twice the columns (7x7 and 8x8: 16 samples, not
-  // 8; batch 32, one thread, against F.conv2d: 64>64@8 1.04x -> 0.94x, 64>64@7 0.97x -> 0.88x),
-  // on planes of 9-32 positions half (4x4: 16 samples, not 32, so a block's GEMM operands stay in
-  // L2; the layer, one thread, forward: 128>128@8/2 batch 32 1.17x -> 1.09x, batch 128 1.20x ->
-  // 1.11x, 64>128@7/2 batch 128 1.18x -> 1.06x, 128>128@4 batch 32 0.97x -> 0.86x; 256>256@4 and
-  // 64>64@4 no different; 2x2 planes, which keep the full columns, were slower with half). The
-  // backward keeps the columns: with 16 samples, not 8, 128>128@8 fwd+bwd went from 1.04x to 1.18x
-  // with oneDNN, MKL and the kernels capped at AVX2.
+  // 8), on planes of 9-32 positions half (4x4: 16 samples, not 32, so a block's GEMM operands stay
+  // in L2; 2x2 planes, which keep the full columns, were slower with half). The backward keeps the
+  // columns: with 16 samples, not 8, it was slower (with the kernels capped at AVX2).
   const int64_t cols = k.backward ? k.cols : g.P > 32 ? 2 * k.cols : g.P > 8 ? k.cols / 2 : k.cols;
   const int64_t nb = std::max<int64_t>(1, std::min({cols / std::max<int64_t>(1, g.P), cap, balance, g.N}));
   return nb >= 8 ? nb - nb % 8 : nb;
