@@ -299,7 +299,7 @@ def shc_conv2d(
     transform works; slower).
     """
     hyper_params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-    if isinstance(x, Proxy) or isinstance(weight, Proxy):
+    if type(x) is not torch.Tensor and isinstance(x, Proxy):  # other Proxies: the checked path below
         return _fx_node(shc_conv2d, (x, weight, bias, *hyper_params, stride, padding, dilation, groups, eps,
                                      grad_route, backend), {"padding_mode": padding_mode})  # fmt: skip
     key = _call_key(x, weight, bias, hyper_params, stride, padding, dilation, groups, eps, grad_route,

@@ -171,7 +171,7 @@ class SHCConv2d(nn.Conv2d):
         if torch.jit.is_scripting():
             return self._scripted_forward(x)
         else:
-            if isinstance(x, Proxy):  # torch.fx: one call_module node, as for nn.Conv2d
+            if type(x) is not torch.Tensor and isinstance(x, Proxy):  # torch.fx: one call_module node
                 return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
             return self._conv_forward(x, self.weight, self.bias)
 
