@@ -174,11 +174,14 @@ def _extensions():
 # pip names of the extras (shc_kernels/research/__init__.py's EXTRAS lists their import names):
 # train: the paper's models (torchvision), progress bars (tqdm), the embedded digits (scikit-learn);
 # robustness: train plus the attack suite (torchattacks) and the reports' figures (matplotlib).
+# export: shc_kernels.export's ONNX path (to_onnx) and its check in onnxruntime (check_onnx).
 _TRAIN = ["torchvision", "tqdm", "numpy", "scikit-learn"]
+_EXPORT = ["onnx", "onnxruntime"]
 EXTRAS_REQUIRE = {
     "train": _TRAIN,
     "robustness": _TRAIN + ["torchattacks", "matplotlib"],
-    "all": _TRAIN + ["torchattacks", "matplotlib"],
+    "export": _EXPORT,
+    "all": _TRAIN + ["torchattacks", "matplotlib"] + _EXPORT,
 }
 
 

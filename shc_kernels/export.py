@@ -162,7 +162,7 @@ def check_onnx(f, model: nn.Module, x: torch.Tensor) -> float:
     try:
         import onnxruntime
     except ImportError:
-        raise ImportError("check_onnx needs onnxruntime: pip install onnxruntime") from None
+        raise ImportError("check_onnx needs onnxruntime: pip install onnxruntime (shc_kernels[export])") from None
     source = f.getvalue() if isinstance(f, io.BytesIO) else os.fspath(f)
     session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

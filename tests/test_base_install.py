@@ -154,7 +154,8 @@ def test_the_wheel_requires_torch_alone():
     extras = seen["extras_require"]
     assert set(extras) >= {"train", "robustness", "all"}
     assert "torchvision" in extras["train"] and "torchattacks" in extras["robustness"]
-    assert set(extras["all"]) >= set(extras["robustness"])
+    assert "onnxruntime" in extras["export"]
+    assert set(extras["all"]) >= set(extras["robustness"]) | set(extras["export"])
     from shc_kernels.research import _PIP_NAMES, EXTRAS
 
     for name, modules in EXTRAS.items():  # the import names the code checks match the pip names
