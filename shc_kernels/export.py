@@ -6,7 +6,8 @@ traces a model (either exporter), ``functional.shc_conv2d`` computes the layer w
 ``SHCConv2d`` is replaced by ``DecomposedSHCConv2d``: the same math (docs/design.md §1) in plain
 PyTorch operations that every exporter maps to standard ONNX operators:
 
-    statistics   ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt    (mu, sigma over H×W, float32)
+    statistics   Cast, ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Cast
+                 (mu, sigma over H×W, accumulated in float64, then float32)
     map          Concat, Gemm, Relu, Gemm, Sigmoid              (m, shape (N, kh*kw))
     convolution  Pad, then per tap t = (i, j): Slice, a 1×1 Conv with the tap's weight
                  W[:, :, i, j], Mul by m[:, t], summed; the bias added once
@@ -80,12 +81,15 @@ def decomposed_layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias
 
 
 def _statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps):
-    """m of shape (N, kh*kw) in the statistics' dtype (float32, float64 for float64 x)."""
-    xs = x.to(stats_dtype(x.dtype))
+    """m of shape (N, kh*kw) in the statistics' dtype (float32, float64 for float64 x). The
+    statistics accumulate in float64 and are rounded to that dtype, as reference.channel_stats
+    does: a float32 plane whose variance overflows float32 (std ~1e19) still has a
+    finite sigma, where float32 sums would give an infinite sigma and a NaN output."""
+    xs = x.to(torch.float64)
     mu = xs.mean(dim=(2, 3))
     var = (xs - mu[:, :, None, None]).square().mean(dim=(2, 3))
-    sigma = torch.sqrt(var + eps)
-    dt = mu.dtype
+    dt = stats_dtype(x.dtype)
+    mu, sigma = mu.to(dt), torch.sqrt(var + eps).to(dt)
     h = torch.relu(F.linear(torch.cat([mu, sigma], dim=1), fc1_weight.to(dt), _cast(fc1_bias, dt)))
     return torch.sigmoid(F.linear(h, fc2_weight.to(dt), _cast(fc2_bias, dt)))
 
@@ -162,7 +166,9 @@ def check_onnx(f, model: nn.Module, x: torch.Tensor) -> float:
     try:
         import onnxruntime
     except ImportError:
-        raise ImportError("check_onnx needs onnxruntime: pip install onnxruntime (shc_kernels[export])") from None
+        raise ImportError(
+            "check_onnx needs onnxruntime: pip install onnxruntime (shc_kernels[export])"
+        ) from None
     source = f.getvalue() if isinstance(f, io.BytesIO) else os.fspath(f)
     session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

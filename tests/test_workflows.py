@@ -298,6 +298,48 @@ def test_decompose_computes_what_the_layers_compute(converted):
     assert any(isinstance(m, shc.SHCConv2d) for m in model.modules())  # the model itself is untouched
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=3, groups=2, padding=1),  # grouped with 2 channels a group
+        dict(kernel_size=(3, 5), stride=(2, 1), dilation=(2, 1), padding=(2, 3), padding_mode="circular"),
+        dict(kernel_size=3, padding=1, padding_mode="replicate", bias=False),
+        dict(kernel_size=(2, 3), padding="same", dilation=2, padding_mode="reflect"),
+        dict(kernel_size=3, padding="valid", stride=3),
+    ],
+)
+def test_decompose_matches_the_layer_for_each_geometry(kwargs):
+    torch.manual_seed(0)
+    layer = shc.SHCConv2d(4, 6, **kwargs).eval()
+    with torch.no_grad():
+        layer.hyper.fc2.weight.normal_(0, 0.5)
+        x = torch.randn(3, 4, 11, 13)
+        close(export.decompose(layer)(x), layer(x))
+        close(export.decompose(layer)(x[0]), layer(x[0]))  # unbatched
+
+
+def test_decomposed_statistics_stay_finite_where_float32_sums_overflow(tmp_path):
+    """A float32 plane of std ~1e19 (variance ~1e38, past float32's range): the ONNX graph's
+    statistics accumulate in float64, as the reference does; float32 sums gave a NaN output."""
+    torch.manual_seed(0)
+    layer = shc.SHCConv2d(4, 4, 3, padding=1).eval()
+    x = torch.randn(2, 4, 8, 8) * 1e19
+    with torch.no_grad():
+        expected = shc.reference.shc_conv2d(x, layer.weight, layer.bias, *layer._hyper_params(), padding=1)
+        got = export.decompose(layer)(x)
+    assert expected.isfinite().all()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=0)
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    path = tmp_path / "layer.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export.to_onnx(layer, x, path)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_y = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    torch.testing.assert_close(onnx_y, expected, rtol=1e-4, atol=0)
+
+
 # ---------------------------------------------------------------- copies, hooks, wrappers, torch.func
 
 
