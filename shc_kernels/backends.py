@@ -5,8 +5,8 @@ CPU tensors, "triton" then "cuda" for CUDA tensors (float64 goes to "cuda", as T
 fp64 path), "reference" when nothing compiled is there.
 The environment variable SHC_BACKEND, when set, replaces "auto" (never an explicit choice).
 Where "auto" has two compiled candidates (CUDA tensors with both "triton" and "cuda" built), the
-layer times both once per shape and keeps the faster (``fastest``; functional.choose_backend).
-The "cuda" backend's one-launch and two-launch forms are chosen the same way (choose_form).
+layer times both once per shape and keeps the faster (``fastest``, called by functional.plan).
+The "cuda" backend's one-launch and two-launch forms are chosen the same way (functional.plan).
 """
 
 from __future__ import annotations

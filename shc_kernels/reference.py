@@ -1,6 +1,6 @@
 """The naive per-sample Statistical Hyper-Convolution: the ground truth for every backend.
 
-The layer (paper §2.2, Fig. 1; DESIGN.md §1), for x of shape (N, D, H, W) and a conv weight W
+The layer (paper §2.2, Fig. 1; docs/design.md §1), for x of shape (N, D, H, W) and a conv weight W
 of shape (C, D/groups, kh, kw):
 
 1. statistics per sample and input channel, over the H×W plane, in float32 (float64 for

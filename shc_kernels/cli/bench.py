@@ -10,7 +10,7 @@ memory the call needed beyond its inputs. Methods:
   unfold_bmm  F.unfold, scale the columns by m, one batched matmul
   shc:<name>  the SHC layer on each available backend (e.g. shc:cpu, shc:triton)
   shc:<name>:fused, shc:<name>:split   (with --forms) the compiled backends' two forms of the
-              layer (functional.choose_form): one op (one launch on CUDA) or map op then conv op
+              layer (functional.plan): one op (one launch on CUDA) or map op then conv op
   plain:module, shc:<name>:module   (with --modules) the layer as models run it: nn.Conv2d and
               SHCConv2d(backend=<name>); their ratios are to plain:module, module against module
 
