@@ -89,6 +89,7 @@ class SHCConv2d(nn.Conv2d):
         self.backend = backend
         self.eps = eps
         self.hyper = HyperNetwork(in_channels, self.kernel_size, hidden, device, dtype)
+        self.register_state_dict_post_hook(_mark_state_dict)
 
     @property
     def grad_route(self) -> str:
@@ -132,9 +133,16 @@ class SHCConv2d(nn.Conv2d):
         gives the layer that computes what that conv computes, in either order of convert and
         load: where the map is constant (``hyper.fc2.weight == 0``, as convert and the models
         start it) the weight is divided by that map, as convert does. With a map that varies
-        with the input no weight does that: an error says to load before converting."""
+        with the input no weight does that: an error says to load before converting.
+
+        A state_dict an SHCConv2d wrote is never rescaled, also with its ``hyper.*`` keys left
+        out (a partial load): the layer marks its entry of the state_dict's metadata
+        (``state_dict._metadata``, which torch.save keeps, as does deleting keys). A weight
+        without ``hyper.*`` keys and without that mark (a plain conv's, or a dict rebuilt key by
+        key, which drops the metadata) counts as a plain conv's."""
         key = prefix + "weight"
-        plain = key in state_dict and not any(k.startswith(prefix + "hyper.") for k in state_dict)
+        plain = (key in state_dict and not any(k.startswith(prefix + "hyper.") for k in state_dict)
+                 and local_metadata.get(_SHC_MARK) != 1)  # fmt: skip
         if plain and isinstance(state_dict[key], torch.Tensor) and state_dict[key].shape == self.weight.shape:
             try:
                 state_dict[key] = _weight_for_plain_conv(self, state_dict[key])
@@ -240,6 +248,15 @@ class SHCConv2d(nn.Conv2d):
                 x_conv, weight, m, self.bias, stride, [0, 0], dilation, self.groups
             )
         return y.squeeze(0) if unbatched else y
+
+
+# The key an SHCConv2d adds to its entry of a state_dict's metadata: "an SHC layer wrote this
+# weight" (SHCConv2d._load_from_state_dict never rescales such a weight as a plain conv's).
+_SHC_MARK = "shc_layer"
+
+
+def _mark_state_dict(module, state_dict, prefix, local_metadata) -> None:
+    local_metadata[_SHC_MARK] = 1
 
 
 def _weight_for_plain_conv(layer: SHCConv2d, weight: torch.Tensor) -> torch.Tensor:

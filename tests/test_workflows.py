@@ -81,6 +81,33 @@ def test_a_plain_checkpoint_into_a_layer_whose_map_varies_raises_saying_load_fir
         model.load_state_dict(plain.state_dict(), strict=False)
 
 
+def test_an_shc_checkpoint_without_its_hyper_keys_is_not_rescaled(converted, tmp_path):
+    """A partial load of an SHC model's own state_dict (its hyper.* keys left out) keeps the SHC
+    weights as they are: its metadata says an SHCConv2d wrote it. Rescaling it as a plain conv's
+    doubled every weight (error ~ the output's scale); with a varying map it raised 'load into
+    the plain model first', which is wrong advice for an SHC checkpoint."""
+    plain, model, x, _ = converted
+    for source in (shc.convert(copy.deepcopy(plain)).eval(), model):  # a constant map, a varying one
+        state = source.state_dict()
+        for key in [k for k in state if ".hyper." in k]:
+            del state[key]  # keeps state._metadata, as a torch.save / torch.load round trip does
+        torch.save(state, tmp_path / "partial.pt")
+        target = copy.deepcopy(source)
+        with torch.no_grad():
+            for layer in shc_layers(target):
+                layer.weight.zero_()
+        result = target.load_state_dict(torch.load(tmp_path / "partial.pt", weights_only=True), strict=False)
+        assert result.missing_keys and all(".hyper." in k for k in result.missing_keys)
+        with torch.no_grad():
+            close(target(x), source(x))
+    # Without metadata (a dict rebuilt key by key) a weight without hyper.* keys is a plain conv's.
+    rebuilt = {k: v for k, v in plain.state_dict().items()}
+    target = shc.convert(small_resnet(5)).eval()
+    target.load_state_dict(rebuilt, strict=False)
+    with torch.no_grad():
+        close(target(x), plain(x))
+
+
 def test_state_dict_round_trips(converted, tmp_path):
     _, model, x, y = converted
     torch.save(model.state_dict(), tmp_path / "shc.pt")
