@@ -224,8 +224,17 @@ def resolve(backend: str, x: torch.Tensor) -> str:
         return candidates[0] if candidates else "reference"
     reason = unavailable_reason(backend)
     if reason is not None:
-        raise ValueError(f"{source} {backend!r} is not available: {reason}")
+        raise ValueError(f"{source} {backend!r} is not available: {reason}{_env_fix(source)}")
     device = backend_device(backend)
     if device is not None and x.device.type != device:
-        raise ValueError(f"{source} {backend!r} runs on {device} tensors, but x is on {x.device}")
+        raise ValueError(
+            f"{source} {backend!r} runs on {device} tensors, but x is on {x.device}{_env_fix(source)}"
+        )
     return backend
+
+
+def _env_fix(source: str) -> str:
+    """Where SHC_BACKEND asked for the backend, how to undo that (it acts on every layer alike)."""
+    if source != "SHC_BACKEND":
+        return ""
+    return f"; unset SHC_BACKEND to let 'auto' choose (available here: {available_backends()})"

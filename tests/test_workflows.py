@@ -367,6 +367,16 @@ def test_decomposed_statistics_stay_finite_where_float32_sums_overflow(tmp_path)
     torch.testing.assert_close(onnx_y, expected, rtol=1e-4, atol=0)
 
 
+def test_shc_backend_that_cannot_run_says_to_unset_it(monkeypatch):
+    layer = shc.SHCConv2d(3, 4, 3)
+    monkeypatch.setenv("SHC_BACKEND", "triton")
+    monkeypatch.setattr(shc.backends, "unavailable_reason", lambda b: "no GPU" if b == "triton" else None)
+    with pytest.raises(ValueError, match=r"SHC_BACKEND 'triton' is not available: no GPU; unset SHC_BACKEND"):
+        layer(torch.randn(1, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"^backend 'triton' is not available: no GPU$"):  # asked by the code
+        shc.SHCConv2d(3, 4, 3, backend="triton")(torch.randn(1, 3, 5, 5))
+
+
 # ---------------------------------------------------------------- copies, hooks, wrappers, torch.func
 
 
