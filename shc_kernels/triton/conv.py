@@ -155,14 +155,14 @@ def _mconv_fwd_kernel(
 
 
 @triton.autotune(
-    configs=DX_CONFIGS, key=["HW", "CG", "DG", "T", "NEED_X", "NEED_M"], reset_to_zero=["dm_ptr"],
-    prune_configs_by=_prune("HW", "DG", "CG"), do_bench=_do_bench,
+    configs=DX_CONFIGS, key=["HW", "CG", "DG", "T", "PAR_H", "PAR_W", "NEED_X", "NEED_M"],
+    reset_to_zero=["dm_ptr"], prune_configs_by=_prune("HW", "DG", "CG"), do_bench=_do_bench,
 )  # fmt: skip
 @triton.jit
 def _mconv_dx_kernel(
     gy_ptr, x_ptr, w_ptr, m_ptr, dx_ptr, dm_ptr,
     HW, H, W, OH, OW, CG, DG, T, KW,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, PAR_H, PAR_W,
     sgn, sgc, sgh, sgw,
     sxn, sxd, sxh, sxw,
     swt, swc, swd,
@@ -170,16 +170,25 @@ def _mconv_dx_kernel(
     NEED_X: tl.constexpr, NEED_M: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    # Row tiles never cross a sample, so m[n, t] is one scalar and dm needs one atomic per tap.
-    num_mb = tl.cdiv(HW, BLOCK_M)
+    # Row tiles never cross a sample, so m[n, t] is one scalar and dm needs one atomic per tap. A
+    # program's rows are one parity class (ih % PAR_H, iw % PAR_W) of the input plane; with PAR =
+    # stride a tap is valid for every row of the class or for none, so only the valid taps run
+    # (stride 2, 3x3: 2.25 of 9 on average), as tap_ok below.
+    hc = tl.cdiv(H, PAR_H)
+    wc = tl.cdiv(W, PAR_W)
+    num_mb = tl.cdiv(hc * wc, BLOCK_M)
     pid0 = tl.program_id(0)
-    n = pid0 // num_mb
-    offs_q = (pid0 - n * num_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ncls = pid0 // num_mb
+    n = ncls // (PAR_H * PAR_W)
+    cls = ncls - n * (PAR_H * PAR_W)
+    ch = cls // PAR_W
+    cw = cls - ch * PAR_W
+    offs_r = (pid0 - ncls * num_mb) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ih = ch + (offs_r // wc) * PAR_H
+    iw = cw + (offs_r % wc) * PAR_W
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
-    qmask = offs_q < HW
-    ih = offs_q // W
-    iw = offs_q % W
+    qmask = (offs_r < hc * wc) & (ih < H) & (iw < W)
     offs_d = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     dmask = offs_d < DG
     d_glob = g * DG + offs_d
@@ -196,40 +205,42 @@ def _mconv_dx_kernel(
     for t in range(0, T):
         ki = t // KW
         kj = t - ki * KW
-        oh_num = ih + pad_h - ki * dil_h
-        ow_num = iw + pad_w - kj * dil_w
-        # clamp before dividing: the mask below drops the negative positions anyway
-        oh = tl.maximum(oh_num, 0) // stride_h
-        ow = tl.maximum(ow_num, 0) // stride_w
-        valid = (
-            qmask
-            & (oh_num >= 0)
-            & (ow_num >= 0)
-            & (oh * stride_h == oh_num)
-            & (ow * stride_w == ow_num)
-            & (oh < OH)
-            & (ow < OW)
-        )
-        gy_rows = gy_base + oh * sgh + ow * sgw
-        v = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for c0 in range(0, CG, BLOCK_K):
-            offs_c = c0 + tl.arange(0, BLOCK_K)
-            kcmask = offs_c < CG
-            a = tl.load(
-                gy_rows[:, None] + offs_c[None, :] * sgc, mask=valid[:, None] & kcmask[None, :], other=0.0
+        tap_ok = ((ch + pad_h - ki * dil_h) % stride_h == 0) & ((cw + pad_w - kj * dil_w) % stride_w == 0)
+        if tap_ok:
+            oh_num = ih + pad_h - ki * dil_h
+            ow_num = iw + pad_w - kj * dil_w
+            # clamp before dividing: the mask below drops the negative positions anyway
+            oh = tl.maximum(oh_num, 0) // stride_h
+            ow = tl.maximum(ow_num, 0) // stride_w
+            valid = (
+                qmask
+                & (oh_num >= 0)
+                & (ow_num >= 0)
+                & (oh * stride_h == oh_num)
+                & (ow * stride_w == ow_num)
+                & (oh < OH)
+                & (ow < OW)
             )
-            b = tl.load(
-                w_base + t * swt + offs_c[:, None] * swc + offs_d[None, :] * swd,
-                mask=kcmask[:, None] & dmask[None, :],
-                other=0.0,
-            )
-            v = tl.dot(a, b, v, input_precision=INPUT_PRECISION)
-        if NEED_X:
-            acc += tl.load(m_ptr + n * T + t) * v
-        if NEED_M:
-            # relaxed: a plain reduction needs no ordering (the default acq_rel adds a fence per atomic)
-            dm_t = tl.sum(tl.sum(xt * v, axis=1), axis=0)
-            tl.atomic_add(dm_ptr + n * T + t, dm_t, sem="relaxed", scope="gpu")
+            gy_rows = gy_base + oh * sgh + ow * sgw
+            v = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for c0 in range(0, CG, BLOCK_K):
+                offs_c = c0 + tl.arange(0, BLOCK_K)
+                kcmask = offs_c < CG
+                a = tl.load(
+                    gy_rows[:, None] + offs_c[None, :] * sgc, mask=valid[:, None] & kcmask[None, :], other=0.0
+                )
+                b = tl.load(
+                    w_base + t * swt + offs_c[:, None] * swc + offs_d[None, :] * swd,
+                    mask=kcmask[:, None] & dmask[None, :],
+                    other=0.0,
+                )
+                v = tl.dot(a, b, v, input_precision=INPUT_PRECISION)
+            if NEED_X:
+                acc += tl.load(m_ptr + n * T + t) * v
+            if NEED_M:
+                # relaxed: a plain reduction needs no ordering (the default acq_rel adds a fence per atomic)
+                dm_t = tl.sum(tl.sum(xt * v, axis=1), axis=0)
+                tl.atomic_add(dm_ptr + n * T + t, dm_t, sem="relaxed", scope="gpu")
     if NEED_X:
         dx_ptrs = dx_ptr + n64 * sdn + (ih * sdh + iw * sdw)[:, None] + d_glob.to(tl.int64)[None, :] * sdd
         tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
@@ -378,15 +389,19 @@ def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, n
         wt = weight.permute(2, 3, 0, 1).contiguous()  # (kh, kw, C, DG): contiguous along DG
         hw = height * width
 
+        par_h, par_w = stride  # one parity class of input positions per program (see the kernel)
+        rows = triton.cdiv(height, par_h) * triton.cdiv(width, par_w)
+
         def grid_dx(meta):
-            return (n * triton.cdiv(hw, meta["BLOCK_M"]), triton.cdiv(dg, meta["BLOCK_N"]), groups)
+            blocks = n * par_h * par_w * triton.cdiv(rows, meta["BLOCK_M"])
+            return (blocks, triton.cdiv(dg, meta["BLOCK_N"]), groups)
 
         dxs = dx.stride() if need_x else (0, 0, 0, 0)
         _mconv_dx_kernel[grid_dx](
             # unused outputs get dummies; never m: the autotuner zeroes dm_ptr between trials
             gy, x, wt, m, dx if need_x else x, dm if need_m else torch.zeros(1, device=x.device),
             hw, height, width, oh, ow, cg, dg, t, kw,
-            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], par_h, par_w,
             *gy.stride(), *x.stride(), c * dg, dg, 1, *dxs,
             NEED_X=need_x, NEED_M=need_m, INPUT_PRECISION=prec,
         )  # fmt: skip
