@@ -452,6 +452,8 @@ def _masking_section(rep, Unit, model_key) -> list[str]:
                     f"{many:.1f} | "
                     f"{sq:.1f} | {tr:.1f} | {big:.1f} | {'all pass' if all(ok) else 'FAIL: ' + str(ok)} |"
                 )
+    if lines[-1].startswith("|---"):
+        lines.append("| (no units done yet) |" + "|" * 9)
     lines.append("")
     return lines
 
@@ -479,6 +481,25 @@ def _shc_only_section(rep, Unit, model_key) -> list[str]:
                     f"{r['PGD, conv route only']['acc']:.1f} | "
                     f"{ms['acc']:.1f} | {ms['max_mean_gap']:.1e} / {ms['max_std_gap']:.1e} |"
                 )
+    if lines[-1].startswith("|---"):
+        lines.append("| (no units done yet) |" + "|" * 6)
+    lines.append("")
+    lines += ["Table 4's routes (RAND+FGSM eq. (4), SHC models only; the plain model's RAND+FGSM is in the "
+              "paired table):", "",
+              "| model | both routes | conv route (SHC-W) | hypernetwork route (SHC-T) |",
+              "|---|---|---|---|"]  # fmt: skip
+    n = 0
+    for kind, seeds in (("std", cfg["seeds"]),):
+        for s in seeds:
+            r = rep.result(Unit("paper", model_key(kind, True, s)))
+            if r is None:
+                continue
+            n += 1
+            both = r["RAND+FGSM eq. (4) (L-inf 0.0625)"]["acc"]
+            conv, hyper = r["RAND+FGSM route=conv"]["acc"], r["RAND+FGSM route=hyper"]["acc"]
+            lines.append(f"| {model_key(kind, True, s)} | {both:.1f} | {conv:.1f} | {hyper:.1f} |")
+    if not n:
+        lines.append("| (no units done yet) ||||")
     lines.append("")
     return lines
 
