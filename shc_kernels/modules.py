@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 
 import torch
@@ -179,8 +178,11 @@ class SHCConv2d(nn.Conv2d):
         if torch.jit.is_scripting():
             return self._scripted_forward(x)
         else:
-            if type(x) is not torch.Tensor and isinstance(x, Proxy):  # torch.fx: one call_module node
-                return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
+            if type(x) is not torch.Tensor and isinstance(x, Proxy):
+                path = x.tracer.path_of_module(self)
+                if path:  # torch.fx: the layer inside a traced model is one call_module node
+                    return x.tracer.create_proxy("call_module", path, (x,), {})
+                # The traced root itself: one call_function node of functional.shc_conv2d below.
             return self._conv_forward(x, self.weight, self.bias)
 
     # ------------------------------------------------------------ TorchScript
@@ -195,7 +197,7 @@ class SHCConv2d(nn.Conv2d):
         why = ops.LOAD_ERROR
         if why is None and self._backend in ("reference", "triton"):
             why = f"this layer has backend={self._backend!r}, which TorchScript cannot run"
-        env = os.environ.get("SHC_BACKEND")
+        env = backends.env_backend()  # an unknown value is an error naming the variable, as in eager calls
         if why is None and self._backend == "auto" and env in ("reference", "triton"):
             why = f"SHC_BACKEND={env!r} asks for a backend TorchScript cannot run"
         if why is not None:

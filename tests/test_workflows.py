@@ -168,6 +168,17 @@ def test_fx_symbolic_trace_keeps_each_layer_as_one_module_call(converted):
         close(traced(x), y)
 
 
+def test_fx_symbolic_trace_of_a_layer_itself():
+    """The layer as the traced root (was: AttributeError "'SHCConv2d' object has no attribute ''",
+    a call_module node naming the root)."""
+    layer = shc.SHCConv2d(3, 4, 3, padding=1, padding_mode="reflect").eval()
+    traced = torch.fx.symbolic_trace(layer)
+    assert [n.target for n in traced.graph.nodes if n.op == "call_function"] == [shc.shc_conv2d]
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        close(traced(x), layer(x))
+
+
 def test_fx_traces_the_functional_api_as_one_call():
     layer = shc.SHCConv2d(3, 4, 3, padding=1)
 
@@ -235,6 +246,12 @@ def test_torchscript_script_of_a_backend_it_cannot_run_says_what_to_use():
     layer = shc.SHCConv2d(3, 4, 3, backend="reference")
     with pytest.raises(RuntimeError, match="use torch.jit.trace, torch.compile or torch.export instead"):
         torch.jit.script(layer)
+
+
+def test_torchscript_script_under_an_unknown_shc_backend_is_the_eager_error(monkeypatch):
+    monkeypatch.setenv("SHC_BACKEND", "bogus")  # was: scripted, the variable silently ignored
+    with pytest.raises(ValueError, match="the environment variable SHC_BACKEND must be one of"):
+        torch.jit.script(shc.SHCConv2d(3, 4, 3))
 
 
 def test_torchscript_script_of_the_functional_api_says_to_script_the_module():
