@@ -125,7 +125,9 @@ def triton_work(name: str, L: Layer, launch) -> tuple[float, float, float]:
         return L.flops, L.x + L.w + L.y, L.x + L.y
     if name == "mconv_dx":
         need_m = launch.kwargs.get("NEED_M", False)
-        taps = L.valid_tap_positions() if "PAR_H" in args or "NUM_PAR" in args else L.h * L.h * L.t
+        # by output parity (PAR_H): a strided dx skips the taps invalid for a whole parity class
+        parity = ("PAR_H" in args or "NUM_PAR" in args) and L.stride > 1
+        taps = L.valid_tap_positions() if parity else L.h * L.h * L.t
         f = 2 * L.n * taps * L.c * L.d
         return f, L.y + L.w + L.x + (L.x if need_m else 0), L.y + L.x
     if name == "mconv_dw":
@@ -398,6 +400,17 @@ def write_markdown(path: Path, report: dict, baseline: dict | None):
             b = base.get((r["gpu"], r["shape"]))
             row += f" {b['ratio_pred_fwd']} / {b['ratio_pred_fwd_bwd']} |" if b else " - |"
         lines.append(row)
+    lines.append("")
+    for gpu in sorted({r["gpu"] for r in report["layers"]}):
+        rs = [r for r in report["layers"] if r["gpu"] == gpu]
+        for kind in ("work", "pred"):
+            ok_f = sum(r[f"ratio_{kind}_fwd"] <= 1.2 for r in rs)
+            ok_b = sum(r[f"ratio_{kind}_fwd_bwd"] <= 1.5 for r in rs)
+            lines.append(
+                f"- {gpu}, `{kind}`: forward within 1.2x of the plain conv's bound at {ok_f}/{len(rs)} "
+                "shapes, "
+                f"forward+backward within 1.5x at {ok_b}/{len(rs)} (issue 31's targets)"
+            )
     lines += ["", "## Triton kernels (the config the model ranks first per shape)", ""]
     hdr = (
         "| GPU | shape | kernel | config | regs | spill B | smem KiB | blocks/SM (limit) | MMA | instr/MMA | "
@@ -561,7 +574,8 @@ def emulator_markdown(em: dict) -> list[str]:
     lines += [
         "",
         "Per kernel (forward + backward of one layer; `ideal`: the fewest sectors or wavefronts the same "
-        "bytes could take; worst sites by excess):",
+        "bytes could take if no two lanes shared an address, so broadcasts go below it; worst sites by "
+        "excess):",
         "",
         "| dtype | layout | case | form | kernel | global ld: per req (ideal) | global st | shared ld "
         "| shared st "
@@ -605,6 +619,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--commit", help="the commit the sources are from (default: git rev-parse HEAD)")
     ap.add_argument("--no-sim", action="store_true", help="skip the emulator's access metrics")
+    ap.add_argument("--sim-json", help="the emulator's metrics from an earlier tools/gpu_model_sim.py --json")
     a = ap.parse_args(argv)
     import triton
 
@@ -636,7 +651,9 @@ def main(argv=None) -> int:
         report["cuda_grids"] = cuda_grids(a.batch)
     elif not a.no_cuda:
         print("gpu-model: no cuda-check build (run `make cuda-check`): CUDA kernels skipped", file=sys.stderr)
-    if not a.no_sim:
+    if a.sim_json:
+        report["emulator"] = json.loads(Path(a.sim_json).read_text())
+    elif not a.no_sim:
         report["emulator"] = emulator_metrics()
     baseline = json.loads(Path(a.baseline).read_text()) if a.baseline else None
     if baseline is None and Path(a.out + ".json").exists():  # keep the 'before' across reruns

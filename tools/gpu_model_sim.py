@@ -3,13 +3,15 @@
     python tools/gpu_model_sim.py [--json out.json]     # build, run, print the table
 
 Builds a variant of shc_kernels._C_sim with every load and store instrumented
-(build/cuda-sim/metrics/, csrc/simt/simt_metrics.h says how and what is counted), runs the CUDA
-kernels on the CPU at a small ResNet-like shape (forward and backward, bf16/fp16/fp32,
-channels_last and NCHW) and reads, for every warp-wide global access, the 32-byte sectors per
-request and, for every shared access, the wavefronts per request, each beside the fewest the
-same bytes could take. Sites are named by file:line with addr2line (the build has -g); only
-accesses made by lines of csrc/cuda count (the emulator's own bookkeeping and its WMMA fragment
-shuffles, csrc/simt, are left out: the WMMA loads' hardware form is read from SASS instead).
+(build/cuda-sim/metrics/; csrc/simt/simt_metrics.h says how and what is counted), runs the CUDA
+kernels on the CPU on a small layer (64 channels, 8x8, forward and backward: bf16 channels_last
+in both forms and at stride 2, fp32 NCHW) and reads, for every warp-wide global access, the
+32-byte sectors per request and, for every shared access, the wavefronts per request, each
+beside the fewest the same bytes could take if no two lanes shared an address (`ideal`:
+lanes*size/32 sectors, lanes*size/128 wavefronts; a broadcast goes below it). Sites are named by
+file:line with addr2line (the build has -g); only accesses made by lines of csrc/cuda count (the
+emulator's own bookkeeping and its WMMA fragment shuffles, csrc/simt, are left out: the WMMA
+loads' hardware form is read from SASS instead).
 
 These are the addresses the kernels' logic touches, grouped as a warp would issue them: not
 nvcc's code (which may vectorise or split accesses differently) and not a timing.
