@@ -294,6 +294,38 @@ SHC_MULTIVERSION void lane_moments(const T* xd, int64_t HW, int64_t nb, double* 
   }
 }
 
+// The moments of a plane whose float sums overflowed (a spread above ~1e18 squares past fp32's
+// range, in any of the paths above): its n values x[q * stride] scaled by the power of two that
+// brings the largest into [0.5, 1) (exact), summed in double in two passes (the mean, then the
+// squared deviations from it) and scaled back. A plane holding an inf or a NaN keeps the fast
+// path's result (its statistics are not finite either way).
+template <typename T>
+void rescaled_moments(const T* x, int64_t n, int64_t stride, double* mean, double* var) {
+  double amax = 0.0;
+  bool finite = true;
+  for (int64_t q = 0; q < n; ++q) {
+    const double v = static_cast<double>(x[q * stride]);
+    finite = finite && std::isfinite(v);
+    amax = std::max(amax, std::abs(v));
+  }
+  if (!finite || amax == 0.0) return;
+  int e = 0;
+  (void)std::frexp(amax, &e);
+  double s1 = 0.0;
+  for (int64_t q = 0; q < n; ++q) s1 += std::ldexp(static_cast<double>(x[q * stride]), -e);
+  const double m = s1 / static_cast<double>(n);
+  double s2 = 0.0;
+  for (int64_t q = 0; q < n; ++q) {
+    const double d = std::ldexp(static_cast<double>(x[q * stride]), -e) - m;
+    s2 += d * d;
+  }
+  *mean = std::ldexp(m, e);
+  *var = std::ldexp(s2 / static_cast<double>(n), 2 * e);
+}
+
+// whether a plane's moments came out finite (else its sums overflowed: rescaled_moments)
+inline bool moments_finite(double mean, double var) { return std::isfinite(mean) && std::isfinite(var); }
+
 // sqrt of v >= 0 without std::sqrt's errno branch (a compare and a call path per lane)
 inline double sqrt_nonneg(double v) {
 #if defined(__x86_64__)
@@ -314,6 +346,9 @@ void stats_impl(const T* x, int64_t planes, int64_t D, int64_t HW, double eps, T
       const int64_t c1 = std::min(e, c0 + kChunk);
       const int64_t done = moments_batch(x, c0, c1, HW, means, vars);
       for (int64_t p = c0 + done; p < c1; ++p) plane_moments(x + p * HW, HW, &means[p - c0], &vars[p - c0]);
+      for (int64_t p = c0; p < c1; ++p)
+        if (!moments_finite(means[p - c0], vars[p - c0]))
+          rescaled_moments(x + p * HW, HW, 1, &means[p - c0], &vars[p - c0]);
       int64_t n = c0 / D, d = c0 % D;
       for (int64_t p = c0; p < c1; ++p) {
         mu[n * ld + d] = static_cast<T>(means[p - c0]);
@@ -335,6 +370,7 @@ void lane_stats(const T* xs, int64_t D, int64_t HW, int64_t nb, double eps, T* z
       else if (w == 8) lane_moments<T, 8>(xd + s0, HW, nb, mean, var);
       else lane_moments<T, 1>(xd + s0, HW, nb, mean, var);
       for (int64_t j = 0; j < w; ++j) {
+        if (!moments_finite(mean[j], var[j])) rescaled_moments(xd + s0 + j, HW, nb, &mean[j], &var[j]);
         z[(s0 + j) * 2 * D + d] = static_cast<T>(mean[j]);
         z[(s0 + j) * 2 * D + D + d] = static_cast<T>(sqrt_nonneg(var[j] + eps));
       }
