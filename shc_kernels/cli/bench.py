@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from .. import backends, functional, reference
 from ..functional import shc_conv2d
-from ..research import args as cli_args
+from ..research import args as ca
 from .shapes import SHAPES
 
 # (name, C_in, C_out, H=W of the input, stride) of the 3x3 convs at 224 px input.
@@ -96,7 +96,7 @@ def parse_spec(text: str) -> tuple[str, float, int]:
             f"{text!r} is neither a shape family ({', '.join(sorted(SHAPES) + sorted(SPEC_FAMILIES))}) "
             f"nor ARCH:WIDTH:SIZE with ARCH one of {', '.join(ARCH_NAMES)}"
         )
-    return parts[0], cli_args.positive_float(parts[1]), cli_args.positive_int(parts[2])
+    return parts[0], ca.positive_float(parts[1]), ca.positive_int(parts[2])
 
 
 def shape_family(text: str) -> str:
@@ -591,7 +591,6 @@ def model_markdown(results: list[dict], info: dict, command: str, args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ca = cli_args
     p = argparse.ArgumentParser(prog="shc bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", type=ca.device, default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -642,20 +641,20 @@ def check_args(parser, args, argv) -> None:
     if args.model is None:
         for opt in ("--width", "--image-size", "--num-classes"):
             if opt in given or any(a.startswith(opt + "=") for a in given):
-                cli_args.fail(parser, f"argument {opt}: only applies with --model")
+                ca.fail(parser, f"argument {opt}: only applies with --model")
     if args.methods is not None and args.model is None:
         known = list(method_fns(1, args.device, forms=True, modules=True))
         bad = [w for w in args.methods if not any(_wanted(m, [w]) for m in known)]
         if bad:
-            cli_args.fail(
+            ca.fail(
                 parser,
                 f"argument --methods: unknown method(s) {', '.join(bad)}; "
                 f"expected some of {', '.join(known)}",
             )
     if args.clock == "thread" and (args.threads != 1 or not args.device.startswith("cpu")):
-        cli_args.fail(parser, "argument --clock: thread needs --device cpu --threads 1")
+        ca.fail(parser, "argument --clock: thread needs --device cpu --threads 1")
     if args.json and args.markdown and os.path.abspath(args.json) == os.path.abspath(args.markdown):
-        cli_args.fail(parser, "arguments --json and --markdown name the same file")
+        ca.fail(parser, "arguments --json and --markdown name the same file")
 
 
 def main(argv: list[str] | None = None) -> int:

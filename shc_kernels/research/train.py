@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .. import backends
 from ..modules import convert
-from . import args as cli_args
+from . import args as ca
 from . import checkpoint, models
 from . import data as data_mod
 
@@ -50,7 +50,7 @@ def _plain(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    A = cli_args
+    A = ca
     p = argparse.ArgumentParser(prog="shc train", description=_plain(__doc__.split("\n\n")[0]))
     p.add_argument("--arch", choices=sorted(models.ARCHS), default="plain10")
     p.add_argument("--shc", action="store_true", help="SHC layers in place of the 3x3 convs")
@@ -592,6 +592,15 @@ def run(args, given: set[str] | None = None) -> list[dict]:
         if not isinstance(state, dict) or not {"meta", "model", "epoch", "step"} <= set(state):
             raise checkpoint.CheckpointError(f"--resume: {args.out} holds no checkpoint of `shc train`")
         changes = resume_arguments(args, state, given)
+        # The model (all of its meta but the classes, which need the data) before anything is
+        # said about the run: a finished run of another model is a refusal, not "finished".
+        path = os.path.join(args.out, checkpoint.FILENAME)
+        theirs = state["meta"] if isinstance(state["meta"], dict) else {}
+        ours = _model_meta(args, theirs.get("num_classes"))
+        if theirs != ours:
+            raise checkpoint.CheckpointError(
+                f"--resume: checkpoint {path} is of another model: {state['meta']} (this run: {ours})"
+            )
         epoch, step = state["epoch"], state["step"]
         if epoch >= args.epochs:  # a finished run: said, exit status 0
             if rank == 0:
@@ -655,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args, given_options(parser, sys.argv[1:] if argv is None else argv))
     except (FileNotFoundError, ValueError) as exc:
-        cli_args.fail(parser, _one_line(exc))
+        ca.fail(parser, _one_line(exc))
     except KeyboardInterrupt:
         print(
             f"shc train: interrupted; continue from the last checkpoint with --resume --out {args.out}",
