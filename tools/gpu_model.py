@@ -513,8 +513,8 @@ def findings(report: dict) -> list[str]:
             flag(f"{ml['instr_per_mma']} instructions per MMA in the main loop: tensor cores issue-bound "
                  f"({c['issue_efficiency']:.0%} of peak)", "issue")  # fmt: skip
         if c["flops"] and c["waves"]["efficiency"] < 0.75:
-            flag(f"grid of {c['waves']['grid']} blocks in {c['waves']['waves']} waves "
-                 f"({c['waves']['efficiency']:.0%} of the last used)", "waves")  # fmt: skip
+            eff = c["waves"]["efficiency"]
+            flag(f"grid of {c['waves']['grid']} blocks: {eff:.0%} SM balance (a wave tail)", "waves")
     for r in report.get("cuda", []):
         if r["arch"] != 90:
             continue

@@ -316,9 +316,13 @@ def occupancy(gpu: str, regs: int, threads: int, smem: int) -> dict:
 
 
 def waves(gpu: str, grid_blocks: int, blocks_per_sm: int) -> dict:
-    """Wave quantisation: the grid's blocks over all SMs' block slots."""
-    slots = max(blocks_per_sm, 1) * GPUS[gpu]["sms"]
+    """Wave quantisation of a grid. `waves`: rounds of all SMs' block slots; `efficiency`: the
+    average SM's share of the blocks over the busiest SM's (ceil(grid / SMs)), what a
+    throughput-bound kernel loses to the tail (a grid of fewer blocks than slots spreads one per
+    SM; more resident blocks per SM share its throughput rather than finish sooner)."""
+    sms = GPUS[gpu]["sms"]
+    slots = max(blocks_per_sm, 1) * sms
     n = math.ceil(grid_blocks / slots) if grid_blocks else 0
-    return dict(
-        grid=grid_blocks, slots=slots, waves=n, efficiency=round(grid_blocks / (n * slots), 3) if n else 1.0
-    )
+    busiest = math.ceil(grid_blocks / sms) if grid_blocks else 0
+    eff = round(grid_blocks / (busiest * sms), 3) if busiest else 1.0
+    return dict(grid=grid_blocks, slots=slots, waves=n, efficiency=eff)
