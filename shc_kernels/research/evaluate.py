@@ -161,6 +161,18 @@ def choose_data(parser, args) -> None:
             if r is not None and not _same_data(r["data"] or "digits", args.data):
                 print(f"shc attack: note: {path} was trained on {_describe(r['data'])}, attacked on "
                       f"{_describe(args.data)} (--data)", file=sys.stderr)  # fmt: skip
+    if args.data == "digits":  # the digits' size: the one the digits-trained checkpoints record
+        sizes = {path: r["digits_size"] for path, r in records.items() if r is not None and r["data"] is None}
+        if args.digits_size is None and len(set(sizes.values())) > 1:
+            found = "; ".join(f"{path}: {size} px" for path, size in sizes.items())
+            ca.fail(parser, f"argument --digits-size: the checkpoints were trained on digits of different "
+                            f"sizes ({found}): give --digits-size")  # fmt: skip
+        if args.digits_size is None and sizes:
+            args.digits_size = next(iter(sizes.values()))
+        for path, size in sizes.items():
+            if args.digits_size is not None and size != args.digits_size:
+                print(f"shc attack: note: {path} was trained on {size} px digits, attacked on "
+                      f"{args.digits_size} px (--digits-size)", file=sys.stderr)  # fmt: skip
     if args.digits_size is None:
         args.digits_size = 32
 

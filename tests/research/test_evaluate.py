@@ -237,3 +237,24 @@ def test_shc_attack_says_when_data_is_not_what_the_checkpoint_was_trained_on(tmp
     argv = ["--checkpoint", fashion, "--data", "digits", "--out", str(tmp_path / "out"), *FAST]
     assert evaluate.main([*argv, "--attacks", "gaussian"]) == 0
     assert "was trained on fashion-mnist, attacked on the embedded digits (--data)" in capsys.readouterr().err
+
+
+def test_shc_attack_with_data_digits_takes_the_digits_size_the_checkpoint_records(tmp_path, capsys):
+    """--data digits without --digits-size attacked a model trained on 8 px digits at 32 px (the
+    default) without a word; the help promises the checkpoints' training size."""
+    digits = _tiny_model_file(tmp_path / "digits.pt")  # records digits_size 8
+    parser = evaluate.build_parser()
+    args = parser.parse_args(["--checkpoint", digits, "--data", "digits"])
+    evaluate.choose_data(parser, args)
+    assert args.digits_size == 8 and "note" not in capsys.readouterr().err
+    args = parser.parse_args(["--checkpoint", digits, "--data", "digits", "--digits-size", "12"])
+    evaluate.choose_data(parser, args)
+    assert args.digits_size == 12
+    assert "was trained on 8 px digits, attacked on 12 px (--digits-size)" in capsys.readouterr().err
+    state = torch.load(digits, weights_only=True)
+    state["args"]["digits_size"] = 12
+    torch.save(state, tmp_path / "twelve.pt")
+    args = parser.parse_args(["--checkpoint", digits, str(tmp_path / "twelve.pt"), "--data", "digits"])
+    with pytest.raises(SystemExit) as exc:
+        evaluate.choose_data(parser, args)
+    assert exc.value.code == 2 and "trained on digits of different sizes" in capsys.readouterr().err
