@@ -242,3 +242,25 @@ def test_cuda_kernels_make_no_local_memory_traffic(cuda_kernels):
 def test_cuda_fp16_conv_main_loop_loads_operands_with_ldmatrix(cuda_kernels):
     loop = cuda_kernels[("conv_kernel", "Half")]["main_loop"]
     assert loop["hmma"] > 0 and loop["ldsm"] > 0 and loop["ld_generic"] == 0
+
+
+# ------------------------------------------------------------- the launchers' grids (recorded)
+def _launches(stride):
+    import gpu_model_triton as gt
+
+    return {lc.name: lc for lc in gt.layer_launches(128, 128, 56, stride, 256, "bf16", "cl", sms=132)}
+
+
+@needs_compiler
+def test_a_strided_dx_runs_by_output_parity():
+    # stride 2: four parity classes, each skipping the taps invalid for the whole class
+    dx = _launches(2)["mconv_dx"].named_args()
+    assert (dx["PAR_H"], dx["PAR_W"]) == (2, 2)
+    assert (_launches(1)["mconv_dx"].named_args()["PAR_H"]) == 1
+
+
+@needs_compiler
+def test_the_statistics_forward_fills_the_gpu():
+    # at least two programs per SM of an H100 at ResNet-50's 56x56 layers (one per sample was 256)
+    stats = _launches(1)["stats_fwd"]
+    assert stats.grid_blocks() >= 2 * 132
