@@ -73,14 +73,14 @@ def decomposed_layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
-    m = _statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps)
+    m = map_operations(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps)
     if any(pad):
         x = F.pad(x, tuple(pad), mode="constant" if padding_mode == "zeros" else padding_mode)
-    y = _modulated_conv(x, weight, bias, m, tuple(stride), tuple(dilation), groups)
+    y = conv_operations(x, weight, bias, m, tuple(stride), tuple(dilation), groups)
     return y.squeeze(0) if unbatched else y
 
 
-def _statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps):
+def map_operations(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps):
     """m of shape (N, kh*kw) in the statistics' dtype (float32, float64 for float64 x). The
     statistics accumulate in float64 and are rounded to that dtype, as reference.channel_stats
     does: a float32 plane whose variance overflows float32 (std ~1e19) still has a
@@ -94,7 +94,7 @@ def _statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps):
     return torch.sigmoid(F.linear(h, fc2_weight.to(dt), _cast(fc2_bias, dt)))
 
 
-def _modulated_conv(x, weight, bias, m, stride, dilation, groups):
+def conv_operations(x, weight, bias, m, stride, dilation, groups):
     """sum over taps t = (i, j) of m[:, t] * (the 1×1 conv with W[:, :, i, j] of the padded x
     shifted by t)."""
     kh, kw = weight.shape[2:]

@@ -217,6 +217,11 @@ def statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size, 
         return node
     kernel_size = check_map_args(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kernel_size)
     eps = check_eps(eps)
+    if _onnx_exporting():  # standard ONNX operators in place of the custom op (export.py)
+        from .export import map_operations
+
+        m = map_operations(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps)
+        return m.view(x.shape[0], *kernel_size)
     be = backends.resolve(backend, x)
     if _transform_active((x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)):
         be = "reference"
@@ -244,6 +249,12 @@ def modulated_conv2d(x, weight, m, bias=None, stride=1, padding=0, dilation=1, g
     if explicit is not None:
         x = F.pad(x, explicit)
     stride, padding, dilation = check_conv_args(x, weight, m, bias, stride, padding, dilation, groups)
+    if _onnx_exporting():  # standard ONNX operators in place of the custom op (export.py)
+        from .export import conv_operations
+
+        if any(padding):
+            x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+        return conv_operations(x, weight, bias, m.reshape(m.shape[0], -1), stride, dilation, groups)
     be = backends.resolve(backend, x)
     if _transform_active((x, weight, m, bias)):
         be = "reference"

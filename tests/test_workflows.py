@@ -332,6 +332,36 @@ def test_torch_onnx_export_of_the_model_itself_gives_standard_operators(tmp_path
         assert export.check_onnx(path, net, torch.randn(batch, 3, 17, 16)) < 1e-5
 
 
+def test_torch_onnx_export_of_the_functional_api_gives_standard_operators(tmp_path):
+    """A model that calls shc.statistical_map and shc.modulated_conv2d itself (the custom ops
+    reached the ONNX graph: 'unrecognized namespace shc')."""
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+    torch.manual_seed(0)
+    layer = shc.SHCConv2d(3, 4, (3, 5), groups=1).eval()
+    with torch.no_grad():
+        layer.hyper.fc2.weight.normal_(0, 0.5)
+
+    class TwoCalls(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            m = shc.statistical_map(x, *layer._hyper_params(), (3, 5))
+            return shc.modulated_conv2d(x, layer.weight, m, layer.bias, stride=(2, 1), padding=(1, 2))
+
+    net, x = TwoCalls().eval(), torch.randn(2, 3, 9, 10)
+    path = tmp_path / "two.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})  # fmt: skip
+    assert "shc" not in {node.domain for node in onnx.load(str(path)).graph.node}
+    for batch in (1, 3):
+        assert export.check_onnx(path, net, torch.randn(batch, 3, 9, 10)) < 1e-5
+
+
 def test_decompose_computes_what_the_layers_compute(converted):
     _, model, x, y = converted
     with torch.no_grad():
