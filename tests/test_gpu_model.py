@@ -224,23 +224,28 @@ def _cuda_so():
 
 @pytest.fixture(scope="module")
 def cuda_kernels():
-    """(kernel, dtype) -> the sm_90 row of the make cuda-check build (`make gpu-model` runs this
-    file after cuda-check with SHC_GPU_MODEL_REQUIRE_CUDA=1, so there it cannot skip)."""
+    """The sm_90 rows of the make cuda-check build, one per kernel instantiation (`make gpu-model`
+    runs this file after cuda-check with SHC_GPU_MODEL_REQUIRE_CUDA=1, so there it cannot skip)."""
     so = _cuda_so()
     if so is None:
         pytest.skip("no make cuda-check build (build/cuda-check): run make gpu-model")
-    return {(r["kernel"], r["dtype"]): r for r in gm.cuda_rows(so, [90])}
+    return gm.cuda_rows(so, [90])
 
 
-def test_cuda_kernels_make_no_local_memory_traffic(cuda_kernels):
-    # LDL/STL: spills, or a per-thread array the compiler could not keep in registers
+def test_cuda_main_loops_make_no_local_memory_traffic(cuda_kernels):
+    # LDL/STL in the hot loop: spills, or a per-thread array the compiler could not keep in
+    # registers (outside the loop they cost little; the report lists them)
     assert cuda_kernels, "no kernels read from the cuda-check build"
-    for (kernel, dtype), r in cuda_kernels.items():
-        assert r["ldl_stl"] == 0, f"{kernel}<{dtype}>: {r['ldl_stl']} local loads/stores (LDL/STL)"
+    for r in cuda_kernels:
+        loop = r["main_loop"]
+        assert loop["ldl"] + loop["stl"] == 0, f"{r['kernel']}<{r['dtype']}>: LDL/STL in the main loop"
 
 
 def test_cuda_fp16_conv_main_loop_loads_operands_with_ldmatrix(cuda_kernels):
-    loop = cuda_kernels[("conv_kernel", "Half")]["main_loop"]
+    (conv,) = {
+        id(r): r for r in cuda_kernels if (r["kernel"], r["dtype"]) == ("conv_kernel", "Half")
+    }.values()
+    loop = conv["main_loop"]
     assert loop["hmma"] > 0 and loop["ldsm"] > 0 and loop["ld_generic"] == 0
 
 

@@ -329,14 +329,21 @@ def _worker_init():
 
 
 def compile_many(jobs, processes: int | None = None) -> list[dict]:
-    """compile_one over jobs, in parallel where nothing is cached."""
+    """compile_one over jobs: each distinct specialisation once, compiled (or read from the cache)
+    and analysed in parallel."""
     from concurrent.futures import ProcessPoolExecutor
 
     processes = processes or min(os.cpu_count() or 1, 8)
-    todo = [j for j in jobs if not (CACHE / f"{job_key(*j)}.json").exists()]
-    if len(todo) <= 1 or processes <= 1:
-        return [compile_one(j) for j in jobs]
-    pickle.dumps(todo[0])  # fail here, not in a worker, if a job cannot be sent
-    with ProcessPoolExecutor(max_workers=processes, initializer=_worker_init) as pool:
-        list(pool.map(compile_one, todo))
-    return [compile_one(j) for j in jobs]
+    keys = [job_key(*j) for j in jobs]
+    first: dict[str, tuple] = {}
+    for k, j in zip(keys, jobs, strict=True):
+        first.setdefault(k, j)
+    unique = list(first.values())
+    if len(unique) <= 1 or processes <= 1:
+        results = [compile_one(j) for j in unique]
+    else:
+        pickle.dumps(unique[0])  # fail here, not in a worker, if a job cannot be sent
+        with ProcessPoolExecutor(max_workers=processes, initializer=_worker_init) as pool:
+            results = list(pool.map(compile_one, unique))
+    by_key = dict(zip(first, results, strict=True))
+    return [by_key[k] for k in keys]
