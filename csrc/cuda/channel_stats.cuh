@@ -1,9 +1,19 @@
-// Per-channel statistics (DESIGN.md §1 step 1) on the GPU: block_stats (one block's share, also
-// run by the one-launch kernel in fused_shc.cu), the kernel of shc::channel_stats and the
-// elementwise kernel of shc::channel_stats_backward.
+// Per-channel statistics (DESIGN.md §1 step 1) on the GPU.
+//
+// shc::channel_stats on a plane whose pixels share one stride (NCHW, channels_last) is a wide,
+// memory-parallel pass in two stages: stats_rows_kernel (pixels contiguous) or stats_cols_kernel
+// (channels contiguous) spread (sample, channel block, pixel chunk) over the grid, each thread
+// keeping four 16-byte loads in flight, and write per chunk the sums of x - p and (x - p)^2 in
+// double, with the pivot p = x[n, d, 0] (the plane's first pixel); stats_combine_kernel adds a
+// plane's chunks and writes mu = p + S1/HW and sigma = sqrt(S2/HW - (S1/HW)^2 + eps). Shifting by
+// a value of the plane keeps a large mean over a small spread from cancelling, and double holds
+// the square of any finite fp32 value, so sigma is finite for every finite fp32 x.
+// block_stats (two passes by one block, any strides) serves other layouts and the one-launch
+// kernel (fused_shc.cu); stats_backward_kernel is shc::channel_stats_backward, elementwise.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "device_common.cuh"
 
@@ -57,6 +67,144 @@ __device__ __forceinline__ void block_stats(const scalar_t* x, int64_t s0, int64
 }
 
 namespace {
+
+constexpr int kStatsThreads = 256;
+constexpr int kStatsInFlight = 4;  // vector loads in flight per thread
+
+// VEC elements as loaded: one scalar, or one 16-byte vector (p 16-byte aligned). Loads stay in
+// this form while in flight and are widened to double only when summed (registers).
+template <typename scalar_t, int VEC>
+using RawVec = std::conditional_t<VEC == 1, scalar_t, uint4>;
+
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ RawVec<scalar_t, VEC> load_raw(const scalar_t* p) {
+  static_assert(VEC == 1 || VEC * sizeof(scalar_t) == 16, "one 16-byte vector");
+  return *reinterpret_cast<const RawVec<scalar_t, VEC>*>(p);
+}
+
+template <typename scalar_t, typename A, int VEC>
+__device__ __forceinline__ double element(const RawVec<scalar_t, VEC>& r, int i) {
+  return static_cast<double>(to_acc<A>(reinterpret_cast<const scalar_t*>(&r)[i]));
+}
+
+// Pixels contiguous (NCHW): one warp per channel, lanes along the pixels of chunk blockIdx.y.
+// grid: (N * ceil(D / 8), split). part[(n * D + d) * split + chunk] = (sum x - p, sum (x - p)^2).
+// VEC > 1 needs sq == 1 and HW, chunk, s0, s1 multiples of VEC on a 16-byte aligned x.
+template <typename scalar_t, typename A, int VEC>
+__global__ void __launch_bounds__(kStatsThreads)
+    stats_rows_kernel(const scalar_t* x, int64_t s0, int64_t s1, int64_t sq, int D, int HW, int chunk,
+                      int split, double* part) {
+  constexpr int kWarps = kStatsThreads / 32, STEP = 32 * VEC;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int dblocks = (D + kWarps - 1) / kWarps;
+  const int n = blockIdx.x / dblocks, d = (blockIdx.x - n * dblocks) * kWarps + warp, s = blockIdx.y;
+  if (d >= D) return;  // warp-uniform, and no block barrier below
+  const scalar_t* row = x + n * s0 + d * s1;
+  const double pivot = static_cast<double>(to_acc<A>(row[0]));
+  const int q0 = s * chunk, q1 = min(HW, q0 + chunk);
+  double a = 0.0, b = 0.0;
+  for (int q = q0 + lane * VEC; q < q1; q += STEP * kStatsInFlight) {
+    RawVec<scalar_t, VEC> v[kStatsInFlight];
+#pragma unroll
+    for (int u = 0; u < kStatsInFlight; ++u)
+      if (q + u * STEP < q1) v[u] = load_raw<scalar_t, VEC>(row + (q + u * STEP) * sq);
+#pragma unroll
+    for (int u = 0; u < kStatsInFlight; ++u)
+      if (q + u * STEP < q1)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const double t = element<scalar_t, A, VEC>(v[u], e) - pivot;
+          a += t;
+          b += t * t;
+        }
+  }
+  a = warp_sum(a);
+  b = warp_sum(b);
+  if (lane == 0) {
+    double* out = part + (static_cast<int64_t>(n) * D + d) * split * 2 + 2 * s;
+    out[0] = a;
+    out[1] = b;
+  }
+}
+
+// Channels contiguous (channels_last): thread (dl, pl) = (tid % DL, tid / DL) owns channels
+// [d0 + dl * VEC, + VEC) and every (256 / DL)-th pixel of chunk blockIdx.y; the pixel lanes are
+// then reduced in shared memory. grid: (N * ceil(D / (DL * VEC)), split); DL a power of two <= 32.
+// VEC > 1 needs s1 == 1 and D, sq, s0 multiples of VEC on a 16-byte aligned x.
+template <typename scalar_t, typename A, int VEC>
+__global__ void __launch_bounds__(kStatsThreads)
+    stats_cols_kernel(const scalar_t* x, int64_t s0, int64_t s1, int64_t sq, int D, int HW, int chunk,
+                      int split, int DL, double* part) {
+  __shared__ double red[2][kStatsThreads];
+  const int tid = threadIdx.x, dl = tid % DL, pl = tid / DL, PL = kStatsThreads / DL;
+  const int dblocks = (D + DL * VEC - 1) / (DL * VEC);
+  const int n = blockIdx.x / dblocks, d0 = (blockIdx.x - n * dblocks) * DL * VEC + dl * VEC, s = blockIdx.y;
+  const bool own = d0 < D;  // VEC > 1: D % VEC == 0, so all VEC channels exist
+  const scalar_t* base = x + n * s0 + static_cast<int64_t>(own ? d0 : 0) * s1;
+  double pivot[VEC], a[VEC], b[VEC];
+  const RawVec<scalar_t, VEC> first = load_raw<scalar_t, VEC>(base);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    pivot[e] = element<scalar_t, A, VEC>(first, e);
+    a[e] = b[e] = 0.0;
+  }
+  const int q0 = s * chunk, q1 = min(HW, q0 + chunk);
+  if (own)
+    for (int q = q0 + pl; q < q1; q += PL * kStatsInFlight) {
+      RawVec<scalar_t, VEC> v[kStatsInFlight];
+#pragma unroll
+      for (int u = 0; u < kStatsInFlight; ++u)
+        if (q + u * PL < q1) v[u] = load_raw<scalar_t, VEC>(base + (q + u * PL) * sq);
+#pragma unroll
+      for (int u = 0; u < kStatsInFlight; ++u)
+        if (q + u * PL < q1)
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            const double t = element<scalar_t, A, VEC>(v[u], e) - pivot[e];
+            a[e] += t;
+            b[e] += t * t;
+          }
+    }
+#pragma unroll  // a[e], b[e] stay in registers only when e is a constant
+  for (int e = 0; e < VEC; ++e) {
+    red[0][tid] = a[e];
+    red[1][tid] = b[e];
+    __syncthreads();
+    for (int st = PL / 2; st > 0; st >>= 1) {
+      if (pl < st) {
+        red[0][tid] += red[0][tid + st * DL];
+        red[1][tid] += red[1][tid + st * DL];
+      }
+      __syncthreads();
+    }
+    if (pl == 0 && own) {
+      double* out = part + (static_cast<int64_t>(n) * D + d0 + e) * split * 2 + 2 * s;
+      out[0] = red[0][tid];
+      out[1] = red[1][tid];
+    }
+    __syncthreads();
+  }
+}
+
+// One thread per (n, d): the chunks' sums -> mu, sigma. grid: ceil(N * D / 256).
+template <typename scalar_t, typename A>
+__global__ void __launch_bounds__(kStatsThreads)
+    stats_combine_kernel(const scalar_t* x, int64_t s0, int64_t s1, int N, int D, int HW, int split,
+                         const double* part, A eps, A* mu, A* sigma) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(kStatsThreads) + threadIdx.x;
+  if (idx >= static_cast<int64_t>(N) * D) return;
+  const int64_t n = idx / D, d = idx - n * D;
+  const double pivot = static_cast<double>(to_acc<A>(x[n * s0 + d * s1]));
+  double a = 0.0, b = 0.0;
+  for (int s = 0; s < split; ++s) {
+    a += part[(idx * split + s) * 2];
+    b += part[(idx * split + s) * 2 + 1];
+  }
+  const double hw = static_cast<double>(HW), m1 = a / hw;
+  const double var = b / hw - m1 * m1;
+  mu[idx] = static_cast<A>(pivot + m1);
+  sigma[idx] = static_cast<A>(sqrt((var > 0.0 ? var : 0.0) + static_cast<double>(eps)));
+}
 
 // grid: N * ceil(D / DX) blocks of 256 threads
 template <typename scalar_t, typename A>

@@ -1,7 +1,7 @@
 // The CUDA kernels of four `shc` ops (schemas in csrc/shc.cpp; same semantics as csrc/cpu): their
 // launchers, argument checks and registration. The kernels live by family:
-//   channel_stats            channel_stats.cuh: one block per (sample, channel block), two-pass
-//                            mean / variance in double.
+//   channel_stats            channel_stats.cuh: a wide two-stage pass (pixel chunks spread over
+//                            the grid, pivot-shifted sums in double, then a combine kernel).
 //   channel_stats_backward   channel_stats.cuh: elementwise, written in x.suggest_memory_format().
 //   modulated_conv2d         conv_tile.cuh: implicit GEMM, the m[n,t] scale applied to the staged
 //                            activation tile, bias fused; fp16/bf16 on tensor cores (WMMA, fp32
@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 
 #include "channel_stats.cuh"
 #include "conv_tile.cuh"
@@ -114,15 +115,59 @@ std::tuple<at::Tensor, at::Tensor> channel_stats_cuda(const at::Tensor& x, doubl
   at::Tensor mu = at::empty({N, D}, x.options().dtype(ct));
   at::Tensor sigma = at::empty({N, D}, x.options().dtype(ct));
   if (N * D == 0) return std::make_tuple(mu, sigma);
-  const int DX = (x.stride(1) == 1 && D > 1) ? 32 : 1;
-  const int64_t blocks = N * ((D + DX - 1) / DX);
   const cudaStream_t stream = current_stream();
+  const int64_t H = x.size(2), W = x.size(3), HW = H * W;
+  // The wide pass needs the plane's pixels on one stride sq (q = h * W + w).
+  const int64_t sq = W == 1 ? x.stride(2) : x.stride(3);
+  const bool flat = H == 1 || W == 1 || x.stride(2) == W * x.stride(3);
+  if (!flat) {
+    const int DX = (x.stride(1) == 1 && D > 1) ? 32 : 1;
+    const int64_t blocks = N * ((D + DX - 1) / DX);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_channel_stats_cuda", [&] {
+      using A = typename ConvCfg<scalar_t>::A;
+      launch(stats_kernel<scalar_t, A>, static_cast<unsigned>(blocks), 256, 0, stream,
+             x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3), static_cast<int>(N),
+             static_cast<int>(D), static_cast<int>(H), static_cast<int>(W), static_cast<A>(eps), DX,
+             mu.mutable_data_ptr<A>(), sigma.mutable_data_ptr<A>());
+    });
+    return std::make_tuple(mu, sigma);
+  }
+  const bool cols = x.stride(1) == 1 && D > 1;  // channels contiguous (channels_last)
+  const int64_t s0 = x.stride(0), s1 = x.stride(1);
+  const int target = 4 * sm_count(x.get_device());  // blocks of the first stage
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_channel_stats_cuda", [&] {
     using A = typename ConvCfg<scalar_t>::A;
-    launch(stats_kernel<scalar_t, A>, static_cast<unsigned>(blocks), 256, 0, stream, x.const_data_ptr<scalar_t>(),
-           x.stride(0), x.stride(1), x.stride(2), x.stride(3), static_cast<int>(N), static_cast<int>(D),
-           static_cast<int>(x.size(2)), static_cast<int>(x.size(3)), static_cast<A>(eps), DX,
-           mu.mutable_data_ptr<A>(), sigma.mutable_data_ptr<A>());
+    constexpr int V = 16 / sizeof(scalar_t);
+    const bool aligned = reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0 && s0 % V == 0;
+    const bool vec = aligned && (cols ? D % V == 0 && sq % V == 0 : sq == 1 && HW % V == 0 && s1 % V == 0);
+    const int vec_n = vec ? V : 1;
+    // Blocks per sample before splitting the pixels, and the pixels one block step covers.
+    int DL = 1;
+    while (cols && DL < 32 && DL * vec_n < D) DL *= 2;
+    const int64_t dblocks = cols ? (D + DL * vec_n - 1) / (DL * vec_n) : (D + kStatsThreads / 32 - 1) / (kStatsThreads / 32);
+    const int64_t unit = cols ? kStatsThreads / DL : 32 * vec_n;
+    int64_t split = std::max<int64_t>(1, (target + N * dblocks - 1) / (N * dblocks));
+    split = std::min<int64_t>({split, 64, (HW + unit - 1) / unit});
+    int64_t chunk = (HW + split - 1) / split;
+    chunk = (chunk + vec_n - 1) / vec_n * vec_n;
+    split = (HW + chunk - 1) / chunk;
+    TORCH_CHECK(N * dblocks < INT_MAX, op, ": problem too large for the CUDA kernel");
+    const at::Tensor part = at::empty({N, D, split, 2}, x.options().dtype(at::kDouble));
+    const dim3 grid(static_cast<unsigned>(N * dblocks), static_cast<unsigned>(split));
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    double* pp = part.mutable_data_ptr<double>();
+    const int d = static_cast<int>(D), hw = static_cast<int>(HW), c = static_cast<int>(chunk), sp = static_cast<int>(split);
+    if (cols && vec)
+      launch(stats_cols_kernel<scalar_t, A, V>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, DL, pp);
+    else if (cols)
+      launch(stats_cols_kernel<scalar_t, A, 1>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, DL, pp);
+    else if (vec)
+      launch(stats_rows_kernel<scalar_t, A, V>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, pp);
+    else
+      launch(stats_rows_kernel<scalar_t, A, 1>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, pp);
+    launch(stats_combine_kernel<scalar_t, A>, static_cast<unsigned>((N * D + kStatsThreads - 1) / kStatsThreads),
+           kStatsThreads, 0, stream, xp, s0, s1, static_cast<int>(N), d, hw, sp,
+           static_cast<const double*>(pp), static_cast<A>(eps), mu.mutable_data_ptr<A>(), sigma.mutable_data_ptr<A>());
   });
   return std::make_tuple(mu, sigma);
 }
