@@ -5,9 +5,9 @@ thread's CPU time (the machine is shared: wall clock there measures the other jo
 
     .venv/bin/python bench/ab_cpu_kernel.py OLD_LIB.so OLD_NAMESPACE CIN,COUT,HW,STRIDE,N ...
 
-OLD_LIB.so is the old csrc/cpu/shc_cpu.cpp built with its ops registered under OLD_NAMESPACE
-(e.g. `sed 's/TORCH_LIBRARY_IMPL(shc,/TORCH_LIBRARY_IMPL(shcold,/'` on it and on csrc/shc.cpp's
-TORCH_LIBRARY, compiled with torch.utils.cpp_extension.load(..., is_python_module=False));
+OLD_LIB.so is an older csrc/cpu built with its ops registered under OLD_NAMESPACE
+(e.g. `sed 's/TORCH_LIBRARY_IMPL(shc,/TORCH_LIBRARY_IMPL(shcold,/'` on csrc/cpu/register.cpp and on
+csrc/shc.cpp's TORCH_LIBRARY, compiled with torch.utils.cpp_extension.load(..., is_python_module=False));
 "new" is the built shc_kernels._C.
 """
 

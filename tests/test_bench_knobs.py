@@ -1,4 +1,4 @@
-"""The CPU kernel's tuning knobs (SHC_CPU_* environment variables, csrc/cpu/shc_cpu.cpp) are
+"""The CPU kernel's tuning knobs (SHC_CPU_* environment variables, csrc/cpu/knobs.cpp) are
 checked on every call: a bad value is a one-line error naming the variable, never a crash
 (SHC_CPU_CHUNKS_PER_THREAD=0 used to kill the process with SIGFPE)."""
 
