@@ -171,7 +171,8 @@ def _extensions():
     return [ext], cmdclass
 
 
-# pip names of the extras (shc_kernels/research/__init__.py's EXTRAS lists their import names):
+# pip names of the extras (shc_kernels/research/__init__.py's EXTRAS lists the import names the
+# commands check; export's are checked where shc_kernels.export imports them):
 # train: the paper's models (torchvision), progress bars (tqdm), the embedded digits (scikit-learn);
 # robustness: train plus the attack suite (torchattacks) and the reports' figures (matplotlib).
 # export: shc_kernels.export's ONNX path (to_onnx) and its check in onnxruntime (check_onnx).
@@ -192,11 +193,9 @@ def main():
         version="0.1.0",
         description="Fast Statistical Hyper-Convolution (SHC) layers for PyTorch",
         packages=find_packages(include=["shc_kernels", "shc_kernels.*"]),
-        package_data={"shc_kernels": ["*.json", "data/*"]},
-        include_package_data=True,
         python_requires=">=3.10",
         # The layer library needs torch alone; the research application (shc_kernels.research)
-        # and the commands built on it take extras, named in one place: shc_kernels.research.EXTRAS.
+        # and the commands built on it take extras (their import names: shc_kernels.research.EXTRAS).
         install_requires=[_torch_pin()],
         extras_require=EXTRAS_REQUIRE,
         entry_points={"console_scripts": ["shc=shc_kernels.cli:main"]},
