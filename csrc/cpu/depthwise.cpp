@@ -108,6 +108,8 @@ struct V {
   static vec fmadd(vec a, vec b, vec c) { return a * b + c; }
   static vec add(vec a, vec b) { return a + b; }
   static double hsum(vec v) { return static_cast<double>(v); }
+  static void deinterleave2(vec a, vec b, vec& even, vec& odd) { even = a, odd = b; }
+  static void interleave2(vec even, vec odd, vec& lo, vec& hi) { lo = even, hi = odd; }
 };
 #include "depthwise_kernels.inc"
 }  // namespace kgen
@@ -137,6 +139,15 @@ struct V {
     _mm256_store_pd(t, _mm256_add_pd(lo, hi));
     return (t[0] + t[1]) + (t[2] + t[3]);
   }
+  // (a0..a7, b0..b7) -> even (a0 a2 .. b6), odd (a1 a3 .. b7), and back
+  static void deinterleave2(vec a, vec b, vec& even, vec& odd) {
+    even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+    odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+  }
+  static void interleave2(vec even, vec odd, vec& lo, vec& hi) {
+    const vec l = _mm256_unpacklo_ps(even, odd), h = _mm256_unpackhi_ps(even, odd);
+    lo = _mm256_permute2f128_ps(l, h, 0x20), hi = _mm256_permute2f128_ps(l, h, 0x31);
+  }
 };
 #include "depthwise_kernels.inc"
 }  // namespace k256
@@ -163,6 +174,16 @@ struct V {
     const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
     const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
     return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+  }
+  static void deinterleave2(vec a, vec b, vec& even, vec& odd) {
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    even = _mm512_permutex2var_ps(a, ie, b);
+    odd = _mm512_permutex2var_ps(a, _mm512_add_epi32(ie, _mm512_set1_epi32(1)), b);
+  }
+  static void interleave2(vec even, vec odd, vec& lo, vec& hi) {
+    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    lo = _mm512_permutex2var_ps(even, il, odd);
+    hi = _mm512_permutex2var_ps(even, _mm512_add_epi32(il, _mm512_set1_epi32(8)), odd);
   }
 };
 #include "depthwise_kernels.inc"

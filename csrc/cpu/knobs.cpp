@@ -31,7 +31,9 @@ Method env_method() {
   if (std::strcmp(v, "shift") == 0) return Method::kShift;
   if (std::strcmp(v, "taps") == 0) return Method::kTaps;
   if (std::strcmp(v, "direct") == 0) return Method::kDirect;
-  TORCH_CHECK(false, "environment variable SHC_CPU_METHOD must be auto, im2col, shift, taps or direct, got '", v,
+  if (std::strcmp(v, "depthwise") == 0) return Method::kDepthwise;
+  TORCH_CHECK(false,
+              "environment variable SHC_CPU_METHOD must be auto, im2col, shift, taps, direct or depthwise, got '", v,
               "'");
 }
 
@@ -75,6 +77,10 @@ Knobs read_knobs(bool backward) {
 Method choose_method(const Geom& g, const Knobs& k, size_t elem, bool backward) {
   const bool direct_ok = (shift_taps(g) || (!backward && direct_stride2(g))) && elem == sizeof(float) &&
                          k.direct != nullptr;
+  // depthwise (csrc/cpu/depthwise.h): grouped convs with few input channels per group, where the
+  // other methods are im2col's per-group GEMMs of a 1-8 channel panel (bench/results/cpu_grouped.md)
+  if ((k.method == Method::kAuto || k.method == Method::kDepthwise) && depthwise::applies(g))
+    return Method::kDepthwise;
   if (k.method == Method::kDirect && direct_ok) return Method::kDirect;
   if (k.method == Method::kShift && shift_taps(g)) return Method::kShift;
   if (k.method == Method::kTaps && taps_apply(g)) return Method::kTaps;

@@ -11,6 +11,7 @@
 
 #include "args.h"
 #include "cpu_util.h"
+#include "depthwise.h"
 #include "knobs.h"
 #include "methods.h"
 #include "ops.h"
@@ -27,6 +28,8 @@ void forward_impl(const Geom& g, const T* x, const T* w, const T* m, const T* bi
     if constexpr (std::is_same_v<T, float>)
       if (method == Method::kDirect) return forward_direct(g, *k.direct, x, w, m, bias, y);
     if (method == Method::kTaps) return forward_taps<T>(g, k, x, w, m, bias, y);
+    if (method == Method::kDepthwise)
+      return depthwise::forward<T>(g, depthwise_isa(k), x, w, m, bias, y, nullptr);
   }
   forward_im2col<T>(g, k, x, w, m, bias, y);
 }
@@ -55,6 +58,8 @@ void backward_impl(const Geom& g, const T* dy, const T* x, const T* w, const T* 
     return backward_shift<T>(g, k, dy, x, w, m, dx, gw, dm, db, done,
                              method == Method::kDirect ? k.direct : nullptr);
   if (method == Method::kTaps) return backward_taps<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
+  if (method == Method::kDepthwise)
+    return depthwise::backward<T>(g, depthwise_isa(k), dy, x, w, m, dx, gw, dm, db, done);
   backward_im2col<T>(g, k, dy, x, w, m, dx, gw, dm, db, done);
 }
 

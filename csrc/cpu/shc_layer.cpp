@@ -13,6 +13,7 @@
 #include "../conv_geometry.h"
 #include "args.h"
 #include "cpu_util.h"
+#include "depthwise.h"
 #include "hyper.h"
 #include "knobs.h"
 #include "methods.h"
@@ -76,6 +77,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_direct(con
   return std::make_tuple(finish(y, x.scalar_type(), x.suggest_memory_format()), m, z, h);
 }
 
+// shc::shc_conv2d's forward where the conv takes the depthwise method (fp32 or fp64): as
+// shc_conv2d_direct, each sample's statistics and map are computed right before its planes are
+// convolved (depthwise::forward's before()), so x is read from memory once.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_depthwise(
+    const Geom& g, const Knobs& k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& b,
+    const HyperParams& hp, int64_t hid, double eps, at::ScalarType ct) {
+  const at::TensorOptions o = x.options().dtype(ct);
+  at::Tensor z = at::empty({g.N, 2 * g.D}, o), h = at::empty({g.N, hid}, o), m = at::empty({g.N, g.kh, g.kw}, o);
+  at::Tensor y = at::empty({g.N, g.C, g.OH, g.OW}, o);
+  const at::Tensor xc = x.to(ct).contiguous(), wc = weight.to(ct).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(ct, "shc_conv2d_cpu_depthwise", [&] {
+    using S = scalar_t;
+    const S* xp = xc.const_data_ptr<S>();
+    S* zp = z.mutable_data_ptr<S>();
+    const int64_t D = g.D, HW = g.H * g.W;
+    const depthwise::SampleFn before = [&](int64_t n0, int64_t nb) {
+      S* zb = zp + n0 * 2 * D;  // z = cat(mu, sigma) of the samples
+      stats_impl<S>(xp + n0 * D * HW, nb * D, D, HW, eps, zb, zb + D, 2 * D);
+      hp.rows<S>(z, n0, nb, k.brgemm, h, m);
+    };
+    depthwise::forward<S>(g, depthwise_isa(k), xp, wc.const_data_ptr<S>(), m.const_data_ptr<S>(),
+                          b.defined() ? b.const_data_ptr<S>() : nullptr, y.mutable_data_ptr<S>(), &before);
+  });
+  return std::make_tuple(finish(y, x.scalar_type(), x.suggest_memory_format()), m, z, h);
+}
+
 }  // namespace
 
 // The whole layer (shc::shc_conv2d): statistics, the hypernetwork (hyper_rows), then the modulated
@@ -111,6 +138,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
   if (method == Method::kTaps) return shc_conv2d_taps(g, k, x, weight, conv_bias(bias, g, ct, op), hp, hid, eps, ct);
   if (method == Method::kDirect && ct == at::kFloat)
     return shc_conv2d_direct(g, k, x, weight, conv_bias(bias, g, ct, op), hp, hid, eps);
+  if (method == Method::kDepthwise)
+    return shc_conv2d_depthwise(g, k, x, weight, conv_bias(bias, g, ct, op), hp, hid, eps, ct);
   const int64_t N = x.size(0), D = x.size(1), HW = x.size(2) * x.size(3);
   const at::TensorOptions o = x.options().dtype(ct);
   // z = cat(mu, sigma), h = relu(z fc1^T + b1), m = sigmoid(h fc2^T + b2), written in place
