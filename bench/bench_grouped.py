@@ -210,13 +210,15 @@ def markdown(rows, models, info, before=None):
                  for r in rows)  # fmt: skip
     lines += ["", f"Rows with all four ratios within 1.25x: {within}/{len(rows)}; worst ratio {worst:.2f}x."]
     if models:
+        extra = (" before |", "---|") if before and before.get("models") else ("", "")
         lines += ["", "## Whole models, forward (eval, random weights, 3x224x224)", "",
-                  "| model | plain ms | converted ms | ratio |", "|---|---|---|---|"]  # fmt: skip
+                  "| model | plain ms | converted ms | ratio |" + extra[0],
+                  "|---|---|---|---|" + extra[1]]  # fmt: skip
         old_models = {m["model"]: m for m in (before or {}).get("models", [])}
         for m in models:
             line = f"| {m['model']} | {m['plain_ms']:.0f} | {m['shc_ms']:.0f} | {m['ratio']:.3f}x |"
             if m["model"] in old_models:
-                line += f" before: {old_models[m['model']]['ratio']:.3f}x |"
+                line += f" {old_models[m['model']]['ratio']:.3f}x |"
             lines.append(line)
     return "\n".join(lines) + "\n"
 
