@@ -245,7 +245,7 @@ def _layer_grad(lib, grad_y, grad_m, grad_z, grad_h, x, weight, m, z, h, f1w, f2
                 need):  # fmt: skip
     """shc::shc_conv2d's backward composed of differentiable ops: the conv's (dx, dW, dm) from
     modulated_conv2d_backward, then the hypernetwork by hand (sigmoid, fc2, relu, fc1) in the
-    statistics' dtype, then the statistics' backward for the hypernetwork route of dx (DESIGN.md
+    statistics' dtype, then the statistics' backward for the hypernetwork route of dx (docs/design.md
     §3). Gradients that reach the outputs m, z, h directly (from a double backward, say) are added
     where those values enter the chain. create_graph=True thus gives second order; the route not
     taken sees x detached, as the reference's route_inputs does. ``lib``: the namespace's ops;

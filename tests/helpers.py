@@ -13,7 +13,7 @@ import shc_kernels as shc
 # Compiled backends that run on CPU tensors here (the GPU ones are tested in tests/gpu).
 CPU_BACKENDS = [b for b in shc.available_backends() if b == "cpu"]
 ROUTES = ("both", "conv", "hyper")
-FORMS = ("fused", "split")  # how a compiled backend computes the layer (functional.choose_form)
+FORMS = ("fused", "split")  # how a compiled backend computes the layer (functional.plan)
 
 
 @contextlib.contextmanager

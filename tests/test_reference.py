@@ -1,4 +1,4 @@
-"""shc_kernels.reference against DESIGN.md §1 written out by hand in float64."""
+"""shc_kernels.reference against docs/design.md §1 written out by hand in float64."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the CUDA extension on a machine without a GPU and check it (DESIGN.md §5, `make cuda-check`):
+# Build the CUDA extension on a machine without a GPU and check it (docs/gpu.md, `make cuda-check`):
 #   1. copy the sources into build/cuda-check/src (the in-place CPU build is left alone) and run
 #      FORCE_CUDA=1 setup.py build_ext --inplace there for TORCH_CUDA_ARCH_LIST (default "8.0;9.0")
 #      with -Xptxas -v;

@@ -2,7 +2,7 @@
 
     python tools/triton_aot_check.py [--arch 80 90] [--jobs N] [--full]
 
-No GPU is needed (DESIGN.md §5). The kernels are not compiled from a hand-written signature: the
+No GPU is needed (docs/gpu.md). The kernels are not compiled from a hand-written signature: the
 package's own launchers run on ``meta`` tensors of one ResNet-50 layer (64 channels at 56x56,
 batch 32) with every Triton kernel replaced by a recorder (tools/gpu_model_triton.py), and each
 recorded launch is compiled with the specialisation ``triton.jit`` would give it at run time: the

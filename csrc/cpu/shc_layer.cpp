@@ -156,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shc_conv2d_cpu(
   return std::make_tuple(y, m, z, h);
 }
 
-// shc::shc_conv2d's whole backward in one call (DESIGN.md §3): the conv's dx (conv route),
+// shc::shc_conv2d's whole backward in one call (docs/design.md §3): the conv's dx (conv route),
 // grad_weight, grad_bias and dm in one pass over the chunks; as each chunk of samples completes,
 // on its worker thread, the hypernetwork backward for those samples (sigmoid, fc2, relu, fc1,
 // in double) and the hypernetwork route of dx,

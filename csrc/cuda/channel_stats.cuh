@@ -1,4 +1,4 @@
-// Per-channel statistics (DESIGN.md §1 step 1) on the GPU.
+// Per-channel statistics (docs/design.md §1 step 1) on the GPU.
 //
 // shc::channel_stats on a plane whose pixels share one stride (NCHW, channels_last) is a wide,
 // memory-parallel pass in two stages: stats_rows_kernel (pixels contiguous) or stats_cols_kernel

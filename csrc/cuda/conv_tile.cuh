@@ -2,7 +2,7 @@
 // its conv-route dx and of the one-launch kernel (fused_shc.cu); its tile configurations per
 // dtype, the one-tile-per-CTA kernel and its launcher.
 //
-// The implicit GEMM (DESIGN.md §3), one routine for the forward and the conv-route dx:
+// The implicit GEMM (docs/design.md §3), one routine for the forward and the conv-route dx:
 //   out[row, col] = sum_t sum_k  m[n(row), t] * src[n(row), g*Kdim + k, pos(row) (+) t] * B[g, t, k, col]
 // forward: rows = (n, oh, ow), src = x,  k = input channel d,  col = output channel c,
 //          B[g,t,d,c] = W[g*Cg + c, d, t], pos(+)t = (oh*sh - ph + i*dh, ow*sw - pw + j*dw).

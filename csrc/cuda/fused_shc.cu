@@ -3,7 +3,7 @@
 //
 //   y, m, z, h = shc_conv2d(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
 //                           stride, padding, dilation, groups, eps, grad_route)
-// computes what statistical_map + modulated_conv2d compute (DESIGN.md §1) in one persistent
+// computes what statistical_map + modulated_conv2d compute (docs/design.md §1) in one persistent
 // kernel. Work items come from one global counter, in order: items [0, N) are samples (channel
 // statistics, then the two-layer hypernetwork; the block publishes m[n] and sets ready[n] after a
 // __threadfence), the items after them are conv tiles ordered by row tile, so early tiles need

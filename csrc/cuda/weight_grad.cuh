@@ -1,4 +1,4 @@
-// The weight gradient of the modulated conv, dW and dm in one kernel (DESIGN.md §3). A CTA owns a
+// The weight gradient of the modulated conv, dW and dm in one kernel (docs/design.md §3). A CTA owns a
 // (c, d) tile for one (group, tap) and a range of samples; per sample it accumulates the plain
 // weight gradient G_n[c,d,t] = sum_p dy[n,c,p] x[n,d,p(+)t] over that sample's pixels, then
 // dW += m[n,t] * G_n (m[n,t] is uniform over the tile) and dm[n,t] += sum_{c,d} W[c,d,t] G_n[c,d,t].

@@ -1,4 +1,4 @@
-"""The modulated conv (DESIGN.md §1 steps 3-4, §3) as three implicit-GEMM Triton kernels.
+"""The modulated conv (docs/design.md §1 steps 3-4, §3) as three implicit-GEMM Triton kernels.
 
 Forward: rows = output pixels over N·OH·OW, columns = output channels of one group, reduction
 tap-major over (tap, input-channel block) in one flat loop; the loaded activation tile is

@@ -1,4 +1,4 @@
-"""Statistics and hypernetwork (DESIGN.md §1 steps 1-2) on the Triton backend.
+"""Statistics and hypernetwork (docs/design.md §1 steps 1-2) on the Triton backend.
 
 Forward: the statistics are a memory-bound pass over x, spread over (sample, channel block,
 pixel chunk) programs so that many wide loads are in flight (``_stats_fwd_kernel``); each program
