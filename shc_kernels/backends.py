@@ -74,9 +74,19 @@ def available_backends() -> list[str]:
 
 
 def auto_candidates(x: torch.Tensor) -> list[str]:
-    """The compiled backends "auto" may pick for ``x``, in order of preference."""
+    """The compiled backends "auto" may pick for ``x``, in order of preference.
+
+    Under ``torch.use_deterministic_algorithms(True)`` (not warn_only) with autograd recording, a
+    GPU tensor gets none, so "auto" takes the reference: the Triton and CUDA backwards sum dW and
+    dm with atomics and raise in that mode, where the reference's backward is torch's own ops."""
     if x.device.type == "cpu":
         wanted = ("cpu",)
+    elif (
+        torch.are_deterministic_algorithms_enabled()
+        and not torch.is_deterministic_algorithms_warn_only_enabled()
+        and torch.is_grad_enabled()
+    ):
+        return []
     elif x.dtype == torch.float64:
         wanted = ("cuda",)  # Triton has no fp64 path
     else:

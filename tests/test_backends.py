@@ -185,3 +185,32 @@ def test_bad_input_is_a_clear_error_even_when_auto_would_time_backends(monkeypat
         with pytest.raises(ValueError, match="too small for kernel"):
             shc.shc_conv2d(x[:, :, :1, :1], weight, bias, f1w, f1b, f2w, f2b, backend=backend)
     assert shc.backends._FASTEST == {}
+
+
+@pytest.fixture
+def deterministic_mode():
+    """torch.use_deterministic_algorithms for one test, restored after it."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield lambda warn: torch.use_deterministic_algorithms(True, warn_only=warn)
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def test_auto_on_a_gpu_takes_the_reference_in_deterministic_mode(monkeypatch, deterministic_mode):
+    """The Triton and CUDA backwards raise in deterministic mode (atomic dW and dm), so "auto" must
+    not pick them there while autograd records; inference and warn_only mode keep them. No GPU is
+    needed: the choice reads only x's device and dtype."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(shc.backends, "unavailable_reason", lambda name: None)
+    x = SimpleNamespace(device=torch.device("cuda"), dtype=torch.float16)
+    assert shc.backends.auto_candidates(x) == ["triton", "cuda"]
+    deterministic_mode(warn_only=False)
+    assert shc.backends.auto_candidates(x) == []
+    assert shc.backends.resolve("auto", x) == "reference"
+    with torch.no_grad():
+        assert shc.backends.auto_candidates(x) == ["triton", "cuda"]
+    cpu = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32)
+    assert shc.backends.auto_candidates(cpu) == ["cpu"]  # the CPU backward is deterministic
+    deterministic_mode(warn_only=True)
+    assert shc.backends.auto_candidates(x) == ["triton", "cuda"]
