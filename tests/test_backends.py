@@ -192,7 +192,7 @@ def deterministic_mode():
     """torch.use_deterministic_algorithms for one test, restored after it."""
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    yield lambda warn: torch.use_deterministic_algorithms(True, warn_only=warn)
+    yield lambda warn_only: torch.use_deterministic_algorithms(True, warn_only=warn_only)
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
