@@ -39,11 +39,12 @@ $(VENV)/.stamp-deps: requirements-dev.txt | $(PY)
 	touch $@
 
 # Incremental (ninja): a no-op when nothing in csrc/ changed. The editable install (for the
-# `shc` command) is done once.
+# `shc` command) is done once, without compiling _C again (the in-place build above serves it).
 build: $(VENV)/.stamp-deps
 	$(PY) setup.py -q build_ext --inplace
 	@if [ ! -f $(VENV)/.stamp-editable ]; then \
-		$(PIP) install -q --no-build-isolation --no-deps -e . && touch $(VENV)/.stamp-editable; fi
+		SHC_EDITABLE_PYTHON_ONLY=1 $(PIP) install -q --no-build-isolation --no-deps -e . \
+			&& touch $(VENV)/.stamp-editable; fi
 
 lint: setup
 	$(VENV)/bin/ruff check .

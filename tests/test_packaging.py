@@ -65,6 +65,29 @@ def test_force_cuda_builds_the_cuda_sources_and_none_without_sources(setup_modul
     assert not want_cuda(torch, [])
 
 
+def _setup_call(setup_module):
+    """What main() would hand setuptools.setup, with _extensions stubbed to a marker."""
+    seen = {}
+    scope = setup_module["main"].__globals__  # run_path returns a copy; main() reads its own globals
+    scope["setup"] = lambda **kw: seen.update(kw)
+    scope["_extensions"] = lambda: (["the extension"], {"build_ext": "BuildExtension"})
+    setup_module["main"]()
+    return seen
+
+
+@needs_checkout
+def test_the_editable_install_of_make_build_compiles_nothing(setup_module, monkeypatch):
+    """`make build` compiles _C in place, then `pip install -e .` with SHC_EDITABLE_PYTHON_ONLY=1:
+    that install must not compile the extension again (it did, in a temporary folder: minutes of CI);
+    without the variable (the wheel, a user's `pip install`) the extension is built."""
+    monkeypatch.setenv("SHC_EDITABLE_PYTHON_ONLY", "1")
+    assert _setup_call(setup_module)["ext_modules"] == []
+    monkeypatch.delenv("SHC_EDITABLE_PYTHON_ONLY")
+    assert _setup_call(setup_module)["ext_modules"] == ["the extension"]
+    makefile = SETUP_PY.with_name("Makefile").read_text()
+    assert "SHC_EDITABLE_PYTHON_ONLY=1 $(PIP) install -q --no-build-isolation --no-deps -e ." in makefile
+
+
 @needs_checkout
 def test_release_architectures_are_sm80_sm90_and_compute90_ptx(setup_module):
     assert setup_module["DEFAULT_CUDA_ARCH_LIST"] == "8.0;9.0+PTX"
