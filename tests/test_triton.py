@@ -241,6 +241,46 @@ def test_modulated_conv2d_gradient_wrt_m_matches_reference(dtype, channels_last)
         _assert_close(a, b, dtype, f"grad {name}")
 
 
+# The kernels' tiling edge cases under the interpreter's one config (BLOCK_M 32, BLOCK_N 16, BLOCK_K
+# 16): (N, D, C, H, W, kernel, stride, padding, dilation, groups). Input channels per group above
+# BLOCK_K take the forward's flattened (tap, channel block) loop, unmasked where BLOCK_K divides them
+# (32) and masked where not (40); 7x6 = 42 and 5x5 = 25 output pixels put row tiles across samples;
+# batch 1; groups; stride 2; a 7x7 plane (49 pixels, as ResNet-50's last layers) with 2 x 16 channels.
+TILE_CASES = {
+    "dg32-unmasked": (2, 32, 16, 7, 6, 3, 1, 1, 1, 1),
+    "dg40-masked-s2": (3, 40, 8, 9, 9, 3, 2, 1, 1, 1),
+    "n1-g2-dg20": (1, 40, 12, 5, 5, 3, 1, 1, 1, 2),
+    "7x7-g2": (3, 32, 32, 7, 7, 3, 1, 1, 1, 2),
+    "dil2-5x3": (2, 24, 8, 8, 9, (5, 3), 1, (2, 1), (1, 2), 1),
+}
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("case", TILE_CASES.values(), ids=TILE_CASES.keys())
+def test_modulated_conv2d_tiling_edge_cases_match_reference(case, channels_last):
+    n, d, c, h, w, k, stride, padding, dilation, groups = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    dtype = torch.float32
+    weight, bias, *_ = make_params(d, c, kh, kw, groups=groups, dtype=dtype, seed=3)
+    x = rand_x(n, d, h, w, dtype=dtype, channels_last=channels_last, seed=4)
+    m = torch.rand(n, kh, kw, generator=torch.Generator().manual_seed(5)) * 0.9 + 0.05
+    conf = (pair(stride, "s"), pair(padding, "p"), pair(dilation, "d"), groups)
+
+    def run(fn, x, weight, m, bias):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, m, bias)]
+        y = fn(*leaves, *conf)
+        y.backward(
+            torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(y.dtype)
+        )
+        return y.detach(), [t.grad for t in leaves]
+
+    y, grads = run(T.modulated_conv2d, x, weight, m, bias)
+    y_ref, grads_ref = run(reference.modulated_conv2d, x.double(), weight.double(), m.double(), bias.double())
+    _assert_close(y, y_ref, dtype, "y")
+    for name, a, b in zip(("x", "weight", "m", "bias"), grads, grads_ref, strict=True):
+        _assert_close(a, b, dtype, f"grad {name}")
+
+
 def test_empty_batch_returns_empty_results():
     weight, bias, f1w, f1b, f2w, f2b = make_params(4, 6, 3, 3, dtype=torch.float32)
     x = torch.empty(0, 4, 7, 6, requires_grad=True)

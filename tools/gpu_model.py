@@ -135,12 +135,38 @@ def triton_work(name: str, L: Layer, launch) -> tuple[float, float, float]:
     return 0.0, 0.0, 0.0
 
 
-def kernel_prediction(res: dict, gpu: str, flops, dram, loaded, grid, threads) -> dict:
+def conditional_share(name: str, launch, config) -> float:
+    """How often, per main-loop iteration, the loop's branch-skipped regions run (1.0: every time,
+    the default where the kernel's structure does not say). mconv_fwd with several channel blocks
+    per tap is one flattened loop over (tap, channel block): its per-tap setup and scaled add run
+    once per tap, i.e. once every cdiv(DG, BLOCK_K) iterations. mconv_dw's per-sample scaled add
+    runs once per sample's cdiv(OH*OW, BLOCK_K) row blocks."""
+    if config is None:
+        return 1.0
+    args = launch.named_args()
+    bk = config.kwargs.get("BLOCK_K")
+    if name == "mconv_fwd" and "DG" in args and bk:
+        return 1.0 / max(1, math.ceil(args["DG"] / bk))
+    if name == "mconv_dw" and "SAMPLE_ALIGNED" in launch.kwargs and bk:
+        return 1.0 / max(1, math.ceil(args["OHW"] / bk))
+    return 1.0
+
+
+def executed_instr_per_mma(loop: dict, share: float):
+    """Instructions issued per MMA in the main loop when its conditional regions run `share` of the
+    iterations (loop['instr_per_mma'] counts every path, as if they ran every time)."""
+    if not loop["mma_equiv"]:
+        return None
+    cond = loop.get("conditional", 0)
+    return round((loop["instructions"] - cond * (1.0 - share)) / loop["mma_equiv"], 2)
+
+
+def kernel_prediction(res: dict, gpu: str, flops, dram, loaded, grid, threads, share=1.0) -> dict:
     g = gs.GPUS[gpu]
     occ = gs.occupancy(gpu, res["regs"], threads, res["smem"])
     wv = gs.waves(gpu, grid, occ["blocks_per_sm"])
     loop = res["sass"]["main_loop"]
-    ipm = loop["instr_per_mma"]
+    ipm = executed_instr_per_mma(loop, share)
     issue = min(1.0, issue_k(gpu) / ipm) if (ipm and flops) else 1.0
     t_mma = flops / (g["bf16_tflops"] * 1e12 * issue) * 1e6 if flops else 0.0
     t_dram = dram / (g["hbm_tbs"] * 1e12) * 1e6
@@ -161,6 +187,8 @@ def kernel_prediction(res: dict, gpu: str, flops, dram, loaded, grid, threads) -
     return dict(
         occupancy=occ,
         waves=wv,
+        instr_per_mma_executed=ipm,
+        conditional_share=round(share, 4),
         issue_efficiency=round(issue, 3),
         t_us=round(t, 2),
         limit=bound,
@@ -201,7 +229,8 @@ def triton_rows(batch, dtype, layout, archs, jobs):
             )
             res["smem"] = max(res["smem"], r["shared"])
             f, dram, loaded = triton_work(launch.name, L, launch)
-            pred = kernel_prediction(res, gpu, f, dram, loaded, launch.grid_blocks(cfg), threads)
+            share = conditional_share(launch.name, launch, cfg)
+            pred = kernel_prediction(res, gpu, f, dram, loaded, launch.grid_blocks(cfg), threads, share)
             cands.append(
                 dict(
                     kernel=launch.name,
@@ -413,7 +442,8 @@ def write_markdown(path: Path, report: dict, baseline: dict | None):
             )
     lines += ["", "## Triton kernels (the config the model ranks first per shape)", ""]
     hdr = (
-        "| GPU | shape | kernel | config | regs | spill B | smem KiB | blocks/SM (limit) | MMA | instr/MMA | "
+        "| GPU | shape | kernel | config | regs | spill B | smem KiB | blocks/SM (limit) | MMA | "
+        "instr/MMA run (all paths) | "
         "LDSM / LDS / LDGSTS / LDG | ld bits | atomics (w/ barrier) | grid | waves (eff) | limit | pred us |"
     )
     lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
@@ -430,7 +460,7 @@ def write_markdown(path: Path, report: dict, baseline: dict | None):
             _row(
                 r["gpu"], r["shape"], c["kernel"], c["config"], c["regs"], c["spill_bytes"],
                 f"{c['smem'] / 1024:.1f}", f"{occ['blocks_per_sm']} ({occ['limited_by']})", mma,
-                ml["instr_per_mma"] or "-",
+                _ipm_cell(c),
                 f"{ml['ldsm']} / {ml['lds']} / {ml['ldgsts']} / {ml['ldg'] + ml['ld_generic']}",
                 ",".join(map(str, ml["global_load_bits"])) or "-",
                 f"{c['atomics']} ({c['atomics_with_barrier']})",
@@ -510,7 +540,8 @@ def findings(report: dict) -> list[str]:
                 "bar",
             )
         if ml["instr_per_mma"] and c["issue_efficiency"] < 0.75:
-            flag(f"{ml['instr_per_mma']} instructions per MMA in the main loop: tensor cores issue-bound "
+            ipm = c.get("instr_per_mma_executed", ml["instr_per_mma"])
+            flag(f"{ipm} instructions per MMA in the main loop: tensor cores issue-bound "
                  f"({c['issue_efficiency']:.0%} of peak)", "issue")  # fmt: skip
         if c["flops"] and c["waves"]["efficiency"] < 0.75:
             eff = c["waves"]["efficiency"]
@@ -547,6 +578,15 @@ def findings(report: dict) -> list[str]:
                         f"{w['per_request']} {unit} per request where {w['ideal']} would do"
                     )
     return out
+
+
+def _ipm_cell(c: dict):
+    """instr/MMA as executed, with the all-paths count beside it where conditional regions differ."""
+    ml = c["main_loop"]
+    ex = c.get("instr_per_mma_executed", ml["instr_per_mma"])
+    if ex is None:
+        return "-"
+    return f"{ex} ({ml['instr_per_mma']})" if ex != ml["instr_per_mma"] else ex
 
 
 def _row(*cells) -> str:

@@ -270,6 +270,26 @@ def main_loop(fn: Function) -> list[Instr]:
     return best if best is not None else fn.instrs
 
 
+def conditional_instructions(seg: list[Instr]) -> int:
+    """Instructions of a loop body that a forward branch inside the body can skip: the regions of an
+    `if` the compiler left as a branch (e.g. a flattened loop nest's per-outer-iteration setup and
+    epilogue). How often they run is not in the SASS; the caller weighs them (tools/gpu_model.py)."""
+    if not seg:
+        return 0
+    index = {ins.addr: k for k, ins in enumerate(seg)}
+    skipped = set()
+    for k, ins in enumerate(seg[:-1]):  # the last instruction is the loop's back edge
+        if ins.base != "BRA":
+            continue
+        m = re.search(r"0x([0-9a-f]+)", ins.args)
+        if not m:
+            continue
+        tgt = int(m.group(1), 16)
+        if tgt > ins.addr and tgt in index:
+            skipped.update(range(k + 1, index[tgt]))
+    return len(skipped)
+
+
 def barrier_beside_atomics(fn: Function, window: int = 3) -> int:
     """Atomics (RED/ATOM) with a MEMBAR or CCTL within `window` instructions: what an
     acquire-release atomic compiles to."""
@@ -284,8 +304,10 @@ def barrier_beside_atomics(fn: Function, window: int = 3) -> int:
 
 def summarize(fn: Function) -> dict:
     loop = main_loop(fn)
+    ml = mix(loop)
+    ml["conditional"] = conditional_instructions(loop) if loop is not fn.instrs else 0
     return dict(
-        main_loop=mix(loop),
+        main_loop=ml,
         whole=mix(fn.instrs),
         atomics_with_barrier=barrier_beside_atomics(fn),
     )

@@ -1,8 +1,10 @@
 """The modulated conv (docs/design.md §1 steps 3-4, §3) as three implicit-GEMM Triton kernels.
 
 Forward: rows = output pixels over N·OH·OW, columns = output channels of one group, reduction
-tap-major over (tap, input-channel block) in one flat loop; the loaded activation tile is
-scaled by its row's ``m[n, t]``. Backward:
+tap-major over (tap, input-channel block). Per tap the channel reduction is a plain implicit
+GEMM (operands from global to shared to the tensor cores untouched) into a partial sum, which
+is added into the accumulator scaled by each row's ``m[n, t]``: one FMA per accumulator element
+and tap, and nothing per channel block. Backward:
   - ``dx`` (conv route) as a transposed implicit GEMM, rows = input pixels of one sample: per
     tap, ``V_t = dy ⋆ W_t`` is accumulated over output channels, scaled by the scalar
     ``m[n, t]`` into dx, and ``dm[n, t] += sum(x * V_t)`` is reduced from the x tile kept in
@@ -44,7 +46,7 @@ else:
     FWD_CONFIGS = _configs(
         [
             (128, 128, 32, 8, 3),
-            (128, 64, 32, 4, 4),
+            (128, 64, 64, 4, 3),
             (64, 128, 32, 4, 4),
             (128, 128, 64, 8, 3),
             (64, 64, 32, 4, 4),
@@ -103,49 +105,89 @@ def _mconv_fwd_kernel(
     sxn, sxd, sxh, sxw,
     swt, swd, swc,
     syn, syc, syh, syw,
-    HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr, DG_POW2: tl.constexpr, DG_DIV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    # y[n, c, p] = sum_t m[n, t] * (sum_d x[n, d, p(+)t] W[c, d, t]): per tap, the channel reduction is a
+    # plain implicit GEMM whose operands go from global to shared to the tensor cores untouched (no
+    # per-row scaling of the activation tile), into a partial sum v; then acc += m[n(row), t] * v, one
+    # FMA per accumulator element and tap. Rows run over N*OH*OW (a tile may span two samples: the
+    # scale is per row, so no tile is wasted at a sample's end). The rows' positions, masks and
+    # addresses are set once per tap, not per channel block.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mmask = offs_m < NP
-    n = offs_m // OHW
-    p = offs_m % OHW
+    r = tl.minimum(offs_m, NP - 1)  # rows past the end read sample N-1's m and store nothing
+    n = r // OHW
+    p = r % OHW
     oh = p // OW
     ow = p % OW
-    ih0 = oh * stride_h - pad_h
+    # rows past the end get an input row far out of range, so the tap masks below drop them too
+    ih0 = tl.where(mmask, oh * stride_h - pad_h, -(1 << 24))
     iw0 = ow * stride_w - pad_w
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = offs_c < CG
     c_glob = g * CG + offs_c
-    x_rows = x_ptr + n.to(tl.int64) * sxn + (g * DG).to(tl.int64) * sxd
+    x_rows = x_ptr + (n.to(tl.int64) * sxn + (g * DG).to(tl.int64) * sxd) + (ih0 * sxh + iw0 * sxw)
+    m_rows = m_ptr + n * T
+    w_cols = w_ptr + c_glob * swc
+    offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    num_db = tl.cdiv(DG, BLOCK_K)
-    for it in range(0, T * num_db):
-        t = it // num_db
-        d0 = (it - t * num_db) * BLOCK_K
-        ki = t // KW
-        kj = t - ki * KW
-        ih = ih0 + ki * dil_h
-        iw = iw0 + kj * dil_w
-        rvalid = mmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        offs_k = d0 + tl.arange(0, BLOCK_K)
-        kmask = offs_k < DG
-        a = tl.load(
-            x_rows[:, None] + (ih * sxh + iw * sxw)[:, None] + offs_k[None, :] * sxd,
-            mask=rvalid[:, None] & kmask[None, :],
-            other=0.0,
-        )
-        scale = tl.load(m_ptr + n * T + t, mask=mmask, other=0.0)
-        a = (a.to(tl.float32) * scale[:, None]).to(x_ptr.dtype.element_ty)
-        b = tl.load(
-            w_ptr + t * swt + offs_k[:, None] * swd + c_glob[None, :] * swc,
-            mask=kmask[:, None] & cmask[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    if DG_POW2 <= BLOCK_K:
+        # one channel block per tap: v = A_t B_t is one dot with a zero accumulator
+        kmask = (offs_k < DG) | (DG_DIV >= BLOCK_K)
+        ki = 0
+        kj = 0
+        for t in range(0, T):
+            dh = ki * dil_h
+            dw = kj * dil_w
+            # one unsigned compare per bound: a negative position wraps to a huge one
+            rvalid = ((ih0 + dh).to(tl.uint32, bitcast=True) < H) & (
+                (iw0 + dw).to(tl.uint32, bitcast=True) < W
+            )
+            a = tl.load(
+                (x_rows + (dh * sxh + dw * sxw))[:, None] + offs_k[None, :] * sxd,
+                mask=rvalid[:, None] & kmask[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                (w_cols + t * swt)[None, :] + offs_k[:, None] * swd,
+                mask=kmask[:, None] & cmask[None, :],
+                other=0.0,
+            )
+            v = tl.dot(a, b, input_precision=INPUT_PRECISION)
+            acc += tl.load(m_rows + t)[:, None] * v
+            kj += 1
+            wrap = kj == KW
+            ki += wrap.to(tl.int32)
+            kj = tl.where(wrap, 0, kj)
+    else:
+        # several channel blocks per tap: the two loops are flattened into one by the compiler, so
+        # loads stream across tap boundaries; the tap's setup and its scaled add run once per tap
+        for t in tl.range(0, T, flatten=True):
+            ki = t // KW
+            dh = ki * dil_h
+            dw = (t - ki * KW) * dil_w
+            # one unsigned compare per bound: a negative position wraps to a huge one
+            rvalid = ((ih0 + dh).to(tl.uint32, bitcast=True) < H) & (
+                (iw0 + dw).to(tl.uint32, bitcast=True) < W
+            )
+            a_rows = x_rows + (dh * sxh + dw * sxw)
+            w_tap = w_cols + t * swt
+            v = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for d0 in range(0, DG, BLOCK_K):
+                dk = d0 + offs_k
+                kmask = (dk < DG) | (DG_DIV >= BLOCK_K)
+                a = tl.load(
+                    a_rows[:, None] + dk[None, :] * sxd, mask=rvalid[:, None] & kmask[None, :], other=0.0
+                )
+                b = tl.load(
+                    w_tap[None, :] + dk[:, None] * swd, mask=kmask[:, None] & cmask[None, :], other=0.0
+                )
+                v = tl.dot(a, b, v, input_precision=INPUT_PRECISION)
+            acc += tl.load(m_rows + t)[:, None] * v
     if HAS_BIAS:
         acc += tl.load(b_ptr + c_glob, mask=cmask, other=0.0).to(tl.float32)[None, :]
     y_ptrs = (
@@ -309,6 +351,14 @@ def _mconv_dw_kernel(
     tl.atomic_add(dw_ptrs, acc, mask=cmask[:, None] & dmask[None, :], sem="relaxed", scope="gpu")
 
 
+def _channel_facts(dg: int) -> dict:
+    """Compile-time facts about a reduction's channel count DG, independent of the tile size the
+    autotuner picks: DG_POW2 (DG rounded up to a power of two; DG <= BLOCK_K iff DG_POW2 <= BLOCK_K)
+    and DG_DIV (the largest power of two dividing DG, at most 128; BLOCK_K divides DG iff
+    DG_DIV >= BLOCK_K, and then channel blocks need no mask)."""
+    return dict(DG_POW2=triton.next_power_of_2(dg), DG_DIV=min(dg & -dg, 128))
+
+
 def _input_precision(x: torch.Tensor) -> str:
     # fp32 dots follow cuDNN's TF32 switch, as F.conv2d does; there is no TF32 on the CPU.
     return "tf32" if (x.is_cuda and torch.backends.cudnn.allow_tf32) else "ieee"
@@ -336,7 +386,7 @@ def conv_forward(x, weight, m, bias, stride, padding, dilation, groups):
         np_, oh * ow, height, width, ow, cg, dg, kh * kw, kw,
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         *x.stride(), dg * c, c, 1, *y.stride(),
-        HAS_BIAS=bias is not None, INPUT_PRECISION=_input_precision(x),
+        HAS_BIAS=bias is not None, INPUT_PRECISION=_input_precision(x), **_channel_facts(dg),
     )  # fmt: skip
     return y
 
