@@ -281,6 +281,40 @@ def test_modulated_conv2d_tiling_edge_cases_match_reference(case, channels_last)
         _assert_close(a, b, dtype, f"grad {name}")
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_backward_takes_a_strided_upstream_gradient(channels_last):
+    # dy whose plane is not dense (the first 6 columns of a wider tensor): the dW kernel's rows then
+    # need (oh, ow) for dy's addresses too (GY_FLAT false)
+    from shc_kernels.triton import conv
+
+    weight, *_ = make_params(6, 8, 3, 3, dtype=torch.float32, seed=3)
+    x = rand_x(3, 6, 7, 6, dtype=torch.float32, channels_last=channels_last, seed=4)
+    m = torch.rand(3, 3, 3, generator=torch.Generator().manual_seed(5)) * 0.9 + 0.05
+    wide = torch.randn(3, 8, 7, 9, generator=torch.Generator().manual_seed(6))
+    gy = wide[..., :6]
+    assert gy.stride(2) != gy.shape[3] * gy.stride(3)
+    conf = ((1, 1), (1, 1), (1, 1), 1)
+    dx, dw, dm = conv.conv_backward(gy, x, weight, m, *conf, True, True, True)
+    leaves = [t.detach().double().requires_grad_(True) for t in (x, weight, m)]
+    reference.modulated_conv2d(*leaves, None, *conf).backward(gy.double())
+    for name, got, leaf in zip(("x", "weight", "m"), (dx, dw, dm), leaves, strict=True):
+        _assert_close(got, leaf.grad, torch.float32, f"grad {name}")
+
+
+def test_pixel_split_through_fp32_is_exact_where_the_dw_kernel_uses_it():
+    # _split_pixel's FDIV path: oh = int((p + 0.5) * fp32(1 / OW)) for p < OH * OW <= 2**21, in
+    # fp32 round-to-nearest arithmetic as on the GPU; checked at the pixels either side of every row
+    # boundary, where an error would show first
+    limit = 1 << 21
+    for ow in [*range(1, 130), 511, 1000, 1024, 2047, 4096, 9999]:
+        k = torch.arange(0, limit // ow + 1, dtype=torch.int64)
+        p = torch.cat([k * ow, k * ow + ow - 1])
+        p = p[p < limit]
+        inv = torch.tensor(1.0 / ow, dtype=torch.float32)
+        oh = ((p.to(torch.float32) + 0.5) * inv).to(torch.int32).to(torch.int64)
+        assert torch.equal(oh, p // ow), ow
+
+
 def test_empty_batch_returns_empty_results():
     weight, bias, f1w, f1b, f2w, f2b = make_params(4, 6, 3, 3, dtype=torch.float32)
     x = torch.empty(0, 4, 7, 6, requires_grad=True)

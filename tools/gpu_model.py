@@ -111,7 +111,7 @@ def plain_bounds(L: Layer, gpu="H100"):
 
 
 # Work of each Triton kernel for one layer: (MMA FLOPs, DRAM bytes, bytes loaded through L2/L1).
-def triton_work(name: str, L: Layer, launch) -> tuple[float, float, float]:
+def triton_work(name: str, L: Layer, launch, config=None) -> tuple[float, float, float]:
     args = launch.named_args()
     if name == "stats_map_fwd":
         return 0.0, L.x, 2 * L.x
@@ -131,7 +131,12 @@ def triton_work(name: str, L: Layer, launch) -> tuple[float, float, float]:
         f = 2 * L.n * taps * L.c * L.d
         return f, L.y + L.w + L.x + (L.x if need_m else 0), L.y + L.x
     if name == "mconv_dw":
-        return L.flops, L.x + L.y, L.x + L.y
+        f = L.flops
+        if config is not None and "OHW_POW2" in launch.kwargs:
+            # per-sample row blocks: a sample's last block runs the MMAs of a whole BLOCK_K rows
+            ohw, bk = args["OHW"], config.kwargs["BLOCK_K"]
+            f *= math.ceil(ohw / bk) * bk / ohw
+        return f, L.x + L.y, L.x + L.y
     return 0.0, 0.0, 0.0
 
 
@@ -147,7 +152,7 @@ def conditional_share(name: str, launch, config) -> float:
     bk = config.kwargs.get("BLOCK_K")
     if name == "mconv_fwd" and "DG" in args and bk:
         return 1.0 / max(1, math.ceil(args["DG"] / bk))
-    if name == "mconv_dw" and "SAMPLE_ALIGNED" in launch.kwargs and bk:
+    if name == "mconv_dw" and "OHW_POW2" in launch.kwargs and bk:
         return 1.0 / max(1, math.ceil(args["OHW"] / bk))
     return 1.0
 
@@ -228,7 +233,7 @@ def triton_rows(batch, dtype, layout, archs, jobs):
                 regs=r["regs"], smem=r["shared"] + r["static_shared"] - 1024 * (arch >= 90), sass=r["sass"]
             )
             res["smem"] = max(res["smem"], r["shared"])
-            f, dram, loaded = triton_work(launch.name, L, launch)
+            f, dram, loaded = triton_work(launch.name, L, launch, cfg)
             share = conditional_share(launch.name, launch, cfg)
             pred = kernel_prediction(res, gpu, f, dram, loaded, launch.grid_blocks(cfg), threads, share)
             cands.append(

@@ -63,9 +63,11 @@ else:
     DW_CONFIGS = _configs(
         [
             (64, 64, 64, 4, 3),
+            (64, 64, 128, 4, 3),
             (128, 64, 64, 8, 3),
             (64, 128, 64, 8, 3),
             (128, 128, 32, 8, 3),
+            (128, 128, 64, 8, 3),
         ]
     )
 
@@ -289,22 +291,28 @@ def _mconv_dx_kernel(
 
 
 @triton.autotune(
-    configs=DW_CONFIGS, key=["NP", "CG", "DG", "T", "CHUNK"], reset_to_zero=["dw_ptr"],
-    prune_configs_by=_prune("CG", "DG", "CHUNK"), do_bench=_do_bench,
+    configs=DW_CONFIGS, key=["N", "OHW", "CG", "DG", "T"], reset_to_zero=["dw_ptr"],
+    prune_configs_by=_prune("CG", "DG", "OHW"), do_bench=_do_bench,
 )  # fmt: skip
 @triton.jit
 def _mconv_dw_kernel(
     gy_ptr, x_ptr, m_ptr, dw_ptr,
-    NP, OHW, H, W, OW, CG, DG, T, KW, CHUNK,
+    N, OHW, H, W, OW, CG, DG, T, KW, inv_ow,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     sgn, sgc, sgh, sgw,
     sxn, sxd, sxh, sxw,
     stride_wt,
-    INPUT_PRECISION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, OHW_POW2: tl.constexpr, FDIV: tl.constexpr, GY_FLAT: tl.constexpr,
+    OHW_DIV: tl.constexpr, CG_DIV: tl.constexpr, DG_DIV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    # dW[c, d, t] = sum_{n,p} dy[n, c, p] * m[n, t] * x[n, d, p(+)t]; dw is fp32 (T, C, DG), tap-major
-    # so that neighbouring lanes (along d) add to neighbouring addresses.
+    # dW[c, d, t] = sum_n m[n, t] * (sum_p dy[n, c, p] * x[n, d, p(+)t]): a program reduces whole
+    # samples (a range of them: grid axis 2 splits the batch so small C x D layers still fill the
+    # GPU); per sample the pixel reduction is a plain GEMM whose operands go to the tensor cores
+    # untouched, into a partial sum v, then acc += m[n, t] * v (a scalar per sample). A sample's
+    # last row block is partial when BLOCK_K does not divide OH*OW (49 of 64 rows at 7x7).
+    # dw is fp32 (T, C, DG), tap-major, so that neighbouring lanes (along d) add to neighbouring
+    # addresses; the atomics are relaxed.
     num_nb = tl.cdiv(DG, BLOCK_N)
     pid0 = tl.program_id(0)
     pid_m = pid0 // num_nb
@@ -314,41 +322,87 @@ def _mconv_dw_kernel(
     t = pid1 - g * T
     ki = t // KW
     kj = t - ki * KW
+    per = tl.cdiv(N, tl.num_programs(2))
+    n_start = tl.program_id(2) * per
+    n_end = tl.minimum(n_start + per, N)
+    # the *_DIV facts (powers of two dividing the sizes) drop the masks a tile never needs
     offs_c = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cmask = offs_c < CG
+    cmask = (offs_c < CG) | (CG_DIV >= BLOCK_M)
     offs_d = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    dmask = offs_d < DG
-    c_glob = (g * CG + offs_c).to(tl.int64)
-    d_glob = (g * DG + offs_d).to(tl.int64)
-    k_start = tl.program_id(2) * CHUNK
-    k_end = tl.minimum(k_start + CHUNK, NP)
+    dmask = (offs_d < DG) | (DG_DIV >= BLOCK_N)
+    gy_cols = gy_ptr + (g * CG + offs_c).to(tl.int64) * sgc
+    x_cols = x_ptr + (g * DG + offs_d).to(tl.int64) * sxd
+    offs_r = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        offs_r = k0 + tl.arange(0, BLOCK_K)
-        rmask = offs_r < k_end
-        n = offs_r // OHW
-        p = offs_r % OHW
-        oh = p // OW
-        ow = p % OW
+    if OHW_POW2 <= BLOCK_K:
+        # one row block is the whole plane: rows, masks and offsets are the same for every sample
+        rmask = offs_r < OHW
+        oh, ow = _split_pixel(offs_r, OW, inv_ow, FDIV)
         ih = oh * stride_h - pad_h + ki * dil_h
         iw = ow * stride_w - pad_w + kj * dil_w
-        valid = rmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        n64 = n.to(tl.int64)
-        a = tl.load(
-            gy_ptr + (n64 * sgn + oh * sgh + ow * sgw)[None, :] + c_glob[:, None] * sgc,
-            mask=cmask[:, None] & rmask[None, :],
-            other=0.0,
-        )
-        scale = tl.load(m_ptr + n * T + t, mask=rmask, other=0.0)
-        b = tl.load(
-            x_ptr + (n64 * sxn + ih * sxh + iw * sxw)[:, None] + d_glob[None, :] * sxd,
-            mask=valid[:, None] & dmask[None, :],
-            other=0.0,
-        )
-        b = (b.to(tl.float32) * scale[:, None]).to(x_ptr.dtype.element_ty)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-    dw_ptrs = dw_ptr + t * stride_wt + c_glob[:, None] * DG + offs_d[None, :]
+        xvalid = rmask & (ih.to(tl.uint32, bitcast=True) < H) & (iw.to(tl.uint32, bitcast=True) < W)
+        gy_off = oh * sgh + ow * sgw
+        x_off = ih * sxh + iw * sxw
+        for n in range(n_start, n_end):
+            n64 = tl.cast(n, tl.int64)
+            a = tl.load(
+                gy_cols[:, None] + (n64 * sgn + gy_off)[None, :],
+                mask=cmask[:, None] & rmask[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                x_cols[None, :] + (n64 * sxn + x_off)[:, None],
+                mask=xvalid[:, None] & dmask[None, :],
+                other=0.0,
+            )
+            v = tl.dot(a, b, input_precision=INPUT_PRECISION)
+            acc += tl.load(m_ptr + n * T + t) * v
+    else:
+        # (sample, row block) flattened into one loop by the compiler: loads stream across samples,
+        # the scaled add runs once per sample
+        for n in tl.range(n_start, n_end, flatten=True):
+            n64 = tl.cast(n, tl.int64)
+            gy_n = gy_cols + n64 * sgn
+            x_n = x_cols + n64 * sxn
+            v = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for p0 in range(0, OHW, BLOCK_K):
+                p = p0 + offs_r
+                rmask = (p < OHW) | (OHW_DIV >= BLOCK_K)
+                oh, ow = _split_pixel(p, OW, inv_ow, FDIV)
+                ih = oh * stride_h - pad_h + ki * dil_h
+                iw = ow * stride_w - pad_w + kj * dil_w
+                xvalid = rmask & (ih.to(tl.uint32, bitcast=True) < H) & (iw.to(tl.uint32, bitcast=True) < W)
+                # dy's plane dense (row stride OW * pixel stride): a row's offset needs no (oh, ow)
+                gy_off = p * sgw if GY_FLAT else oh * sgh + ow * sgw
+                a = tl.load(gy_n[:, None] + gy_off[None, :], mask=cmask[:, None] & rmask[None, :], other=0.0)
+                b = tl.load(
+                    x_n[None, :] + (ih * sxh + iw * sxw)[:, None],
+                    mask=xvalid[:, None] & dmask[None, :],
+                    other=0.0,
+                )
+                v = tl.dot(a, b, v, input_precision=INPUT_PRECISION)
+            acc += tl.load(m_ptr + n * T + t) * v
+    dw_ptrs = dw_ptr + t * stride_wt + (g * CG + offs_c).to(tl.int64)[:, None] * DG + offs_d[None, :]
     tl.atomic_add(dw_ptrs, acc, mask=cmask[:, None] & dmask[None, :], sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _split_pixel(p, OW, inv_ow, FDIV: tl.constexpr):
+    """(p // OW, p % OW) for 0 <= p < OH*OW. FDIV (OH*OW <= 2**21): through fp32, exact there: the
+    quotient (p + 0.5) / OW is at least 0.5 / OW from an integer, and two roundings (of 1 / OW and of
+    the product) move it by at most (p + 0.5) / OW * 2**-23 < 0.5 / OW; four instructions instead of
+    an integer division's twenty."""
+    if FDIV:
+        oh = ((p.to(tl.float32) + 0.5) * inv_ow).to(tl.int32)
+    else:
+        oh = p // OW
+    return oh, p - oh * OW
+
+
+def _pow2_div(v: int) -> int:
+    """The largest power of two dividing v, at most 128 (a tile size b <= 128 divides v iff this is
+    >= b): a compile-time fact that lets a kernel drop the masks of dimensions its tiles divide."""
+    return min(v & -v, 128)
 
 
 def _channel_facts(dg: int) -> dict:
@@ -356,7 +410,7 @@ def _channel_facts(dg: int) -> dict:
     autotuner picks: DG_POW2 (DG rounded up to a power of two; DG <= BLOCK_K iff DG_POW2 <= BLOCK_K)
     and DG_DIV (the largest power of two dividing DG, at most 128; BLOCK_K divides DG iff
     DG_DIV >= BLOCK_K, and then channel blocks need no mask)."""
-    return dict(DG_POW2=triton.next_power_of_2(dg), DG_DIV=min(dg & -dg, 128))
+    return dict(DG_POW2=triton.next_power_of_2(dg), DG_DIV=_pow2_div(dg))
 
 
 def _input_precision(x: torch.Tensor) -> str:
@@ -391,15 +445,31 @@ def conv_forward(x, weight, m, bias, stride, padding, dilation, groups):
     return y
 
 
-def _dw_split(np_: int, base_programs: int, device: torch.device) -> tuple[int, int]:
-    """(split, chunk): split the N·OH·OW reduction so the dW grid fills the GPU."""
+def _dw_split(n: int, device: torch.device) -> int:
+    """The SM count the dW grid's batch split balances over (the interpreter: 16, so small test
+    batches still split)."""
     if device.type == "cuda":
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target = 2 * base_programs  # the interpreter: still exercise the split path
-    split = max(1, min(target // max(base_programs, 1), triton.cdiv(np_, 64)))
-    chunk = triton.cdiv(triton.cdiv(np_, split), 64) * 64
-    return triton.cdiv(np_, chunk), chunk
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 16
+
+
+def _dw_programs_split(n: int, base: int, sms: int) -> int:
+    """How many programs share the batch (grid axis 2) when `base` programs cover C x D x taps once.
+    Each reduces cdiv(n, split) samples (the last one fewer) and adds its tile into dW with
+    atomics, so the grid stays within 8 programs per SM; within that, the split balances the work
+    over the SMs, n * base / (ceil(grid / sms) * sms * per), to 2% of the best, with the fewest
+    programs."""
+    cands = []
+    for split in range(1, n + 1):
+        per = triton.cdiv(n, split)
+        if triton.cdiv(n, per) != split:
+            continue  # the same programs as a smaller split
+        grid = base * split
+        if split > 1 and grid > 8 * sms:
+            break
+        cands.append((n * base / (triton.cdiv(grid, sms) * sms * per), split))
+    top = max(eff for eff, _ in cands)
+    return min(split for eff, split in cands if eff >= 0.98 * top)
 
 
 def _alert_not_deterministic() -> None:
@@ -456,19 +526,22 @@ def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, n
             NEED_X=need_x, NEED_M=need_m, INPUT_PRECISION=prec,
         )  # fmt: skip
     if need_w:
-        np_ = n * oh * ow
         dw32 = torch.zeros((kh, kw, c, dg), device=x.device, dtype=torch.float32)
-        split, chunk = _dw_split(np_, triton.cdiv(cg, 64) * triton.cdiv(dg, 64) * t * groups, x.device)
+        sms = _dw_split(n, x.device)
+        ohw = oh * ow
 
         def grid_dw(meta):
-            return (triton.cdiv(cg, meta["BLOCK_M"]) * triton.cdiv(dg, meta["BLOCK_N"]), t * groups, split)
+            base = triton.cdiv(cg, meta["BLOCK_M"]) * triton.cdiv(dg, meta["BLOCK_N"]) * t * groups
+            return (base // (t * groups), t * groups, _dw_programs_split(n, base, sms))
 
         _mconv_dw_kernel[grid_dw](
             gy, x, m, dw32,
-            np_, oh * ow, height, width, ow, cg, dg, t, kw, chunk,
+            n, ohw, height, width, ow, cg, dg, t, kw, 1.0 / ow,
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
             *gy.stride(), *x.stride(), c * dg,
-            INPUT_PRECISION=prec,
+            INPUT_PRECISION=prec, OHW_POW2=triton.next_power_of_2(ohw), FDIV=ohw <= 1 << 21,
+            GY_FLAT=gy.stride(2) == ow * gy.stride(3), OHW_DIV=_pow2_div(ohw), CG_DIV=_pow2_div(cg),
+            DG_DIV=_pow2_div(dg),
         )  # fmt: skip
         dw = dw32.permute(2, 3, 0, 1).to(weight.dtype).contiguous()
     return dx, dw, dm
