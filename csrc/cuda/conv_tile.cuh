@@ -9,8 +9,15 @@
 // dx:      rows = (n, ih, iw), src = dy, k = output channel c, col = input channel d,
 //          B[g,t,c,d] = W[g*Cg + c, d, t], pos(+)t = ((ih + ph - i*dh)/sh, ...) when divisible.
 // The reduction runs tap-major (t outer, k blocks of BK inner), so a row's source position and
-// its scale m[n,t] are looked up once per tap (a BM-entry table in shared memory) and the scale
-// is applied while the activation tile is staged (registers -> shared memory).
+// its scale m[n,t] are looked up once per tap.
+//   fp16/bf16 (conv_tile_tc): the operand tiles are plain copies, 16-byte cp.async into a
+//     3-stage ring of swizzled shared stages (MmaEngine's layouts) where the source allows it
+//     (a_vec / b_vec below), else 16-byte shared stores of registers loaded during the MMAs; the
+//     MMAs (ldmatrix + mma.sync) sum each tap into `part`, which is added to the tile scaled by
+//     its row's m[n, t] when the tap is done, so no operand is scaled on its way.
+//   fp32/fp64 (conv_tile_simt): one shared stage, the scale applied while the activation tile is
+//     staged (registers -> shared memory), a BM-entry table of source offsets and scales per tap.
+// The epilogue reads each row's output offset from a table computed once per tile.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,12 +31,20 @@ namespace shc_cuda {
 // conv (forward and dx): 128x64 tiles; fp16/bf16 on tensor cores (8 warps of 32x32).
 template <typename scalar_t>
 struct ConvCfg;
+// Tensor cores: 3 operand stages of 12 KB; the fp32 output tile reuses them in the epilogue.
+template <typename S>
+struct ConvTcCfg : TileCfg<S, float, 128, 64, 32, 256, true, MmaEngine<S, 128, 64, 256, 4>, 2> {
+  using Base = TileCfg<S, float, 128, 64, 32, 256, true, MmaEngine<S, 128, 64, 256, 4>, 2>;
+  static constexpr int kStages = 3;
+  static constexpr size_t kStageBytes = size_t(Base::Engine::kStageA + Base::Engine::kStageB) * sizeof(S);
+  static constexpr size_t kSmemBytes =
+      kStages * kStageBytes > Base::kAccBytes ? kStages * kStageBytes : Base::kAccBytes;
+  static_assert(Base::BK == Base::Engine::BK, "stage depth");
+};
 template <>
-struct ConvCfg<c10::Half>
-    : TileCfg<__half, float, 128, 64, 32, 256, true, WmmaEngine<__half, 128, 64, 256, 4>, 2> {};
+struct ConvCfg<c10::Half> : ConvTcCfg<__half> {};
 template <>
-struct ConvCfg<c10::BFloat16>
-    : TileCfg<__nv_bfloat16, float, 128, 64, 32, 256, true, WmmaEngine<__nv_bfloat16, 128, 64, 256, 4>, 2> {};
+struct ConvCfg<c10::BFloat16> : ConvTcCfg<__nv_bfloat16> {};
 template <>
 struct ConvCfg<float>
     : TileCfg<float, float, 128, 64, 16, 256, false, SimtEngine<float, 128, 64, 256, 8, 4>, 2> {};
@@ -59,13 +74,258 @@ struct ConvArgs {
 template <typename Cfg>
 struct ConvSmem {
   unsigned char* raw;
-  int64_t* row_off;        // [2][BM]: source offset of (row, tap) or -1 (padding / out of range)
-  typename Cfg::A* scale;  // [2][BM]: m[n(row), tap]
+  int64_t* row_off;        // [2][BM]: source offset of (row, tap) or -1 (SIMT); the epilogue's row table
+  typename Cfg::A* scale;  // [2][BM]: m[n(row), tap] (SIMT)
 };
 
+// Epilogue: Cs (BM x BN fp32/fp64 in shared memory, ld LDC) + bias -> out in its dtype and
+// strides (NCHW: rows fastest; channels_last: columns). out_off: BM entries of shared memory for
+// each row's output offset (-1 past M), filled here. Called by all threads after a barrier that
+// follows the last write of Cs.
 template <typename scalar_t, typename Cfg>
-__device__ __forceinline__ void conv_tile(const ConvArgs<scalar_t, typename Cfg::A>& p, int tile_m,
-                                          int tile_n, int g, const ConvSmem<Cfg>& sm) {
+__device__ __forceinline__ void conv_epilogue(const ConvArgs<scalar_t, typename Cfg::A>& p, int m0, int n0, int g,
+                                              const typename Cfg::A* Cs, int64_t* out_off) {
+  using A = typename Cfg::A;
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, NT = Cfg::NT, LDC = Cfg::LDC;
+  const int tid = threadIdx.x;
+  const int RP = p.RH * p.RW, M = p.N * RP;
+  for (int r = tid; r < BM; r += NT) {
+    const int row = m0 + r;
+    int64_t off = -1;
+    if (row < M) {
+      const int n = row / RP, rem = row - n * RP, a = rem / p.RW, b = rem - a * p.RW;
+      off = n * p.os0 + a * p.os2 + b * p.os3;
+    }
+    out_off[r] = off;
+  }
+  __syncthreads();
+#pragma unroll 4
+  for (int e = 0; e < Cfg::EC; ++e) {
+    const int idx = tid + e * NT;
+    const int r = p.o_rowfast ? idx % BM : idx / BN;
+    const int col = p.o_rowfast ? idx / BM : idx % BN;
+    const int cg = n0 + col;
+    const int64_t off = out_off[r];
+    if (off < 0 || cg >= p.Ncols) continue;
+    const int64_t oc = static_cast<int64_t>(g) * p.Ncols + cg;
+    A v = Cs[r * LDC + col];
+    if (p.bias != nullptr) v += p.bias[oc];
+    p.out[off + oc * p.os1] = static_cast<scalar_t>(v);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Tensor cores (fp16/bf16): see the top of this file.
+// Whether the A (activation) and B (weight) tiles can be copied in aligned 16-byte chunks of 8
+// channels: channels contiguous, whole chunks inside a group, 16-byte aligned.
+template <typename scalar_t, typename A>
+__host__ __device__ __forceinline__ bool a_vec_ok(const ConvArgs<scalar_t, A>& p) {
+  return p.ss1 == 1 && p.Kdim % 8 == 0 && p.ss0 % 8 == 0 && p.ss2 % 8 == 0 && p.ss3 % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(p.src) % 16 == 0;
+}
+template <typename scalar_t, typename A>
+__host__ __device__ __forceinline__ bool b_vec_ok(const ConvArgs<scalar_t, A>& p) {
+  return p.Ncols % 8 == 0 && reinterpret_cast<uintptr_t>(p.bt) % 16 == 0;
+}
+// How the tensor-core tile fills its stages: kCopyAuto decides per operand at run time (the
+// one-launch kernel), kCopyAsync copies both operands with cp.async (the launcher checked
+// a_vec_ok and b_vec_ok), kCopySync loads both into registers (any strides and sizes).
+enum { kCopyAuto = 0, kCopyAsync = 1, kCopySync = 2 };
+
+template <typename scalar_t, typename Cfg, int kCopy>
+__device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename Cfg::A>& p, int tile_m, int tile_n,
+                                             int g, const ConvSmem<Cfg>& sm) {
+  using S = typename Cfg::S;
+  using Eng = typename Cfg::Engine;
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, NT = Cfg::NT, ST = Cfg::kStages;
+  static_assert(BM * BK / 8 == 2 * NT && BK * BN / 8 == NT, "copy map: 2 A chunks and 1 B chunk a thread");
+  S* stages = reinterpret_cast<S*>(sm.raw);
+  constexpr int kStage = Eng::kStageA + Eng::kStageB;  // elements per stage: A, then B
+  const int tid = threadIdx.x;
+  const int m0 = tile_m * BM, n0 = tile_n * BN;
+  const int RP = p.RH * p.RW;
+  const int M = p.N * RP;
+  const int T = p.kh * p.kw;
+  const int nkb = (p.Kdim + BK - 1) / BK;
+  const int nsteps = T * nkb;
+  const int64_t ch0 = static_cast<int64_t>(g) * p.Kdim;  // first source channel of this group
+
+  const bool a_vec = kCopy == kCopyAsync || (kCopy == kCopyAuto && a_vec_ok(p));
+  const bool b_vec = kCopy == kCopyAsync || (kCopy == kCopyAuto && b_vec_ok(p));
+#ifdef SHC_SIMT
+  if (kCopy == kCopyAsync && !(a_vec_ok(p) && b_vec_ok(p))) simt::fail("conv_tile_tc: cp.async path without 16-byte chunks");
+#endif
+
+  // Copy map. A: two (row, chunk) pairs a thread, chunks fastest for channels_last sources, rows
+  // fastest (coalesced along w) otherwise; B: one (k, chunk) a thread, chunks fastest.
+  // A row's source position at tap (i, j) is (a_h + tap_h, a_w + tap_w), valid when inside the
+  // source plane and a_r == tap_r. forward: a_h = oh*sh - ph, tap_h = i*dh, a_r = tap_r = 0;
+  // dx: the output pixel (ih + ph - i*dh) / sh when divisible: with ih + ph = a_h*sh + rh and
+  // i*dh = qh*sh + th, it is a_h - qh when rh == th; a_r, tap_r pack (rh, rw), (th, tw).
+  int a_row[2], a_c[2], a_n[2], a_h[2], a_w[2], a_r[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int idx = tid + e * NT;
+    a_row[e] = p.a_kfast ? idx / (BK / 8) : idx % BM;
+    a_c[e] = p.a_kfast ? idx % (BK / 8) : idx / BM;
+    const int row = m0 + a_row[e];
+    a_n[e] = -1;
+    a_h[e] = a_w[e] = a_r[e] = 0;
+    if (row < M) {
+      const int n = row / RP, rem = row - n * RP, a = rem / p.RW, b = rem - a * p.RW;
+      a_n[e] = n;
+      if (!p.transposed) {
+        a_h[e] = a * p.sh - p.ph;
+        a_w[e] = b * p.sw - p.pw;
+      } else {
+        a_h[e] = (a + p.ph) / p.sh;
+        a_w[e] = (b + p.pw) / p.sw;
+        a_r[e] = ((a + p.ph) % p.sh) << 16 | (b + p.pw) % p.sw;
+      }
+    }
+  }
+  const int b_k = tid / (BN / 8), b_c = tid % (BN / 8);
+
+  // Load cursor (the step whose operands are being fetched): tap (li, lj), k block lkb, and the
+  // source offsets of this thread's two A rows at that tap (-1: padding or past M).
+  int lt = 0, li = 0, lj = 0, lkb = 0;
+  int64_t a_off[2];
+  auto row_offsets = [&]() {
+    int tap_h = li * p.dh, tap_w = lj * p.dw, tap_r = 0;
+    if (p.transposed) {
+      tap_r = (tap_h % p.sh) << 16 | tap_w % p.sw;
+      tap_h = -(tap_h / p.sh);
+      tap_w = -(tap_w / p.sw);
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int hs = a_h[e] + tap_h, ws = a_w[e] + tap_w;
+      const bool ok = a_n[e] >= 0 && a_r[e] == tap_r && hs >= 0 && hs < p.SH && ws >= 0 && ws < p.SW;
+      a_off[e] = ok ? a_n[e] * p.ss0 + hs * p.ss2 + ws * p.ss3 : -1;
+    }
+  };
+  auto advance = [&]() {
+    if (++lkb == nkb) {
+      lkb = 0;
+      ++lt;
+      if (++lj == p.kw) {
+        lj = 0;
+        ++li;
+      }
+      row_offsets();
+    }
+  };
+  // Registers of the synchronous copies (a source that cannot take 16-byte copies).
+  uint4 ra[2], rb;
+  // Issues the copies of the cursor's step into stage `st`: cp.async where a_vec / b_vec, else
+  // loads into ra / rb (put into the stage by store_regs).
+  auto issue = [&](int st) {
+    S* As = stages + st * kStage;
+    S* Bs = As + Eng::kStageA;
+    const int k0 = lkb * BK;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int kg = k0 + a_c[e] * 8;
+      const int64_t off = a_off[e];
+      if (a_vec) {
+        const bool ok = off >= 0 && kg < p.Kdim;
+        ptx::cp_async16(As + Eng::a_chunk(a_row[e], a_c[e]), ok ? p.src + off + ch0 + kg : p.src, ok);
+      } else {
+        float x[8];
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+          x[q] = off >= 0 && kg + q < p.Kdim ? to_acc<float>(p.src[off + (ch0 + kg + q) * p.ss1]) : 0.f;
+        ra[e] = make_uint4(pack2<S>(x[0], x[1]), pack2<S>(x[2], x[3]), pack2<S>(x[4], x[5]), pack2<S>(x[6], x[7]));
+      }
+    }
+    const scalar_t* bt = p.bt + (static_cast<int64_t>(g) * T + lt) * p.Kdim * p.Ncols;
+    const int kg = k0 + b_k, cg = n0 + b_c * 8;
+    if (b_vec) {
+      const bool ok = kg < p.Kdim && cg < p.Ncols;
+      ptx::cp_async16(Bs + Eng::b_chunk(b_k, b_c), ok ? bt + static_cast<int64_t>(kg) * p.Ncols + cg : p.bt, ok);
+    } else {
+      float x[8];
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+        x[q] = kg < p.Kdim && cg + q < p.Ncols ? to_acc<float>(bt[static_cast<int64_t>(kg) * p.Ncols + cg + q]) : 0.f;
+      rb = make_uint4(pack2<S>(x[0], x[1]), pack2<S>(x[2], x[3]), pack2<S>(x[4], x[5]), pack2<S>(x[6], x[7]));
+    }
+  };
+  auto store_regs = [&](int st) {
+    S* As = stages + st * kStage;
+    S* Bs = As + Eng::kStageA;
+    if (!a_vec) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) *reinterpret_cast<uint4*>(As + Eng::a_chunk(a_row[e], a_c[e])) = ra[e];
+    }
+    if (!b_vec) *reinterpret_cast<uint4*>(Bs + Eng::b_chunk(b_k, b_c)) = rb;
+  };
+
+  // The scale rows of this lane's accumulator elements: n * T into m, or -1 past M.
+  int m_row[Eng::FM][2];
+  Eng eng;
+#pragma unroll
+  for (int i = 0; i < Eng::FM; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = m0 + eng.row(i, h);
+      m_row[i][h] = row < M ? (row / RP) * T : -1;
+    }
+
+  __syncthreads();  // the previous tile of a persistent CTA may still read shared memory
+  eng.zero();
+  if (nsteps > 0) {
+    row_offsets();
+    // Prologue: steps 0 .. ST-2 in flight, one commit group each (empty past the last step).
+#pragma unroll
+    for (int s = 0; s < ST - 1; ++s) {
+      if (s < nsteps) {
+        issue(s);
+        store_regs(s);
+        advance();
+      }
+      ptx::cp_async_commit();
+    }
+    float sc[Eng::FM][2];
+    int tc = 0, kb = 0;  // compute cursor: tap, k block
+    for (int s = 0; s < nsteps; ++s) {
+      ptx::cp_async_wait<ST - 2>();  // this thread's copies of step s have landed ...
+      __syncthreads();               // ... and everyone's; stage (s-1) % ST is free again
+      const int ls = s + ST - 1;     // the step fetched during this one's MMAs
+      if (ls < nsteps) issue(ls % ST);
+      ptx::cp_async_commit();
+      if (kb == 0) {  // this tap's scales, read through L2 (m may be published by another CTA)
+#pragma unroll
+        for (int i = 0; i < Eng::FM; ++i)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) sc[i][h] = m_row[i][h] >= 0 ? __ldcg(p.m + m_row[i][h] + tc) : 0.f;
+      }
+      const S* As = stages + (s % ST) * kStage;
+      eng.mma(As, As + Eng::kStageA);
+      if (ls < nsteps) {
+        store_regs(ls % ST);
+        advance();
+      }
+      if (++kb == nkb) {
+        eng.tap_done(sc);
+        kb = 0;
+        ++tc;
+      }
+    }
+    ptx::cp_async_wait<0>();  // only empty groups are left
+  }
+  __syncthreads();  // every warp is done reading the stages
+  float* Cs = reinterpret_cast<float*>(sm.raw);
+  eng.template store<Cfg::LDC>(Cs);
+  __syncthreads();
+  conv_epilogue<scalar_t, Cfg>(p, m0, n0, g, Cs, sm.row_off);
+}
+
+// ------------------------------------------------------------------------------------------
+// SIMT (fp32/fp64): see the top of this file.
+template <typename scalar_t, typename Cfg>
+__device__ __forceinline__ void conv_tile_simt(const ConvArgs<scalar_t, typename Cfg::A>& p, int tile_m,
+                                               int tile_n, int g, const ConvSmem<Cfg>& sm) {
   using S = typename Cfg::S;
   using A = typename Cfg::A;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, NT = Cfg::NT;
@@ -189,31 +449,40 @@ __device__ __forceinline__ void conv_tile(const ConvArgs<scalar_t, typename Cfg:
   }
   eng.template store<LDC>(Cs);
   __syncthreads();
+  conv_epilogue<scalar_t, Cfg>(p, m0, n0, g, Cs, sm.row_off);
+}
 
-  // Epilogue: bias, dtype, and the output's strides (NCHW: rows fastest; channels_last: cols).
-#pragma unroll 4
-  for (int e = 0; e < Cfg::EC; ++e) {
-    const int idx = tid + e * NT;
-    const int r = p.o_rowfast ? idx % BM : idx / BN;
-    const int col = p.o_rowfast ? idx / BM : idx % BN;
-    const int row = m0 + r, cg = n0 + col;
-    if (row >= M || cg >= p.Ncols) continue;
-    const int n = row / RP, rem = row - n * RP, a = rem / p.RW, b = rem - a * p.RW;
-    const int64_t oc = static_cast<int64_t>(g) * p.Ncols + cg;
-    A v = Cs[r * LDC + col];
-    if (p.bias != nullptr) v += p.bias[oc];
-    p.out[n * p.os0 + oc * p.os1 + a * p.os2 + b * p.os3] = static_cast<scalar_t>(v);
-  }
+// kCopy: how a tensor-core tile fills its stages (kCopyAuto, kCopyAsync, kCopySync); SIMT tiles
+// ignore it.
+template <typename scalar_t, typename Cfg, int kCopy = kCopyAuto>
+__device__ __forceinline__ void conv_tile(const ConvArgs<scalar_t, typename Cfg::A>& p, int tile_m, int tile_n,
+                                          int g, const ConvSmem<Cfg>& sm) {
+  if constexpr (Cfg::TC)
+    conv_tile_tc<scalar_t, Cfg, kCopy>(p, tile_m, tile_n, g, sm);
+  else
+    conv_tile_simt<scalar_t, Cfg>(p, tile_m, tile_n, g, sm);
 }
 
 namespace {
 
+// The conv tile kernel; for fp16/bf16 the operands are copied with cp.async (launch_conv takes
+// conv_general_kernel where they cannot be).
 template <typename scalar_t, typename Cfg>
 __global__ void __launch_bounds__(Cfg::NT, Cfg::MINB) conv_kernel(const ConvArgs<scalar_t, typename Cfg::A> p) {
   __shared__ __align__(128) unsigned char raw[Cfg::kSmemBytes];
   __shared__ int64_t row_off[2 * Cfg::BM];
   __shared__ typename Cfg::A scale[2 * Cfg::BM];
-  conv_tile<scalar_t, Cfg>(p, blockIdx.x, blockIdx.y, blockIdx.z, ConvSmem<Cfg>{raw, row_off, scale});
+  conv_tile<scalar_t, Cfg, kCopyAsync>(p, blockIdx.x, blockIdx.y, blockIdx.z, ConvSmem<Cfg>{raw, row_off, scale});
+}
+
+// fp16/bf16 with sources of any strides and sizes: operands through registers (held across the
+// MMAs: one CTA per SM, where two would spill).
+template <typename scalar_t, typename Cfg>
+__global__ void __launch_bounds__(Cfg::NT, 1) conv_general_kernel(const ConvArgs<scalar_t, typename Cfg::A> p) {
+  __shared__ __align__(128) unsigned char raw[Cfg::kSmemBytes];
+  __shared__ int64_t row_off[2 * Cfg::BM];
+  __shared__ typename Cfg::A scale[2 * Cfg::BM];
+  conv_tile<scalar_t, Cfg, kCopySync>(p, blockIdx.x, blockIdx.y, blockIdx.z, ConvSmem<Cfg>{raw, row_off, scale});
 }
 
 template <typename scalar_t>
@@ -223,6 +492,12 @@ void launch_conv(const ConvArgs<scalar_t, typename ConvCfg<scalar_t>::A>& a, int
   const dim3 grid(static_cast<unsigned>((M + Cfg::BM - 1) / Cfg::BM),
                   static_cast<unsigned>((a.Ncols + Cfg::BN - 1) / Cfg::BN), static_cast<unsigned>(groups));
   TORCH_CHECK(grid.y <= 65535, "shc: too many output channels per group for the CUDA kernel");
+  if constexpr (Cfg::TC) {
+    if (!(a_vec_ok(a) && b_vec_ok(a))) {
+      launch(conv_general_kernel<scalar_t, Cfg>, grid, Cfg::NT, 0, stream, a);
+      return;
+    }
+  }
   launch(conv_kernel<scalar_t, Cfg>, grid, Cfg::NT, 0, stream, a);
 }
 

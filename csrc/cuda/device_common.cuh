@@ -1,11 +1,16 @@
 // Device helpers every CUDA kernel of csrc/cuda uses: element conversions between the global
-// (c10) types, the accumulator type and the shared-memory operand type, and a warp-wide sum.
+// (c10) types, the accumulator type and the shared-memory operand type, a warp-wide sum, and the
+// few PTX instructions the tensor-core conv tile issues (ldmatrix, mma.sync, cp.async), each with
+// its host fallback for the CPU-run build (csrc/simt/ptx.h: the per-lane semantics of the PTX ISA).
 #pragma once
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
 
 #include "platform.h"
 
@@ -22,11 +27,104 @@ __device__ __forceinline__ void put(__nv_bfloat16& d, float v) { d = __float2bfl
 __device__ __forceinline__ void put(float& d, float v) { d = v; }
 __device__ __forceinline__ void put(double& d, double v) { d = v; }
 
+// Two values rounded to S (__half / __nv_bfloat16), packed in one 32-bit word, lo in the low half.
+template <typename S>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  S a, b;
+  put(a, lo);
+  put(b, hi);
+  uint16_t ua, ub;
+  memcpy(&ua, &a, 2);
+  memcpy(&ub, &b, 2);
+  return static_cast<uint32_t>(ua) | (static_cast<uint32_t>(ub) << 16);
+}
+
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+
+// ------------------------------------------------------------------------------------------
+// PTX: 16-byte cp.async (L2 only, zero-filled when !valid), ldmatrix x4 (.trans) and the
+// m16n8k16 tensor-core MMA with fp32 accumulators. Shared pointers are generic pointers into
+// __shared__ arrays; ldmatrix rows and cp.async destinations must be 16-byte aligned.
+namespace ptx {
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#ifdef SHC_SIMT
+  uint4 v{0u, 0u, 0u, 0u};
+  if (valid) v = *static_cast<const uint4*>(gmem);  // the source is read at issue
+  simt::cp_async_push(smem, &v);
+#else
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0)
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef SHC_SIMT
+  simt::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef SHC_SIMT
+  void* dst = nullptr;
+  uint4 v;
+  while (simt::cp_async_next(N, &dst, &v)) *static_cast<uint4*>(dst) = v;  // the copy lands here
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// r[i] <- matrix i of the four 8x8 b16 matrices whose rows the lanes address (lane l: row l % 8
+// of matrix l / 8); Trans: each matrix transposed.
+template <bool Trans>
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* smem_row) {
+#ifdef SHC_SIMT
+  const uint4 row = *static_cast<const uint4*>(smem_row);  // this lane's row, as the hardware reads it
+  simt::ldmatrix_x4<Trans>(r, &row);
+#else
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  if constexpr (Trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#endif
+}
+
+// d += A (16x16, row) @ B (16x8, col) over the warp; S: __half or __nv_bfloat16.
+template <typename S>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef SHC_SIMT
+  simt::mma_16816<S>(d, a, b);
+#else
+  if constexpr (std::is_same_v<S, __nv_bfloat16>)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+}  // namespace ptx
 
 }  // namespace shc_cuda

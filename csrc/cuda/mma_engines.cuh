@@ -1,5 +1,6 @@
-// The two MMA engines of the tiled kernels (conv_tile.cuh, weight_grad.cuh) and their tile
-// configuration: WMMA tensor cores for fp16/bf16 (fp32 accumulators), SIMT FMAs for fp32/fp64.
+// The MMA engines of the tiled kernels (conv_tile.cuh, weight_grad.cuh) and their tile
+// configuration: tensor cores for fp16/bf16 (fp32 accumulators) through ldmatrix + mma.sync
+// (MmaEngine: the conv tile) or WMMA (WmmaEngine: the weight gradient), SIMT FMAs for fp32/fp64.
 // An engine owns a BM x BN accumulator tile spread over a block's threads; mma() adds one
 // BK-deep product of two shared-memory operand tiles.
 #pragma once
@@ -84,6 +85,93 @@ struct WmmaEngine {
         for (int e = 0; e < Frag::num_elements; ++e) s += w.x[e] * c[i][j].x[e];
       }
     return s;
+  }
+};
+
+// ldmatrix + mma.sync m16n8k16 (device_common.cuh's ptx::), fragment layouts as the PTX ISA
+// documents them. Operand stages in shared memory, unpadded and XOR-swizzled by 16-byte chunk so
+// that 16-byte stores of a row-fastest or chunk-fastest copy and ldmatrix's 8-row reads each hit
+// 32 distinct banks per 128 bytes:
+//   A: As[row][k], BK = 32 (4 chunks a row), chunk c of row r stored at chunk c ^ ((r >> 1) & 3);
+//   B: Bs[k][col], BN = 64 (8 chunks a row), chunk c of row k stored at chunk c ^ (k & 7).
+// Each warp owns a (BM / WM) x (BN / WN) = 32 x 32 tile: FM = 2 m16 by FN = 4 n8 MMA tiles, in
+// two accumulators: `part`, the current tap's product, and `acc`, the sum of the finished taps
+// each scaled per row (tap_done: acc[row] += s[row] * part[row]; the conv's m[n, t]).
+template <typename S, int BM, int BN, int NT, int WM>
+struct MmaEngine {
+  static constexpr int BK = 32;
+  static constexpr int kWarps = NT / 32, WN = kWarps / WM;
+  static constexpr int TMW = BM / WM, TNW = BN / WN, FM = TMW / 16, FN = TNW / 8;
+  static_assert(WM * WN == kWarps && TMW % 16 == 0 && TNW % 16 == 0 && BN == 64, "warp tiling");
+  static constexpr int kStageA = BM * BK, kStageB = BK * BN;  // elements of S per stage
+  float acc[FM][FN][4], part[FM][FN][4];
+
+  // Element offsets of the 16-byte chunk c (8 elements) of A row r / B row k within a stage.
+  __device__ __forceinline__ static int a_chunk(int r, int c) { return r * BK + ((c ^ ((r >> 1) & 3)) << 3); }
+  __device__ __forceinline__ static int b_chunk(int k, int c) { return k * BN + ((c ^ (k & 7)) << 3); }
+
+  __device__ __forceinline__ int wm() const { return (threadIdx.x / 32) % WM; }
+  __device__ __forceinline__ int wn() const { return (threadIdx.x / 32) / WM; }
+  // Tile row of this lane's accumulator elements (i, h): part[i][*][2h], [2h+1].
+  __device__ __forceinline__ int row(int i, int h) const { return wm() * TMW + i * 16 + h * 8 + (threadIdx.x & 31) / 4; }
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < FN; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[i][j][q] = part[i][j][q] = 0.f;
+  }
+  // part += As @ Bs over one BK-deep stage.
+  __device__ __forceinline__ void mma(const S* As, const S* Bs) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      uint32_t a[FM][4], b[FN][2];
+#pragma unroll
+      for (int i = 0; i < FM; ++i) ptx::ldsm_x4<false>(a[i], As + a_chunk(wm() * TMW + i * 16 + lane % 16, kk / 8 + lane / 16));
+#pragma unroll
+      for (int j = 0; j < FN; j += 2) {
+        uint32_t r[4];
+        ptx::ldsm_x4<true>(r, Bs + b_chunk(kk + lane % 16, (wn() * TNW + j * 8) / 8 + lane / 16));
+        b[j][0] = r[0];
+        b[j][1] = r[1];
+        b[j + 1][0] = r[2];
+        b[j + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j) ptx::mma_16816<S>(part[i][j], a[i], b[j]);
+    }
+  }
+  // acc += s * part row by row (s[i][h]: the scale of row(i, h)); part = 0.
+  __device__ __forceinline__ void tap_done(const float (&sc)[FM][2]) {
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < FN; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          acc[i][j][q] = fmaf(sc[i][q / 2], part[i][j][q], acc[i][j][q]);
+          part[i][j][q] = 0.f;
+        }
+  }
+  // Cs[row][col] (row-major, ld LDC) = acc.
+  template <int LDC>
+  __device__ __forceinline__ void store(float* Cs) const {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < FN; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float* p = Cs + row(i, h) * LDC + wn() * TNW + j * 8 + 2 * (lane % 4);
+          p[0] = acc[i][j][2 * h];
+          p[1] = acc[i][j][2 * h + 1];
+        }
   }
 };
 

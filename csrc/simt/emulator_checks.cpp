@@ -223,6 +223,88 @@ at::Tensor wmma_dot(const at::Tensor& A, const at::Tensor& B, const at::Tensor& 
                    out.mutable_data_ptr<float>(), hardwired);
   return out;
 }
+// The PTX fallbacks (csrc/simt/ptx.h) through csrc/cuda's wrappers (shc_cuda::ptx), one warp each,
+// for tests/sim/test_emulator.py to check lane by lane against the PTX ISA's documented layouts.
+// ldmatrix: rows[32][8] (b16 bit patterns) are written to shared memory in a shuffled order, lane
+// l passes the address where row l (row l % 8 of matrix l / 8) was put; out[l][i] = register i.
+__global__ void ldmatrix_kernel(const int16_t* rows, int32_t* out, bool trans) {
+  __shared__ __align__(128) int16_t s[32 * 16];
+  const int l = threadIdx.x, slot = (l * 7 + 3) % 32;  // a permutation of the 32 slots
+  for (int k = 0; k < 8; ++k) s[slot * 16 + 8 + k] = rows[l * 8 + k];  // the second 16 bytes of a slot
+  __syncthreads();
+  uint32_t r[4];
+  if (trans)
+    shc_cuda::ptx::ldsm_x4<true>(r, s + slot * 16 + 8);
+  else
+    shc_cuda::ptx::ldsm_x4<false>(r, s + slot * 16 + 8);
+  for (int i = 0; i < 4; ++i) out[l * 4 + i] = static_cast<int32_t>(r[i]);
+}
+
+at::Tensor ldmatrix_probe(const at::Tensor& rows, bool trans) {
+  TORCH_CHECK(rows.sizes() == at::IntArrayRef({32, 8}) && rows.scalar_type() == at::kShort, "rows: (32, 8) int16");
+  const at::Tensor in = rows.contiguous();
+  at::Tensor out = at::zeros({32, 4}, at::kInt);
+  shc_cuda::launch(ldmatrix_kernel, 1, 32, 0, nullptr, in.const_data_ptr<int16_t>(), out.mutable_data_ptr<int32_t>(),
+                   trans);
+  return out;
+}
+
+// mma.sync m16n8k16: lane l's registers a[l][4], b[l][2] (packed b16 pairs) and c[l][4] in;
+// d[l][4] = the lane's share of A @ B + C out.
+template <typename S>
+__global__ void mma_kernel(const int32_t* a, const int32_t* b, const float* c, float* d) {
+  const int l = threadIdx.x;
+  uint32_t ar[4], br[2];
+  float acc[4];
+  for (int i = 0; i < 4; ++i) {
+    ar[i] = static_cast<uint32_t>(a[l * 4 + i]);
+    acc[i] = c[l * 4 + i];
+  }
+  for (int i = 0; i < 2; ++i) br[i] = static_cast<uint32_t>(b[l * 2 + i]);
+  shc_cuda::ptx::mma_16816<S>(acc, ar, br);
+  for (int i = 0; i < 4; ++i) d[l * 4 + i] = acc[i];
+}
+
+at::Tensor mma_probe(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool bf16) {
+  TORCH_CHECK(a.sizes() == at::IntArrayRef({32, 4}) && a.scalar_type() == at::kInt, "a: (32, 4) int32");
+  TORCH_CHECK(b.sizes() == at::IntArrayRef({32, 2}) && b.scalar_type() == at::kInt, "b: (32, 2) int32");
+  TORCH_CHECK(c.sizes() == at::IntArrayRef({32, 4}) && c.scalar_type() == at::kFloat, "c: (32, 4) float");
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous(), cc = c.contiguous();
+  at::Tensor d = at::zeros({32, 4}, at::kFloat);
+  auto kernel = bf16 ? mma_kernel<__nv_bfloat16> : mma_kernel<__half>;
+  shc_cuda::launch(kernel, 1, 32, 0, nullptr, ac.const_data_ptr<int32_t>(), bc.const_data_ptr<int32_t>(),
+                   cc.const_data_ptr<float>(), d.mutable_data_ptr<float>());
+  return d;
+}
+
+// cp.async: thread 0 copies 16 bytes (or zero-fills them) into a shared word that holds -1, and
+// reports what the shared word holds before the wait, after a wait that does not cover the copy's
+// group, and after one that does; mode "no_wait" exits with the copy pending (an error).
+__global__ void cp_async_kernel(const float* src, float* out, int mode) {
+  __shared__ __align__(16) float s[4];
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < 4; ++i) s[i] = -1.f;
+    shc_cuda::ptx::cp_async16(s, src, mode != 1);
+    shc_cuda::ptx::cp_async_commit();
+    out[0] = s[0];  // issued, not waited
+    shc_cuda::ptx::cp_async_commit();  // an empty group after it
+    if (mode == 2) return;
+    shc_cuda::ptx::cp_async_wait<2>();  // both groups may still be in flight
+    out[1] = s[0];
+    shc_cuda::ptx::cp_async_wait<1>();  // the copy's group has landed
+    for (int i = 0; i < 4; ++i) out[2 + i] = s[i];
+  }
+}
+
+at::Tensor cp_async_probe(const std::string& mode) {
+  const int m = mode == "copy" ? 0 : mode == "zero_fill" ? 1 : mode == "no_wait" ? 2 : -1;
+  TORCH_CHECK(m >= 0, "cp_async_probe: mode is copy, zero_fill or no_wait");
+  at::Tensor src = at::arange(1, 5, at::kFloat);
+  at::Tensor out = at::full({6}, 7.f, at::kFloat);
+  shc_cuda::launch(cp_async_kernel, 1, 32, 0, nullptr, src.const_data_ptr<float>(), out.mutable_data_ptr<float>(), m);
+  return out;
+}
+
 // Planted access patterns for the access metrics (simt_metrics.h, tests/sim/test_access_metrics.py):
 // each launch of one warp (32 threads) makes one kind of warp-wide access whose profiler counts
 // are known. "copy": out[i] = in[i * stride] in fp32 (stride 1: 4 sectors a request; 2: 8; 32:
@@ -293,4 +375,7 @@ TORCH_LIBRARY(shc_sim_test, m) {
   m.def("handshake(int P, bool wait, float grace, int blocks) -> Tensor", &shc_sim_test::handshake);
   m.def("wmma_dot(Tensor A, Tensor B, Tensor W, bool hardwired) -> Tensor", &shc_sim_test::wmma_dot);
   m.def("access_pattern(str kind, int stride) -> Tensor", &shc_sim_test::access_pattern);
+  m.def("ldmatrix_probe(Tensor rows, bool trans) -> Tensor", &shc_sim_test::ldmatrix_probe);
+  m.def("mma_probe(Tensor a, Tensor b, Tensor c, bool bf16) -> Tensor", &shc_sim_test::mma_probe);
+  m.def("cp_async_probe(str mode) -> Tensor", &shc_sim_test::cp_async_probe);
 }

@@ -108,9 +108,11 @@ PyObject* settings(PyObject*, PyObject*) { return settings_dict(); }
 
 PyObject* counters(PyObject*, PyObject*) {
   simt::Stats& s = simt::stats();
-  return Py_BuildValue("{s:L,s:L,s:L,s:L}", "launches", static_cast<long long>(s.launches.load()), "blocks",
-                       static_cast<long long>(s.blocks.load()), "barriers", static_cast<long long>(s.barriers.load()),
-                       "max_live", static_cast<long long>(s.max_live.load()));
+  return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "launches", static_cast<long long>(s.launches.load()),
+                       "blocks", static_cast<long long>(s.blocks.load()), "barriers",
+                       static_cast<long long>(s.barriers.load()), "max_live", static_cast<long long>(s.max_live.load()),
+                       "cp_async", static_cast<long long>(s.cp_async.load()), "ldmatrix",
+                       static_cast<long long>(s.ldmatrix.load()), "mma_sync", static_cast<long long>(s.mma_sync.load()));
 }
 
 PyObject* reset_counters(PyObject*, PyObject*) {
@@ -119,6 +121,9 @@ PyObject* reset_counters(PyObject*, PyObject*) {
   s.blocks = 0;
   s.barriers = 0;
   s.max_live = 0;
+  s.cp_async = 0;
+  s.ldmatrix = 0;
+  s.mma_sync = 0;
   Py_RETURN_NONE;
 }
 
@@ -181,7 +186,7 @@ PyMethodDef methods[] = {
      "of a block are resumed in; mapping: 'hardware' or 'scrambled' (seeded) WMMA fragment element\n"
      "mapping; spin_timeout: seconds a __nanosleep spin may last before it is reported as a hang."},
     {"settings", settings, METH_NOARGS, "The current emulation settings."},
-    {"counters", counters, METH_NOARGS, "Launches, blocks and block barriers run; the most blocks live at once."},
+    {"counters", counters, METH_NOARGS, "Launches, blocks and block barriers run; the most blocks live at once; lane calls of cp.async, ldmatrix, mma.sync."},
     {"reset_counters", reset_counters, METH_NOARGS, "Zero the counters."},
     {"sanitizer", sanitizer, METH_NOARGS, "'thread' or 'address' for a sanitizer build, else None."},
     {"access_metrics", access_metrics, METH_NOARGS,

@@ -76,6 +76,8 @@ Config& config();
 // Counters for the tests: launches, blocks run, barriers released.
 struct Stats {
   std::atomic<int64_t> launches{0}, blocks{0}, barriers{0}, max_live{0};
+  // Lane-level calls of the PTX fallbacks (ptx.h): cp.async copies issued, ldmatrix, mma.sync.
+  std::atomic<int64_t> cp_async{0}, ldmatrix{0}, mma_sync{0};
 };
 Stats& stats();
 
@@ -172,3 +174,5 @@ inline T max(T a, T b) {
 using std::exp;
 using std::fma;
 using std::sqrt;
+
+#include "ptx.h"  // host fallbacks of csrc/cuda's inline PTX

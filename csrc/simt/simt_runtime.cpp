@@ -10,6 +10,7 @@
 #endif
 
 #include <chrono>
+#include <deque>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -89,6 +90,15 @@ struct Fiber {
   unsigned warp_calls = 0;  // warp-exchange calls: picks the double buffer
   unsigned bar_gen = 0;     // block barriers reached
   unsigned warp_gen = 0;    // warp barriers reached
+  // cp.async (ptx.h): copies issued and not yet landed, in order; the sizes of the committed
+  // groups, oldest first; copies issued since the last commit.
+  struct CpCopy {
+    void* dst;
+    unsigned char data[16];
+  };
+  std::deque<CpCopy> cp_queue;
+  std::deque<int> cp_groups;
+  int cp_open = 0;
   void* stack = nullptr;
   size_t stack_size = 0;
 #if SIMT_TSAN
@@ -179,6 +189,9 @@ extern "C" __attribute__((visibility("hidden"), used)) void simt_fiber_main(simt
 #endif
   try {
     (*b.kernel)();
+    if (!f.cp_queue.empty())
+      fail("cp.async: thread " + std::to_string(f.tid) + " exited with " + std::to_string(f.cp_queue.size()) +
+           " copies no cp.async.wait_group landed");
   } catch (const Abort&) {
   } catch (...) {
     if (!b.error) b.error = std::current_exception();
@@ -511,6 +524,38 @@ void* warp_exchange(int bytes_per_lane, void** mine) {
   return base;
 }
 
+void cp_async_push(void* dst, const void* data16) {
+  Fiber& f = cur("cp.async");
+  stats().cp_async.fetch_add(1, std::memory_order_relaxed);
+  Fiber::CpCopy c{dst, {}};
+  std::memcpy(c.data, data16, 16);
+  f.cp_queue.push_back(c);
+  ++f.cp_open;
+}
+
+void cp_async_commit() {
+  Fiber& f = cur("cp.async.commit_group");
+  f.cp_groups.push_back(f.cp_open);
+  f.cp_open = 0;
+}
+
+bool cp_async_next(int keep, void** dst, void* data16) {
+  Fiber& f = cur("cp.async.wait_group");
+  while (static_cast<int>(f.cp_groups.size()) > keep) {
+    if (f.cp_groups.front() == 0) {
+      f.cp_groups.pop_front();
+      continue;
+    }
+    const Fiber::CpCopy& c = f.cp_queue.front();
+    *dst = c.dst;
+    std::memcpy(data16, c.data, 16);
+    f.cp_queue.pop_front();
+    --f.cp_groups.front();
+    return true;
+  }
+  return false;
+}
+
 void nanosleep_yield() {
   Fiber& f = cur("__nanosleep");
   f.state.store(State::sleeping);
@@ -565,6 +610,9 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& kernel) {
           f.state.store(State::ready);
           f.site_file.store(nullptr);
           f.warp_calls = f.bar_gen = f.warp_gen = 0;
+          f.cp_queue.clear();
+          f.cp_groups.clear();
+          f.cp_open = 0;
         }
         run_block(b, stacks);
         running.fetch_sub(1);
