@@ -166,8 +166,74 @@ def test_conv_main_loops_use_wgmma_fed_by_16_byte_cp_async(compiled, kernel):
     loop = r["sass"]["main_loop"]
     assert r["ptx"]["wgmma"] and loop["hgmma"] > 0, "the main loop is not on Hopper's wgmma"
     assert 128 in loop["global_load_bits"] and loop["ldgsts"] > 0, "operands not loaded by 16-byte cp.async"
-    assert loop["ldg"] + loop["ld_generic"] == 0, "a synchronous global load in the main loop"
+    # on the path every iteration takes, the only synchronous global loads left are the map's
+    # scale m[n, t] (4 bytes per row or sample, once per tap or sample), never an operand tile (the
+    # branch-skipped per-sample region of dW also reads its W tile for dm)
+    every = loop.get("every_iteration", loop)
+    ldg = [op for op in every["global_load_ops"] if op.split(".")[0] in ("LDG", "LD")]
+    assert loop["ld_generic"] == 0 and len(ldg) <= 2, f"synchronous global loads in the main loop: {ldg}"
+    assert all(gs.width_bits(op) == 32 for op in ldg), f"an operand loaded synchronously: {ldg}"
     assert loop["ldl"] + loop["stl"] == 0, "local-memory traffic (spills) in the main loop"
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel", ["mconv_fwd", "mconv_dw"])
+def test_modulated_operands_reach_the_tensor_cores_untouched(compiled, kernel):
+    # the map's scale goes on a per-tap (forward) or per-sample (dW) partial sum, not on an operand
+    # tile: both wgmma operands come from shared memory as cp.async left them, nothing is converted
+    # to 16 bits or written back to shared memory in the loop (before: the forward's A tile went
+    # LDSM -> scale -> F2FP -> register-A wgmma; dW's x tile LDS -> scale -> F2FP -> STS -> wgmma)
+    loop = compiled[kernel]["sass"]["main_loop"]
+    assert loop["hgmma_a_in_registers"] == 0, "wgmma reads an operand from registers"
+    every = loop["every_iteration"]  # dW's per-sample region reduces dm through shared memory
+    assert every["f2fp"] == 0, "an operand is converted in registers in the main loop"
+    if kernel == "mconv_dw":
+        assert every["sts"] == 0, "an operand is written back to shared memory in the main loop"
+
+
+def _executed_ipm(kernel_name, launch, config, result):
+    share = gm.conditional_share(kernel_name, launch, config)
+    return gm.executed_instr_per_mma(result["sass"]["main_loop"], share)
+
+
+@needs_compiler
+def test_instructions_per_mma_leave_the_tensor_cores_busy():
+    # An H100 SM issues 4 instructions per clock while its tensor cores retire one m16n8k16
+    # equivalent per clock (issue_k = 4.0 in tools/gpu_model.py), so a main loop above ~4
+    # instructions per MMA is issue-bound. At 64@56 (C = D = 64, bf16 cl, the first config):
+    # forward 10.88 -> 4.02 (one channel block per tap: no conditional path), dW 18.0 -> 5.22 as
+    # executed (64x64 tiles, the largest at C = D = 64, put 0.25 16-byte chunks per MMA, each with
+    # its row's address and mask; the per-sample scaled add and dm reduction once per 49 blocks).
+    # At 256@14 with 128x128x64 tiles the flattened forward loop runs its per-tap setup and scaled
+    # add once per 4 channel blocks: about 2.9 as executed.
+    import gpu_model_triton as gt
+
+    old = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        got = {}
+        for shape, (d, h) in {"64@56": (64, 56), "256@14": (256, 14)}.items():
+            for lc in gt.layer_launches(d, d, h, 1, 256, "bf16", "cl"):
+                if lc.name not in ("mconv_fwd", "mconv_dw"):
+                    continue
+                cfgs = lc.configs
+                if shape == "256@14":
+                    cfgs = [c for c in cfgs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"])
+                            == (128, 128, 64)]  # fmt: skip
+                    if lc.name != "mconv_fwd":
+                        continue
+                (r,) = gt.compile_many([(lc, cfgs[0], 90)], processes=1)
+                assert r.get("ok"), r.get("error")
+                got[(shape, lc.name)] = (_executed_ipm(lc.name, lc, cfgs[0], r), r["sass"]["main_loop"])
+    finally:
+        if old is not None:
+            os.environ["TRITON_INTERPRET"] = old
+    ipm, _ = got[("64@56", "mconv_fwd")]
+    assert ipm <= 4.5, f"forward at 64@56: {ipm} instructions per MMA"
+    ipm, loop = got[("64@56", "mconv_dw")]
+    assert ipm <= 5.5, f"dW at 64@56: {ipm} instructions per MMA as executed"
+    ipm, loop = got[("256@14", "mconv_fwd")]
+    assert loop["conditional"] > 0, "the flattened forward loop runs its per-tap work every iteration"
+    assert ipm <= 3.5, f"forward at 256@14: {ipm} instructions per MMA as executed"
 
 
 @needs_compiler
@@ -188,8 +254,20 @@ def test_statistics_kernels_read_x_with_16_byte_loads(compiled, kernel):
 @needs_compiler
 @pytest.mark.parametrize("kernel", ["mconv_dx", "mconv_dw"])
 def test_gradient_atomics_are_relaxed(compiled, kernel):
-    # dm and dW accumulate with fp32 atomics; acquire-release ones compile to a MEMBAR + CCTL each
+    # dm and dW accumulate with fp32 atomics; acquire-release ones compile to a MEMBAR + CCTL each.
+    # At 64@56 dm comes from the dW kernel; the dx kernel reduces it on small planes (512@7)
+    import gpu_model_triton as gt
+
     r = compiled[kernel]
+    if kernel == "mconv_dx":
+        assert r["sass"]["whole"]["red"] + r["sass"]["whole"]["atom"] == 0, "dm reduced twice at 64@56"
+        old = os.environ.pop("TRITON_INTERPRET", None)
+        try:
+            (lc,) = [lc for lc in gt.layer_launches(512, 512, 7, 1, 256, "bf16", "cl") if lc.name == kernel]
+            (r,) = gt.compile_many([(lc, lc.configs[0], 90)], processes=1)
+        finally:
+            if old is not None:
+                os.environ["TRITON_INTERPRET"] = old
     assert r["sass"]["whole"]["red"] + r["sass"]["whole"]["atom"] > 0
     assert r["sass"]["atomics_with_barrier"] == 0 and not r["ptx"]["atom_acq_rel"]
 
@@ -213,7 +291,13 @@ def test_the_aot_check_compiles_every_kernel_and_config_with_the_runtime_special
         got = {(i["arch"], i["config"]) for i, _ in todo if i["kernel"] == name and i["dtype"] == "bf16"}
         assert len(got) >= 2 * n_cfg, name
     variants = {(i["kernel"], i["variant"]) for i, _ in todo}
-    assert {("mconv_dx", "dx only"), ("mconv_dx", "dm only"), ("mconv_fwd", "no bias")} <= variants
+    assert {
+        ("mconv_dx", "dx only"),
+        ("mconv_dx", "dx and dm"),
+        ("mconv_dx", "dm only"),
+        ("mconv_dw", "dx only"),
+        ("mconv_fwd", "no bias"),
+    } <= variants
 
 
 # ------------------------------------------------------------------ the compiled CUDA kernels

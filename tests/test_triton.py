@@ -255,9 +255,15 @@ TILE_CASES = {
 }
 
 
+@pytest.mark.parametrize("dm_from", ["dx", "dw"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("case", TILE_CASES.values(), ids=TILE_CASES.keys())
-def test_modulated_conv2d_tiling_edge_cases_match_reference(case, channels_last):
+def test_modulated_conv2d_tiling_edge_cases_match_reference(case, channels_last, dm_from, monkeypatch):
+    # dm_from: which backward kernel reduces dm (conv_backward picks dW's per-sample partials on
+    # planes of DM_IN_DW_PIXELS or more; forced here either way)
+    from shc_kernels.triton import conv
+
+    monkeypatch.setattr(conv, "DM_IN_DW_PIXELS", 1 if dm_from == "dw" else 1 << 30)
     n, d, c, h, w, k, stride, padding, dilation, groups = case
     kh, kw = (k, k) if isinstance(k, int) else k
     dtype = torch.float32

@@ -198,6 +198,11 @@ def width_bits(op: str) -> int:
     return 32
 
 
+def _hgmma_a_is_register(ins: Instr) -> bool:
+    ops = [a.strip() for a in ins.args.split(",")]
+    return len(ops) > 1 and re.fullmatch(r"R\d+", ops[1]) is not None
+
+
 def mix(instrs: list[Instr]) -> dict:
     """Instruction mix of a piece of code (a loop body or a whole function)."""
     counts: dict[str, int] = {}
@@ -232,6 +237,11 @@ def mix(instrs: list[Instr]) -> dict:
         global_load_bits=sorted({width_bits(i.op) for i in loads}),
         global_load_ops=[i.op for i in instrs if i.base in ("LDG", "LD", "LDGSTS")],
         membar_ops=sorted({i.op for i in instrs if i.base == "MEMBAR"}),
+        # operands changed in registers on their way to the tensor cores: wgmma reading A from
+        # registers (HGMMA Rd, Ra, gdesc[...]) rather than both operands from shared memory, and
+        # fp32 -> 16-bit packs (F2FP)
+        hgmma_a_in_registers=sum(1 for i in instrs if i.base == "HGMMA" and _hgmma_a_is_register(i)),
+        f2fp=counts.get("F2FP", 0),
     )
     out["instr_per_mma"] = round(len(instrs) / mma, 2) if mma else None
     return out
@@ -274,8 +284,12 @@ def conditional_instructions(seg: list[Instr]) -> int:
     """Instructions of a loop body that a forward branch inside the body can skip: the regions of an
     `if` the compiler left as a branch (e.g. a flattened loop nest's per-outer-iteration setup and
     epilogue). How often they run is not in the SASS; the caller weighs them (tools/gpu_model.py)."""
+    return len(_conditional_indices(seg))
+
+
+def _conditional_indices(seg: list[Instr]) -> set[int]:
     if not seg:
-        return 0
+        return set()
     index = {ins.addr: k for k, ins in enumerate(seg)}
     skipped = set()
     for k, ins in enumerate(seg[:-1]):  # the last instruction is the loop's back edge
@@ -287,7 +301,7 @@ def conditional_instructions(seg: list[Instr]) -> int:
         tgt = int(m.group(1), 16)
         if tgt > ins.addr and tgt in index:
             skipped.update(range(k + 1, index[tgt]))
-    return len(skipped)
+    return skipped
 
 
 def barrier_beside_atomics(fn: Function, window: int = 3) -> int:
@@ -305,7 +319,10 @@ def barrier_beside_atomics(fn: Function, window: int = 3) -> int:
 def summarize(fn: Function) -> dict:
     loop = main_loop(fn)
     ml = mix(loop)
-    ml["conditional"] = conditional_instructions(loop) if loop is not fn.instrs else 0
+    cond = _conditional_indices(loop) if loop is not fn.instrs else set()
+    ml["conditional"] = len(cond)
+    # the path every iteration takes (the conditional regions left out)
+    ml["every_iteration"] = mix([i for k, i in enumerate(loop) if k not in cond])
     return dict(
         main_loop=ml,
         whole=mix(fn.instrs),

@@ -40,8 +40,11 @@ SHAPE = dict(d=64, c=64, h=56, stride=1, batch=32)  # ResNet-50's first 3x3 laye
 # The constexpr switches' other branches: (launcher arguments, kernels whose variant it is, label).
 VARIANTS = [
     (dict(bias=False), ("mconv_fwd", "stats_map_fwd"), "no bias"),
-    (dict(need=(True, True, False)), ("mconv_dx",), "dx only"),
-    (dict(need=(False, True, True)), ("mconv_dx",), "dm only"),
+    # at this shape (56x56 >= conv.DM_IN_DW_PIXELS) dm comes from the dW kernel whenever dW is
+    # asked for; without dW the dx kernel reduces it
+    (dict(need=(True, True, False)), ("mconv_dx", "mconv_dw"), "dx only"),
+    (dict(need=(True, False, True)), ("mconv_dx",), "dx and dm"),
+    (dict(need=(False, False, True)), ("mconv_dx",), "dm only"),
 ]
 
 

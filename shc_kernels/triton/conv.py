@@ -291,21 +291,24 @@ def _mconv_dx_kernel(
 
 
 @triton.autotune(
-    configs=DW_CONFIGS, key=["N", "OHW", "CG", "DG", "T"], reset_to_zero=["dw_ptr"],
+    configs=DW_CONFIGS, key=["N", "OHW", "CG", "DG", "T", "NEED_DM"], reset_to_zero=["dw_ptr", "dm_ptr"],
     prune_configs_by=_prune("CG", "DG", "OHW"), do_bench=_do_bench,
 )  # fmt: skip
 @triton.jit
 def _mconv_dw_kernel(
-    gy_ptr, x_ptr, m_ptr, dw_ptr,
+    gy_ptr, x_ptr, m_ptr, dw_ptr, wt_ptr, dm_ptr,
     N, OHW, H, W, OW, CG, DG, T, KW, inv_ow,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     sgn, sgc, sgh, sgw,
     sxn, sxd, sxh, sxw,
     stride_wt,
     INPUT_PRECISION: tl.constexpr, OHW_POW2: tl.constexpr, FDIV: tl.constexpr, GY_FLAT: tl.constexpr,
-    OHW_DIV: tl.constexpr, CG_DIV: tl.constexpr, DG_DIV: tl.constexpr,
+    OHW_DIV: tl.constexpr, CG_DIV: tl.constexpr, DG_DIV: tl.constexpr, NEED_DM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    # NEED_DM: dm[n, t] = sum_{c,d} W[c, d, t] * v[c, d] for the same per-sample partial v (the
+    # docs/design.md §3 dm reduction, taken here instead of from x in the dx kernel); one relaxed
+    # atomic per sample, tap and tile. wt is W as (T, C, DG), dw32's layout.
     # dW[c, d, t] = sum_n m[n, t] * (sum_p dy[n, c, p] * x[n, d, p(+)t]): a program reduces whole
     # samples (a range of them: grid axis 2 splits the batch so small C x D layers still fill the
     # GPU); per sample the pixel reduction is a plain GEMM whose operands go to the tensor cores
@@ -333,6 +336,7 @@ def _mconv_dw_kernel(
     gy_cols = gy_ptr + (g * CG + offs_c).to(tl.int64) * sgc
     x_cols = x_ptr + (g * DG + offs_d).to(tl.int64) * sxd
     offs_r = tl.arange(0, BLOCK_K)
+    tile = t * stride_wt + (g * CG + offs_c).to(tl.int64)[:, None] * DG + offs_d[None, :]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if OHW_POW2 <= BLOCK_K:
         # one row block is the whole plane: rows, masks and offsets are the same for every sample
@@ -357,6 +361,8 @@ def _mconv_dw_kernel(
             )
             v = tl.dot(a, b, input_precision=INPUT_PRECISION)
             acc += tl.load(m_ptr + n * T + t) * v
+            if NEED_DM:
+                _dm_of_partial(v, wt_ptr + tile, cmask[:, None] & dmask[None, :], dm_ptr + n * T + t)
     else:
         # (sample, row block) flattened into one loop by the compiler: loads stream across samples,
         # the scaled add runs once per sample
@@ -382,8 +388,16 @@ def _mconv_dw_kernel(
                 )
                 v = tl.dot(a, b, v, input_precision=INPUT_PRECISION)
             acc += tl.load(m_ptr + n * T + t) * v
-    dw_ptrs = dw_ptr + t * stride_wt + (g * CG + offs_c).to(tl.int64)[:, None] * DG + offs_d[None, :]
-    tl.atomic_add(dw_ptrs, acc, mask=cmask[:, None] & dmask[None, :], sem="relaxed", scope="gpu")
+            if NEED_DM:
+                _dm_of_partial(v, wt_ptr + tile, cmask[:, None] & dmask[None, :], dm_ptr + n * T + t)
+    tl.atomic_add(dw_ptr + tile, acc, mask=cmask[:, None] & dmask[None, :], sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _dm_of_partial(v, w_ptrs, mask, dm_ptr):
+    # relaxed: a plain reduction needs no ordering (the default acq_rel adds a fence per atomic)
+    w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.atomic_add(dm_ptr, tl.sum(tl.sum(v * w, axis=1), axis=0), sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -443,6 +457,10 @@ def conv_forward(x, weight, m, bias, stride, padding, dilation, groups):
         HAS_BIAS=bias is not None, INPUT_PRECISION=_input_precision(x), **_channel_facts(dg),
     )  # fmt: skip
     return y
+
+
+# Output planes of at least this many pixels take dm from the dW kernel (see conv_backward).
+DM_IN_DW_PIXELS = 256
 
 
 def _dw_split(n: int, device: torch.device) -> int:
@@ -505,8 +523,13 @@ def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, n
     dw = weight.new_empty(0)
     if n == 0:
         return dx, (torch.zeros_like(weight) if need_w else dw), dm
-    if need_x or need_m:
-        wt = weight.permute(2, 3, 0, 1).contiguous()  # (kh, kw, C, DG): contiguous along DG
+    # dm from the dW kernel's per-sample partials where a sample spans many row blocks (its
+    # reduction then runs once per sample; on small planes it would run every block): the dx
+    # kernel then neither reads x nor reduces x * V_t
+    dm_in_dw = need_w and need_m and oh * ow >= DM_IN_DW_PIXELS
+    wt = weight.permute(2, 3, 0, 1).contiguous() if (need_x or need_m) else None  # (kh, kw, C, DG)
+    if need_x or (need_m and not dm_in_dw):
+        dx_m = need_m and not dm_in_dw
         hw = height * width
 
         par_h, par_w = stride  # one parity class of input positions per program (see the kernel)
@@ -519,11 +542,11 @@ def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, n
         dxs = dx.stride() if need_x else (0, 0, 0, 0)
         _mconv_dx_kernel[grid_dx](
             # unused outputs get dummies; never m: the autotuner zeroes dm_ptr between trials
-            gy, x, wt, m, dx if need_x else x, dm if need_m else torch.zeros(1, device=x.device),
+            gy, x, wt, m, dx if need_x else x, dm if dx_m else torch.zeros(1, device=x.device),
             hw, height, width, oh, ow, cg, dg, t, kw,
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], par_h, par_w,
             *gy.stride(), *x.stride(), c * dg, dg, 1, *dxs,
-            NEED_X=need_x, NEED_M=need_m, INPUT_PRECISION=prec,
+            NEED_X=need_x, NEED_M=dx_m, INPUT_PRECISION=prec,
         )  # fmt: skip
     if need_w:
         dw32 = torch.zeros((kh, kw, c, dg), device=x.device, dtype=torch.float32)
@@ -535,13 +558,14 @@ def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, n
             return (base // (t * groups), t * groups, _dw_programs_split(n, base, sms))
 
         _mconv_dw_kernel[grid_dw](
-            gy, x, m, dw32,
+            # never m as a dummy: the autotuner zeroes dm_ptr between trials
+            gy, x, m, dw32, wt if dm_in_dw else dw32, dm if dm_in_dw else torch.zeros(1, device=x.device),
             n, ohw, height, width, ow, cg, dg, t, kw, 1.0 / ow,
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
             *gy.stride(), *x.stride(), c * dg,
             INPUT_PRECISION=prec, OHW_POW2=triton.next_power_of_2(ohw), FDIV=ohw <= 1 << 21,
             GY_FLAT=gy.stride(2) == ow * gy.stride(3), OHW_DIV=_pow2_div(ohw), CG_DIV=_pow2_div(cg),
-            DG_DIV=_pow2_div(dg),
+            DG_DIV=_pow2_div(dg), NEED_DM=dm_in_dw,
         )  # fmt: skip
         dw = dw32.permute(2, 3, 0, 1).to(weight.dtype).contiguous()
     return dx, dw, dm
