@@ -169,8 +169,7 @@ def test_conv_main_loops_use_wgmma_fed_by_16_byte_cp_async(compiled, kernel):
     # on the path every iteration takes, the only synchronous global loads left are the map's
     # scale m[n, t] (4 bytes per row or sample, once per tap or sample), never an operand tile (the
     # branch-skipped per-sample region of dW also reads its W tile for dm)
-    every = loop.get("every_iteration", loop)
-    ldg = [op for op in every["global_load_ops"] if op.split(".")[0] in ("LDG", "LD")]
+    ldg = loop["every_iteration"]["sync_load_ops"]
     assert loop["ld_generic"] == 0 and len(ldg) <= 2, f"synchronous global loads in the main loop: {ldg}"
     assert all(gs.width_bits(op) == 32 for op in ldg), f"an operand loaded synchronously: {ldg}"
     assert loop["ldl"] + loop["stl"] == 0, "local-memory traffic (spills) in the main loop"

@@ -321,8 +321,13 @@ def summarize(fn: Function) -> dict:
     ml = mix(loop)
     cond = _conditional_indices(loop) if loop is not fn.instrs else set()
     ml["conditional"] = len(cond)
-    # the path every iteration takes (the conditional regions left out)
-    ml["every_iteration"] = mix([i for k, i in enumerate(loop) if k not in cond])
+    # the path every iteration takes (the conditional regions left out), its main counts
+    every = mix([i for k, i in enumerate(loop) if k not in cond])
+    keep = ("instructions", "mma_equiv", "sts", "f2fp", "hgmma_a_in_registers", "ldg", "ld_generic", "ldgsts")
+    ml["every_iteration"] = {k: every[k] for k in keep}
+    ml["every_iteration"]["sync_load_ops"] = [
+        op for op in every["global_load_ops"] if op.split(".")[0] != "LDGSTS"
+    ]
     return dict(
         main_loop=ml,
         whole=mix(fn.instrs),
