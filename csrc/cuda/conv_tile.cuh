@@ -186,11 +186,16 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
   }
   const int b_k = tid / (BN / 8), b_c = tid % (BN / 8);
 
-  // Load cursor (the step whose operands are being fetched): tap (li, lj), k block lkb, and the
-  // source offsets of this thread's two A rows at that tap (-1: padding or past M).
+  const int a_dst[2] = {Eng::a_chunk(a_row[0], a_c[0]), Eng::a_chunk(a_row[1], a_c[1])};  // in a stage
+  const int b_dst = Eng::b_chunk(b_k, b_c);
+  const int b_col = n0 + b_c * 8;
+
+  // Load cursor (the step whose operands are being fetched): tap (li, lj), k block lkb; per tap,
+  // where this thread's two A chunks start (k block 0; nullptr: padding or past M) and its B chunk.
   int lt = 0, li = 0, lj = 0, lkb = 0;
-  int64_t a_off[2];
-  auto row_offsets = [&]() {
+  const scalar_t* a_src[2];
+  const scalar_t* b_src;
+  auto tap_sources = [&]() {
     int tap_h = li * p.dh, tap_w = lj * p.dw, tap_r = 0;
     if (p.transposed) {
       tap_r = (tap_h % p.sh) << 16 | tap_w % p.sw;
@@ -201,8 +206,9 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
     for (int e = 0; e < 2; ++e) {
       const int hs = a_h[e] + tap_h, ws = a_w[e] + tap_w;
       const bool ok = a_n[e] >= 0 && a_r[e] == tap_r && hs >= 0 && hs < p.SH && ws >= 0 && ws < p.SW;
-      a_off[e] = ok ? a_n[e] * p.ss0 + hs * p.ss2 + ws * p.ss3 : -1;
+      a_src[e] = ok ? p.src + (a_n[e] * p.ss0 + hs * p.ss2 + ws * p.ss3 + (ch0 + a_c[e] * 8) * p.ss1) : nullptr;
     }
+    b_src = p.bt + ((static_cast<int64_t>(g) * T + lt) * p.Kdim + b_k) * p.Ncols + b_col;
   };
   auto advance = [&]() {
     if (++lkb == nkb) {
@@ -212,7 +218,7 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
         lj = 0;
         ++li;
       }
-      row_offsets();
+      tap_sources();
     }
   };
   // Registers of the synchronous copies (a source that cannot take 16-byte copies).
@@ -226,28 +232,27 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int kg = k0 + a_c[e] * 8;
-      const int64_t off = a_off[e];
       if (a_vec) {
-        const bool ok = off >= 0 && kg < p.Kdim;
-        ptx::cp_async16(As + Eng::a_chunk(a_row[e], a_c[e]), ok ? p.src + off + ch0 + kg : p.src, ok);
+        const bool ok = a_src[e] != nullptr && kg < p.Kdim;
+        ptx::cp_async16(As + a_dst[e], ok ? a_src[e] + k0 : p.src, ok);
       } else {
         float x[8];
 #pragma unroll
         for (int q = 0; q < 8; ++q)
-          x[q] = off >= 0 && kg + q < p.Kdim ? to_acc<float>(p.src[off + (ch0 + kg + q) * p.ss1]) : 0.f;
+          x[q] = a_src[e] != nullptr && kg + q < p.Kdim ? to_acc<float>(a_src[e][(k0 + q) * p.ss1]) : 0.f;
         ra[e] = make_uint4(pack2<S>(x[0], x[1]), pack2<S>(x[2], x[3]), pack2<S>(x[4], x[5]), pack2<S>(x[6], x[7]));
       }
     }
-    const scalar_t* bt = p.bt + (static_cast<int64_t>(g) * T + lt) * p.Kdim * p.Ncols;
-    const int kg = k0 + b_k, cg = n0 + b_c * 8;
+    const int kg = k0 + b_k;
+    const int64_t bk = static_cast<int64_t>(k0) * p.Ncols;
     if (b_vec) {
-      const bool ok = kg < p.Kdim && cg < p.Ncols;
-      ptx::cp_async16(Bs + Eng::b_chunk(b_k, b_c), ok ? bt + static_cast<int64_t>(kg) * p.Ncols + cg : p.bt, ok);
+      const bool ok = kg < p.Kdim && b_col < p.Ncols;
+      ptx::cp_async16(Bs + b_dst, ok ? b_src + bk : p.bt, ok);
     } else {
       float x[8];
 #pragma unroll
       for (int q = 0; q < 8; ++q)
-        x[q] = kg < p.Kdim && cg + q < p.Ncols ? to_acc<float>(bt[static_cast<int64_t>(kg) * p.Ncols + cg + q]) : 0.f;
+        x[q] = kg < p.Kdim && b_col + q < p.Ncols ? to_acc<float>(b_src[bk + q]) : 0.f;
       rb = make_uint4(pack2<S>(x[0], x[1]), pack2<S>(x[2], x[3]), pack2<S>(x[4], x[5]), pack2<S>(x[6], x[7]));
     }
   };
@@ -256,9 +261,9 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
     S* Bs = As + Eng::kStageA;
     if (!a_vec) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) *reinterpret_cast<uint4*>(As + Eng::a_chunk(a_row[e], a_c[e])) = ra[e];
+      for (int e = 0; e < 2; ++e) *reinterpret_cast<uint4*>(As + a_dst[e]) = ra[e];
     }
-    if (!b_vec) *reinterpret_cast<uint4*>(Bs + Eng::b_chunk(b_k, b_c)) = rb;
+    if (!b_vec) *reinterpret_cast<uint4*>(Bs + b_dst) = rb;
   };
 
   // The scale rows of this lane's accumulator elements: n * T into m, or -1 past M.
@@ -275,7 +280,7 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
   __syncthreads();  // the previous tile of a persistent CTA may still read shared memory
   eng.zero();
   if (nsteps > 0) {
-    row_offsets();
+    tap_sources();
     // Prologue: steps 0 .. ST-2 in flight, one commit group each (empty past the last step).
 #pragma unroll
     for (int s = 0; s < ST - 1; ++s) {

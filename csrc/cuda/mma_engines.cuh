@@ -161,6 +161,7 @@ struct MmaEngine {
   // Cs[row][col] (row-major, ld LDC) = acc.
   template <int LDC>
   __device__ __forceinline__ void store(float* Cs) const {
+    static_assert(LDC % 32 == 4, "conflict-free accumulator stores");
     const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int i = 0; i < FM; ++i)
@@ -168,9 +169,9 @@ struct MmaEngine {
       for (int j = 0; j < FN; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          float* p = Cs + row(i, h) * LDC + wn() * TNW + j * 8 + 2 * (lane % 4);
-          p[0] = acc[i][j][2 * h];
-          p[1] = acc[i][j][2 * h + 1];
+          // 8-byte stores: a half-warp's 4 rows x 4 lanes hit 32 distinct banks (LDC % 32 == 4)
+          *reinterpret_cast<float2*>(Cs + row(i, h) * LDC + wn() * TNW + j * 8 + 2 * (lane % 4)) =
+              make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
         }
   }
 };
