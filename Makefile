@@ -95,7 +95,9 @@ wheel: setup
 	echo "wheel: built in $$(( $$(date +%s) - start )) s"; ls -l dist
 
 # wheel-test installs the wheel into a new virtual environment and runs the test suite from
-# outside the checkout against the installed package; with SHC_EXPECT_CUDA_ARCHS set,
+# outside the checkout against the installed package, less tests/research (the application is pure
+# Python that `make test` runs from the same files; a minute of CI; tests/test_base_install.py
+# still imports it and runs its commands from the wheel); with SHC_EXPECT_CUDA_ARCHS set,
 # tests/test_packaging.py requires the CUDA kernels, a CUDA kernel for every shc:: op and exactly
 # those cubins and PTX (listed here with cuobjdump, which ships in the triton package).
 # The new environment reuses .venv's site-packages (torch is 5 GB) through a .pth line, which
@@ -118,7 +120,8 @@ wheel-test: wheel
 		print(os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump"))'); \
 		echo "wheel-test: device code in $$(basename $$so):"; \
 		$$cuobjdump --list-elf $$so | sed 's/^/  /'; $$cuobjdump --list-ptx $$so | sed 's/^/  /'; fi; \
-	set +e; SHC_EXPECT_CUDA_ARCHS="$$archs" $$tmp/venv/bin/python -m pytest -q -p no:cacheprovider tests; \
+	set +e; SHC_EXPECT_CUDA_ARCHS="$$archs" $$tmp/venv/bin/python -m pytest -q -p no:cacheprovider tests \
+		--ignore=tests/research; \
 	rc=$$?; rm -rf $$tmp; exit $$rc
 
 # The CUDA sources built for sm_80 and sm_90 with -Xptxas -v (registers, shared memory, spills),
