@@ -126,13 +126,14 @@ def _mconv_fwd_kernel(
     p = r % OHW
     oh = p // OW
     ow = p % OW
-    # rows past the end get an input row far out of range, so the tap masks below drop them too
-    ih0 = tl.where(mmask, oh * stride_h - pad_h, -(1 << 24))
+    ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = offs_c < CG
     c_glob = g * CG + offs_c
     x_rows = x_ptr + (n.to(tl.int64) * sxn + (g * DG).to(tl.int64) * sxd) + (ih0 * sxh + iw0 * sxw)
+    # rows past the end get an input row far out of range, so the tap masks below drop them too
+    ih0 = tl.where(mmask, ih0, -(1 << 24))
     m_rows = m_ptr + n * T
     w_cols = w_ptr + c_glob * swc
     offs_k = tl.arange(0, BLOCK_K)
@@ -306,9 +307,6 @@ def _mconv_dw_kernel(
     OHW_DIV: tl.constexpr, CG_DIV: tl.constexpr, DG_DIV: tl.constexpr, NEED_DM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    # NEED_DM: dm[n, t] = sum_{c,d} W[c, d, t] * v[c, d] for the same per-sample partial v (the
-    # docs/design.md §3 dm reduction, taken here instead of from x in the dx kernel); one relaxed
-    # atomic per sample, tap and tile. wt is W as (T, C, DG), dw32's layout.
     # dW[c, d, t] = sum_n m[n, t] * (sum_p dy[n, c, p] * x[n, d, p(+)t]): a program reduces whole
     # samples (a range of them: grid axis 2 splits the batch so small C x D layers still fill the
     # GPU); per sample the pixel reduction is a plain GEMM whose operands go to the tensor cores
@@ -316,6 +314,9 @@ def _mconv_dw_kernel(
     # last row block is partial when BLOCK_K does not divide OH*OW (49 of 64 rows at 7x7).
     # dw is fp32 (T, C, DG), tap-major, so that neighbouring lanes (along d) add to neighbouring
     # addresses; the atomics are relaxed.
+    # NEED_DM: dm[n, t] = sum_{c,d} W[c, d, t] * v[c, d] from the same partial v (the docs/design.md
+    # §3 dm reduction, taken here instead of from x in the dx kernel); one relaxed atomic per
+    # sample, tap and tile. wt is W as (T, C, DG), dw32's layout.
     num_nb = tl.cdiv(DG, BLOCK_N)
     pid0 = tl.program_id(0)
     pid_m = pid0 // num_nb
