@@ -217,24 +217,31 @@ __global__ void __launch_bounds__(256)
   block_stats<scalar_t, A, 256>(x, s0, s1, s2, s3, n, d0, D, H, W, eps, DX, red, mu, sigma);
 }
 
-// out (dense in NCHW or channels_last order) = gmu/HW + gsig * (x - mu) / (HW * sigma)
+// out (dense in NCHW or channels_last order) = gmu/HW + gsig * (x - mu) / (HW * sigma), computed as
+// c + a * (x - mu) with a = gsig / (HW * sigma) and c = gmu/HW - a * r. mu arrives rounded to A (the
+// saved statistics) and x - mu weighs that rounding against the plane's spread: a plane of mean 1000
+// and spread 0.01 in fp32 would lose three digits of dx. r[plane] = mean(x) - mu, the rounding
+// error, in double from the launcher (nullptr: zero, for fp64), puts it into the constant; x - mu is
+// exact in A for the x near mu (as csrc/cpu's stats_backward_plane does).
 template <typename scalar_t, typename A>
 __global__ void __launch_bounds__(256)
     stats_backward_kernel(const A* gmu, const A* gsig, const scalar_t* x, int64_t s0, int64_t s1,
-                          int64_t s2, int64_t s3, const A* mu, const A* sigma, int64_t total, int D,
-                          int H, int W, bool channels_last, scalar_t* out) {
+                          int64_t s2, int64_t s3, const A* mu, const A* sigma, const double* r,
+                          int64_t total, int D, int H, int W, bool channels_last, scalar_t* out) {
   const A hw = static_cast<A>(H) * static_cast<A>(W);
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t n, d, h, w, r = idx;
+    int64_t n, d, h, w, q = idx;
     if (channels_last) {
-      d = r % D; r /= D; w = r % W; r /= W; h = r % H; n = r / H;
+      d = q % D; q /= D; w = q % W; q /= W; h = q % H; n = q / H;
     } else {
-      w = r % W; r /= W; h = r % H; r /= H; d = r % D; n = r / D;
+      w = q % W; q /= W; h = q % H; q /= H; d = q % D; n = q / D;
     }
     const int64_t nd = n * D + d;
     const A xv = to_acc<A>(x[n * s0 + d * s1 + h * s2 + w * s3]);
-    out[idx] = static_cast<scalar_t>(gmu[nd] / hw + gsig[nd] * (xv - mu[nd]) / (hw * sigma[nd]));
+    const A a = gsig[nd] / (hw * sigma[nd]);
+    const A c = gmu[nd] / hw - (r != nullptr ? a * static_cast<A>(r[nd]) : A(0));
+    out[idx] = static_cast<scalar_t>(c + a * (xv - mu[nd]));
   }
 }
 

@@ -198,13 +198,20 @@ at::Tensor channel_stats_backward_cuda(const at::Tensor& grad_mu, const at::Tens
   const at::Tensor gm = grad_mu.to(ct).contiguous(), gs = grad_sigma.to(ct).contiguous();
   const at::Tensor muc = mu.to(ct).contiguous(), sc = sigma.to(ct).contiguous();
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  // Below fp64, mean(x) - mu per plane in double: the error of the saved mu, which the kernel moves
+  // out of x - mu (see stats_backward_kernel). One more read of x, reduced by ATen.
+  const at::Tensor r = ct == at::kDouble
+                           ? at::Tensor()
+                           : at::sum(x, {2, 3}, /*keepdim=*/false, at::kDouble).div_(static_cast<double>(H * W))
+                                 .sub_(muc.to(at::kDouble)).contiguous();
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65536);
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_channel_stats_backward_cuda", [&] {
     using A = typename ConvCfg<scalar_t>::A;
     launch(stats_backward_kernel<scalar_t, A>, static_cast<unsigned>(blocks), 256, 0, stream, gm.const_data_ptr<A>(),
            gs.const_data_ptr<A>(), x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-           muc.const_data_ptr<A>(), sc.const_data_ptr<A>(), total, static_cast<int>(D), static_cast<int>(H),
+           muc.const_data_ptr<A>(), sc.const_data_ptr<A>(), r.defined() ? r.const_data_ptr<double>() : nullptr,
+           total, static_cast<int>(D), static_cast<int>(H),
            static_cast<int>(W), cl, dx.mutable_data_ptr<scalar_t>());
   });
   return dx;
