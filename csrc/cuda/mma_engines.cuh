@@ -161,7 +161,6 @@ struct MmaEngine {
   // Cs[row][col] (row-major, ld LDC) = acc.
   template <int LDC>
   __device__ __forceinline__ void store(float* Cs) const {
-    static_assert(LDC % 32 == 4, "conflict-free accumulator stores");
     const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int i = 0; i < FM; ++i)
@@ -169,9 +168,10 @@ struct MmaEngine {
       for (int j = 0; j < FN; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          // 8-byte stores: a half-warp's 4 rows x 4 lanes hit 32 distinct banks (LDC % 32 == 4)
-          *reinterpret_cast<float2*>(Cs + row(i, h) * LDC + wn() * TNW + j * 8 + 2 * (lane % 4)) =
-              make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+          // 8-byte stores; with LDC % 32 == 4 two of a half-warp's rows share 4 banks (2 wavefronts
+          // where 1 would do, once per tile; LDC % 32 == 8 would cost the NCHW epilogue's column reads)
+          store_float2(Cs + row(i, h) * LDC + wn() * TNW + j * 8 + 2 * (lane % 4), acc[i][j][2 * h],
+                       acc[i][j][2 * h + 1]);
         }
   }
 };
