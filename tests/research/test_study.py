@@ -78,6 +78,11 @@ def test_mcnemar_holm_and_bootstrap_give_the_known_values():
     assert study_report.mcnemar(0, 5) == pytest.approx(2 / 32)
     assert study_report.mcnemar(3, 3) == 1.0 and study_report.mcnemar(0, 0) == 1.0
     assert study_report.mcnemar(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
+    # past 1023 discordant pairs 2.0**n overflowed (pooled seeds): exact, and symmetric at any size
+    assert study_report.mcnemar(706 + 700, 144 + 150) < 1e-100
+    assert study_report.mcnemar(1000, 1000) == 1.0
+    assert study_report.mcnemar(600, 500) == pytest.approx(study_report.mcnemar(500, 600))
+    assert 0.002 < study_report.mcnemar(600, 500) < 0.004  # normal approximation: z = 3.0, p = 0.0027
     assert study_report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert study_report.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
     torch.manual_seed(0)
