@@ -218,13 +218,9 @@ def test_bfloat16_is_refused_under_the_interpreter():
         T.modulated_conv2d(x, weight.float(), torch.rand(1, 3, 3), bias.float(), (1, 1), (1, 1), (1, 1), 1)
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_modulated_conv2d_gradient_wrt_m_matches_reference(dtype, channels_last):
-    weight, bias, *_ = make_params(4, 6, 3, 3, groups=2, dtype=dtype)
-    x = rand_x(3, 4, 8, 7, dtype=dtype, channels_last=channels_last)
-    m = torch.rand(3, 3, 3, generator=torch.Generator().manual_seed(5))
-    conf = ((2, 1), (1, 2), (1, 2), 2)
+def _check_modulated_conv2d_against_reference(x, weight, m, bias, conf, dtype):
+    """y and every gradient of T.modulated_conv2d against the fp64 reference, one fixed upstream
+    gradient."""
 
     def run(fn, x, weight, m, bias):
         leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, m, bias)]
@@ -239,6 +235,17 @@ def test_modulated_conv2d_gradient_wrt_m_matches_reference(dtype, channels_last)
     _assert_close(y, y_ref, dtype, "y")
     for name, a, b in zip(("x", "weight", "m", "bias"), grads, grads_ref, strict=True):
         _assert_close(a, b, dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_modulated_conv2d_gradient_wrt_m_matches_reference(dtype, channels_last):
+    weight, bias, *_ = make_params(4, 6, 3, 3, groups=2, dtype=dtype)
+    x = rand_x(3, 4, 8, 7, dtype=dtype, channels_last=channels_last)
+    m = torch.rand(3, 3, 3, generator=torch.Generator().manual_seed(5))
+    conf = ((2, 1), (1, 2), (1, 2), 2)
+
+    _check_modulated_conv2d_against_reference(x, weight, m, bias, conf, dtype)
 
 
 # The kernels' tiling edge cases under the interpreter's one config (BLOCK_M 32, BLOCK_N 16, BLOCK_K
@@ -272,19 +279,7 @@ def test_modulated_conv2d_tiling_edge_cases_match_reference(case, channels_last,
     m = torch.rand(n, kh, kw, generator=torch.Generator().manual_seed(5)) * 0.9 + 0.05
     conf = (pair(stride, "s"), pair(padding, "p"), pair(dilation, "d"), groups)
 
-    def run(fn, x, weight, m, bias):
-        leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, m, bias)]
-        y = fn(*leaves, *conf)
-        y.backward(
-            torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(y.dtype)
-        )
-        return y.detach(), [t.grad for t in leaves]
-
-    y, grads = run(T.modulated_conv2d, x, weight, m, bias)
-    y_ref, grads_ref = run(reference.modulated_conv2d, x.double(), weight.double(), m.double(), bias.double())
-    _assert_close(y, y_ref, dtype, "y")
-    for name, a, b in zip(("x", "weight", "m", "bias"), grads, grads_ref, strict=True):
-        _assert_close(a, b, dtype, f"grad {name}")
+    _check_modulated_conv2d_against_reference(x, weight, m, bias, conf, dtype)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
