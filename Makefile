@@ -71,7 +71,8 @@ cmake-check: setup
 # which is for the in-place build) makes a CPU-only wheel, in a temporary folder. The CUDA wheel
 # is built where and as `make cuda-check` builds (build/cuda-check/src, its flags): when
 # TORCH_CUDA_ARCH_LIST equals WHEEL_CUDA_ARCHS (.ci/run sets it) ninja reuses cuda-check's
-# objects and the wheel costs a link, not a second CUDA build.
+# objects and the wheel costs a link, not a second CUDA build. The sources reach that folder by
+# content (tools/sync_tree.py), so a file edited during an earlier build is recompiled.
 WHEEL_CUDA_ARCHS ?= 8.0;9.0+PTX
 WHEEL_CUDA_SRC := build/cuda-check/src
 WHEEL_SKIP_CUDA := $(if $(filter environment command line,$(origin SHC_SKIP_CUDA)),$(SHC_SKIP_CUDA),0)
@@ -82,11 +83,13 @@ WHEEL_WANTS_CUDA = [ "$(WHEEL_SKIP_CUDA)" != 1 ] && \
 wheel: setup
 	@set -e; rm -rf dist; mkdir -p dist; \
 	if $(WHEEL_WANTS_CUDA); then cuda=1; src=$(abspath $(WHEEL_CUDA_SRC)); mkdir -p $$src; \
-		rm -rf $$src/csrc $$src/shc_kernels $$src/*.egg-info $$src/build/lib.* $$src/build/bdist.*; \
+		rm -rf $$src/*.egg-info $$src/build/lib.* $$src/build/bdist.* $$src/shc_kernels/*.so; \
 		echo "wheel: CUDA kernels for TORCH_CUDA_ARCH_LIST=$(WHEEL_CUDA_ARCHS), built in $$src"; \
 	else cuda=0; src=$$(mktemp -d /tmp/shc-src-XXXXXX); \
 		echo "wheel: CPU-only (SHC_SKIP_CUDA=1, no nvcc, or a CPU-only torch)"; fi; \
-	git ls-files -z | tar --null --ignore-failed-read -T - -cf - | tar -C $$src -xf -; \
+	stage=$$(mktemp -d /tmp/shc-stage-XXXXXX); \
+	git ls-files -z | tar --null --ignore-failed-read -T - -cf - | tar -C $$stage -xf -; \
+	$(PY) tools/sync_tree.py $$stage $$src; rm -rf $$stage; \
 	start=$$(date +%s); \
 	(cd $$src && env SHC_SKIP_CUDA=$$((1 - cuda)) FORCE_CUDA=$$cuda SHC_PTXAS_VERBOSE=$$cuda \
 		TORCH_CUDA_ARCH_LIST="$(WHEEL_CUDA_ARCHS)" \

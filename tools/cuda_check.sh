@@ -27,11 +27,16 @@ ls csrc/cuda/*.cu > /dev/null 2>&1 || { echo "cuda_check: no csrc/cuda/*.cu sour
 "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.version.cuda else 1)' ||
   { echo "cuda_check: this torch is a CPU-only build; CUDA sources cannot be built against it" >&2; exit 1; }
 
-# 1. Fresh copy of the sources (tar keeps mtimes, so ninja rebuilds only what changed).
-mkdir -p "$SRC"
-rm -rf "$SRC/csrc" "$SRC/shc_kernels"
+# 1. The sources into $SRC by content (tools/sync_tree.py): a changed file gets the current time, so
+#    ninja rebuilds what depends on it even when it was edited while the previous build ran; an
+#    unchanged one keeps its time, so a second run recompiles only what changed.
+STAGE="$OUT/stage"
+rm -rf "$STAGE"
+mkdir -p "$SRC" "$STAGE"
 tar -C "$ROOT" --exclude='*.so' --exclude=__pycache__ --exclude=_build_info.py \
-  -cf - setup.py pyproject.toml csrc shc_kernels | tar -C "$SRC" -xf -
+  -cf - setup.py pyproject.toml csrc shc_kernels | tar -C "$STAGE" -xf -
+"$PYTHON" "$ROOT/tools/sync_tree.py" "$STAGE" "$SRC"
+rm -rf "$STAGE"
 echo "cuda_check: building in $SRC (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
 if ! (cd "$SRC" && env -u SHC_SKIP_CUDA FORCE_CUDA=1 SHC_PTXAS_VERBOSE=1 \
       "$PYTHON" setup.py build_ext --inplace > "$LOG" 2>&1); then
