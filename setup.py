@@ -175,9 +175,10 @@ def _extensions():
 # commands check; export's are checked where shc_kernels.export imports them):
 # train: the paper's models (torchvision), progress bars (tqdm), the embedded digits (scikit-learn);
 # robustness: train plus the attack suite (torchattacks) and the reports' figures (matplotlib).
-# export: shc_kernels.export's ONNX path (to_onnx) and its check in onnxruntime (check_onnx).
+# export: shc_kernels.export's ONNX path (to_onnx; onnxscript for torch's dynamo exporter) and its check in
+# onnxruntime (check_onnx).
 _TRAIN = ["torchvision", "tqdm", "numpy", "scikit-learn"]
-_EXPORT = ["onnx", "onnxruntime"]
+_EXPORT = ["onnx", "onnxruntime", "onnxscript"]
 EXTRAS_REQUIRE = {
     "train": _TRAIN,
     "robustness": _TRAIN + ["torchattacks", "matplotlib"],

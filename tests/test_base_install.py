@@ -15,7 +15,7 @@ import pytest
 
 # Every package of every extra, by import name, plus triton (optional for the library).
 BLOCKED = ("torchvision", "tqdm", "numpy", "sklearn", "torchattacks", "matplotlib", "triton", "onnx",
-           "onnxruntime")  # fmt: skip
+           "onnxruntime", "onnxscript")  # fmt: skip
 
 PRELUDE = textwrap.dedent(
     f"""

@@ -315,6 +315,23 @@ def test_onnx_export_to_standard_operators_with_a_dynamic_batch(tmp_path):
         assert export.check_onnx(path, net, torch.randn(batch, 3, 17, 16)) < 1e-5
 
 
+def test_onnx_export_by_the_dynamo_exporter_with_a_dynamic_batch(tmp_path):
+    """torch.onnx.export's default exporter (dynamo=True: torch.export, then onnxscript) on the
+    decomposed model; about 25 s of CPU, most of it the exporter's own start-up."""
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (pip install onnxscript)")
+    net = shc_net()
+    path = tmp_path / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export.to_onnx(net, torch.randn(2, 3, 17, 16), path, dynamo=True)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"Conv", "Gemm", "Sigmoid", "ReduceMean"} <= ops and all(op.isalpha() for op in ops)
+    for batch in (1, 2, 5):
+        assert export.check_onnx(path, net, torch.randn(batch, 3, 17, 16)) < 1e-5
+
+
 def test_torch_onnx_export_of_the_model_itself_gives_standard_operators(tmp_path):
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
