@@ -5,8 +5,13 @@ Statistics: every SHC - plain comparison is paired per image (the same test imag
 and pooled over the seeds that have both models: McNemar's exact test on the discordant
 (image, seed) pairs, a bootstrap 95% interval of the accuracy difference (images resampled, the
 same draw for every seed), and Holm's correction over all the comparisons of the report's
-family (the table says how many). Nothing is called a difference unless its Holm-adjusted p is
-below 0.05.
+family (the table says how many). Those treat the trained models as given: they say whether
+these models differ on these images. Whether training SHC instead of plain would give the
+difference again, with other seeds, is what the second interval says: seeds and images both
+resampled (a two-level bootstrap), so a difference that one seed's pair carries and another's
+does not gets an interval that spans 0. A difference is called one only if its Holm-adjusted p
+is below 0.05 AND that seeds-and-images interval excludes 0 (which needs two seeds at least);
+Holm alone gives "these models only".
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 
 from .study_units import unbits
 
-__all__ = ["bootstrap_diff", "holm", "load_units", "mcnemar", "write"]
+__all__ = ["bootstrap_diff", "bootstrap_diff_seeds", "holm", "load_units", "mcnemar", "verdict", "write"]
 
 ALPHA = 0.05
 BOOT = 2000
@@ -74,6 +79,37 @@ def bootstrap_diff(plain: torch.Tensor, shc: torch.Tensor, n_boot: int = BOOT, s
     boots = d[idx].mean(1) * 100
     lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975])).tolist()
     return lo, hi
+
+
+def bootstrap_diff_seeds(plain: torch.Tensor, shc: torch.Tensor, n_boot: int = BOOT, seed: int = 0):
+    """95% percentile interval of mean(shc) - mean(plain), in the arrays' units, for (seeds,
+    images) arrays, with the seeds resampled as well as the images (a two-level bootstrap: each
+    draw takes seeds with replacement, then images with replacement, the same images for every
+    seed drawn). With one seed there is nothing to resample across training runs: returns None."""
+    s, n = plain.shape
+    if s < 2:
+        return None
+    d = shc.double() - plain.double()  # (seeds, images)
+    gen = torch.Generator().manual_seed(seed)
+    boots = torch.empty(n_boot, dtype=torch.float64)
+    chunk = max(1, 4_000_000 // (s * n))  # bounded memory at 5 seeds x 1,000 images
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        si = torch.randint(0, s, (b, s), generator=gen)
+        ii = torch.randint(0, n, (b, n), generator=gen)
+        boots[start : start + b] = d[si[:, :, None], ii[:, None, :]].mean(dim=(1, 2))
+    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return lo, hi
+
+
+def verdict(holm_p: float, ci_seeds) -> str:
+    """'yes' only where the Holm-adjusted p is below ALPHA and the seeds-and-images interval
+    excludes 0; 'these models only' where Holm alone holds; else 'no'."""
+    if holm_p >= ALPHA:
+        return "no"
+    if ci_seeds is not None and (ci_seeds[0] > 0 or ci_seeds[1] < 0):
+        return "yes"
+    return "these models only"
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -153,6 +189,7 @@ class _Report:
         b = int((plain & ~shc).sum())
         c = int((~plain & shc).sum())
         lo, hi = bootstrap_diff(plain, shc)
+        ci_seeds = bootstrap_diff_seeds(plain.float() * 100, shc.float() * 100)
         row = {
             "label": label,
             "seeds": len(rows),
@@ -165,8 +202,10 @@ class _Report:
             "c": c,
             "p": mcnemar(b, c),
             "ci": (lo, hi),
+            "ci_seeds": ci_seeds,
         }
         row["diff"] = row["shc"] - row["plain"]
+        row["diff_by_seed"] = [q - p for p, q in zip(row["plain_by_seed"], row["shc_by_seed"], strict=True)]
         self.comparisons.append(row)
         return row
 
@@ -174,19 +213,28 @@ class _Report:
 def _table(rows, title_cols=("comparison",)) -> list[str]:
     out = [
         f"| {' | '.join(title_cols)} | seeds x images | plain % | SHC % | SHC - plain (95% CI) | "
-        "plain-only / SHC-only correct | McNemar p | Holm p | difference? |",
-        "|" + "---|" * (len(title_cols) + 8),
+        "per seed | seeds and images resampled (95% CI) | plain-only / SHC-only correct | McNemar p | "
+        "Holm p | difference? |",
+        "|" + "---|" * (len(title_cols) + 10),
     ]
     for r in rows:
         if r is None:
             continue
-        verdict = "yes" if r["holm"] < ALPHA else "no"
         out.append(
             f"| {r['label']} | {r['seeds']} x {r['images']} | {_fmt(r['plain'])} | {_fmt(r['shc'])} | "
-            f"{r['diff']:+.1f} ({r['ci'][0]:+.1f}, {r['ci'][1]:+.1f}) | {r['b']} / {r['c']} | {_p(r['p'])} | "
-            f"{_p(r['holm'])} | {verdict} |"
+            f"{r['diff']:+.1f} ({r['ci'][0]:+.1f}, {r['ci'][1]:+.1f}) | {_by_seed(r.get('diff_by_seed'))} | "
+            f"{_ci(r.get('ci_seeds'))} | {r['b']} / {r['c']} | {_p(r['p'])} | "
+            f"{_p(r['holm'])} | {verdict(r['holm'], r.get('ci_seeds'))} |"
         )
     return out
+
+
+def _by_seed(diffs, digits=1) -> str:
+    return "—" if not diffs else ", ".join(f"{d:+.{digits}f}" for d in diffs)
+
+
+def _ci(ci, digits=1) -> str:
+    return "— (one seed)" if ci is None else f"({ci[0]:+.{digits}f}, {ci[1]:+.{digits}f})"
 
 
 def write(study, units) -> str:
@@ -301,7 +349,14 @@ def write(study, units) -> str:
         f"counts a clean error as a failure). McNemar's exact test on the (image, seed) pairs where exactly "
         f"one model is right; 95% bootstrap interval ({BOOT} resamples of the images); Holm's correction "
         "over "
-        f"all {len(rep.comparisons)} comparisons of this report. 'difference?' is Holm p < {ALPHA}.",
+        f"all {len(rep.comparisons)} comparisons of this report. Those say whether these trained models "
+        "differ on these images. 'per seed' is each seed's SHC - plain; the seeds-and-images interval "
+        f"({BOOT} draws of seeds, then images, with replacement) says whether training SHC instead of plain "
+        "gives the difference again with other seeds. 'difference?': yes only if Holm p < "
+        f"{ALPHA} and that interval excludes 0; 'these models only' if Holm p < {ALPHA} but the interval "
+        "spans 0 (or one seed). With two seeds that interval asks little more than that both seeds point "
+        "the same way (a bootstrap over 2 draws understates the spread between training runs); it means "
+        "more with the 5 seeds of the standard models.",
         "",
     ]
     for title, rows, note in sections:
@@ -376,7 +431,9 @@ def _bits_row(rep, label, plain, shc):
     lo, hi = bootstrap_diff(plain, shc)
     row = {"label": label, "seeds": plain.shape[0], "images": plain.shape[1],
            "plain": 100 * float(plain.float().mean()), "shc": 100 * float(shc.float().mean()),
-           "b": b, "c": c, "p": mcnemar(b, c), "ci": (lo, hi)}  # fmt: skip
+           "b": b, "c": c, "p": mcnemar(b, c), "ci": (lo, hi),
+           "ci_seeds": bootstrap_diff_seeds(plain.float() * 100, shc.float() * 100),
+           "diff_by_seed": (100 * (shc.float().mean(1) - plain.float().mean(1))).tolist()}  # fmt: skip
     row["diff"] = row["shc"] - row["plain"]
     rep.comparisons.append(row)
     return row
@@ -404,7 +461,8 @@ def _minimal_eps_rows(rep) -> list[dict]:
         row = {"label": f"minimal eps ({kind})", "kind": kind, "p": mcnemar(more, less), "seeds": len(rows),
                "images": plain.shape[1], "plain": float(plain.median()), "shc": float(shc.median()),
                "diff": float(d.mean()), "ci": (lo, hi), "more": more, "less": less,
-               "same": plain.numel() - more - less}  # fmt: skip
+               "same": plain.numel() - more - less, "ci_seeds": bootstrap_diff_seeds(plain, shc),
+               "diff_by_seed": (shc - plain).mean(1).tolist()}  # fmt: skip
         rep.comparisons.append(row)
         out.append(row)
     return out
@@ -414,17 +472,19 @@ def _minimal_eps_lines(rep, rows) -> list[str]:
     cfg = rep.cfg
     lines = ["### Per-image minimal eps (PGD-20 with a binary search; upper bounds)", ""]
     lines += ["| training | seeds x images | plain median | SHC median | (image, seed) pairs where SHC needs "
-              "more / less / same | sign test p | Holm p | mean SHC - plain (95% CI) |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "more / less / same | sign test p | Holm p | mean SHC - plain (95% CI) | per seed | "
+              "seeds and images resampled (95% CI) | difference? |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['kind']} | {r['seeds']} x {r['images']} | {r['plain']:.4f} | {r['shc']:.4f} | "
             f"{r['more']} / "
             f"{r['less']} / {r['same']} | {_p(r['p'])} | {_p(r['holm'])} | {r['diff']:+.4f} "
-            f"({r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}) |"
+            f"({r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}) | {_by_seed(r['diff_by_seed'], 4)} | "
+            f"{_ci(r['ci_seeds'], 4)} | {verdict(r['holm'], r['ci_seeds'])} |"
         )
     if not rows:
-        lines.append("| (no units done yet) ||||||||")
+        lines.append("| (no units done yet) ||||||||||||")
     lines += ["", f"Not fooled at eps_max counts as 2 x eps_max; resolution eps_max / 2^{cfg['min_iters']}; "
               "0 is a clean error.", ""]  # fmt: skip
     return lines

@@ -97,6 +97,29 @@ def test_mcnemar_holm_and_bootstrap_give_the_known_values():
     assert lo < true < hi and hi - lo < 10
 
 
+def test_a_difference_one_seed_carries_and_another_does_not_is_not_called_one():
+    torch.manual_seed(0)
+    plain = torch.rand(2, 1000) < 0.5
+    shc = plain.clone()
+    shc[0, :150] = True  # seed 0: SHC right on 150 more images
+    shc[1, 150:190] = False  # seed 1: SHC wrong on 40 more
+    assert study_report.bootstrap_diff_seeds(plain[:1].float(), shc[:1].float()) is None
+    lo, hi = study_report.bootstrap_diff(plain, shc)
+    assert lo > 0  # the images-only interval: these two pairs of models differ
+    lo_s, hi_s = study_report.bootstrap_diff_seeds(plain.float() * 100, shc.float() * 100)
+    assert lo_s < 0 < hi_s  # with the seeds resampled it spans 0
+    assert study_report.verdict(0.001, (lo_s, hi_s)) == "these models only"
+    # the same shift in both seeds: the interval excludes 0 and the difference is called one
+    shc[1] = plain[1]
+    shc[1, 150:300] = True
+    lo_s, hi_s = study_report.bootstrap_diff_seeds(plain.float() * 100, shc.float() * 100)
+    true = 100 * float(shc.float().mean() - plain.float().mean())
+    assert 0 < lo_s < true < hi_s
+    assert study_report.verdict(0.001, (lo_s, hi_s)) == "yes"
+    assert study_report.verdict(0.2, (lo_s, hi_s)) == "no"
+    assert study_report.verdict(0.001, None) == "these models only"
+
+
 def test_the_plan_meets_the_issues_minimums_and_puts_the_first_pair_first():
     cfg = study.DEFAULT
     grid = cfg["eps_grid"]
