@@ -470,6 +470,11 @@ def _layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, 
             list(stride), list(padding), list(dilation), groups, float(eps), grad_route,
         )  # fmt: skip
         return y
+    if backend == "triton":  # one op; its backward folds the hypernetwork route into dx's kernel
+        from .triton.ops import shc_layer as triton_layer
+
+        return triton_layer(dense_layout(x), weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride,
+                            padding, dilation, groups, eps, grad_route)  # fmt: skip
     x_stats, x_conv = route_inputs(x, grad_route)
     m = statistical_map(
         x_stats, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(weight.shape[2:]), eps, backend=backend

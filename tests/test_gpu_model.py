@@ -136,7 +136,10 @@ def compiled():
 
     old = os.environ.pop("TRITON_INTERPRET", None)
     try:
-        launches = gt.layer_launches(64, 64, 56, 1, 256, "bf16", "cl")
+        launches = gm.layer_launches(64, 64, 56, 1, 256, "bf16", "cl")
+        # the statistics' own dx kernel runs where dm cannot come before dx (a frozen conv weight)
+        launches += [lc for lc in gm.layer_launches(64, 64, 56, 1, 256, need=(True, False, True))
+                     if lc.name == "stats_dx"]  # fmt: skip
         jobs = [(lc, (lc.configs or [None])[0], 90) for lc in launches]
         results = gt.compile_many(jobs, processes=1)
     finally:
@@ -211,7 +214,7 @@ def test_instructions_per_mma_leave_the_tensor_cores_busy():
     try:
         got = {}
         for shape, (d, h) in {"64@56": (64, 56), "256@14": (256, 14)}.items():
-            for lc in gt.layer_launches(d, d, h, 1, 256, "bf16", "cl"):
+            for lc in gm.layer_launches(d, d, h, 1, 256, "bf16", "cl"):
                 if lc.name not in ("mconv_fwd", "mconv_dw"):
                     continue
                 cfgs = lc.configs
@@ -254,7 +257,8 @@ def test_statistics_kernels_read_x_with_16_byte_loads(compiled, kernel):
 @pytest.mark.parametrize("kernel", ["mconv_dx", "mconv_dw"])
 def test_gradient_atomics_are_relaxed(compiled, kernel):
     # dm and dW accumulate with fp32 atomics; acquire-release ones compile to a MEMBAR + CCTL each.
-    # At 64@56 dm comes from the dW kernel; the dx kernel reduces it on small planes (512@7)
+    # Where dW is computed dm comes from the dW kernel; the dx kernel reduces it on small planes
+    # (512@7) when the conv weight needs no gradient
     import gpu_model_triton as gt
 
     r = compiled[kernel]
@@ -262,7 +266,9 @@ def test_gradient_atomics_are_relaxed(compiled, kernel):
         assert r["sass"]["whole"]["red"] + r["sass"]["whole"]["atom"] == 0, "dm reduced twice at 64@56"
         old = os.environ.pop("TRITON_INTERPRET", None)
         try:
-            (lc,) = [lc for lc in gt.layer_launches(512, 512, 7, 1, 256, "bf16", "cl") if lc.name == kernel]
+            frozen = gm.layer_launches(512, 512, 7, 1, 256, "bf16", "cl", need=(True, False, True))
+            (lc,) = [lc for lc in frozen if lc.name == kernel]
+            assert lc.kwargs["NEED_M"]
             (r,) = gt.compile_many([(lc, lc.configs[0], 90)], processes=1)
         finally:
             if old is not None:
@@ -296,7 +302,13 @@ def test_the_aot_check_compiles_every_kernel_and_config_with_the_runtime_special
         ("mconv_dx", "dm only"),
         ("mconv_dw", "dx only"),
         ("mconv_fwd", "no bias"),
+        ("stats_dx", "hyper in place"),
+        ("stats_dx", "hyper only"),
     } <= variants
+    # the default variant is the fused backward: dx with the hypernetwork route in its epilogue
+    assert any(
+        i["kernel"] == "mconv_dx" and i["variant"] == "-" and job[0].kwargs["HYPER"] for i, job in todo
+    )
 
 
 # ------------------------------------------------------------------ the compiled CUDA kernels
@@ -336,9 +348,7 @@ def test_cuda_fp16_conv_main_loop_loads_operands_with_ldmatrix(cuda_kernels):
 
 # ------------------------------------------------------------- the launchers' grids (recorded)
 def _launches(stride):
-    import gpu_model_triton as gt
-
-    return {lc.name: lc for lc in gt.layer_launches(128, 128, 56, stride, 256, "bf16", "cl", sms=132)}
+    return {lc.name: lc for lc in gm.layer_launches(128, 128, 56, stride, 256, "bf16", "cl", sms=132)}
 
 
 @needs_compiler
@@ -354,3 +364,47 @@ def test_the_statistics_forward_fills_the_gpu():
     # at least two programs per SM of an H100 at ResNet-50's 56x56 layers (one per sample was 256)
     stats = _launches(1)["stats_fwd"]
     assert stats.grid_blocks() >= 2 * 132
+
+
+# where the fused backward folds the hypernetwork route into dx (conv.dm_before_dx): all but the
+# small planes with many channels, where dW's dm reduction would cost more than the pass it saves
+FOLDED = {"64@56", "128@56/2", "128@28", "256@28/2", "256@14"}
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", gm.gt.RESNET50_3X3, ids=[s[0] for s in gm.gt.RESNET50_3X3])
+def test_the_fused_backward_writes_dx_in_the_dx_kernel_or_adds_in_place(shape):
+    # What the triton backend runs for a layer whose x, weight and hypernetwork all need gradients
+    # (grad_route "both"). Folded: dW reduces dm, then one dx kernel adds the hypernetwork route in
+    # its epilogue; no statistics dx kernel (a second read of x and write of dx). Otherwise the dx
+    # kernel reduces dm and the statistics' kernel adds the hypernetwork route to dx in place. Never
+    # a second dx (and its sum by autograd).
+    name, d, h, stride = shape
+    launches = gm.layer_launches(d, d, h, stride, 256, "bf16", "cl")
+    bwd = [lc for lc in launches if lc.name in ("mconv_dw", "mconv_dx", "stats_dx")]
+    if name in FOLDED:
+        assert [lc.name for lc in bwd] == ["mconv_dw", "mconv_dx"], "dm must exist before the dx kernel runs"
+        assert bwd[0].kwargs["NEED_DM"] and bwd[1].kwargs["HYPER"] and not bwd[1].kwargs["NEED_M"]
+    else:
+        assert [lc.name for lc in bwd] == ["mconv_dw", "mconv_dx", "stats_dx"]
+        assert bwd[1].kwargs["NEED_M"] and not bwd[1].kwargs["HYPER"] and bwd[2].kwargs["ACCUMULATE"]
+
+
+@needs_compiler
+def test_the_fused_dx_kernel_does_not_spill():
+    # The epilogue's x tile and coefficients come after the main loop; at 256@28/2, where the dx
+    # kernel that also reduced dm sat at 255 registers with 8 B of stack, no config may spill
+    import gpu_model_triton as gt
+
+    old = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        (lc,) = [lc for lc in gm.layer_launches(256, 256, 28, 2, 256, "bf16", "cl") if lc.name == "mconv_dx"]
+        results = gt.compile_many([(lc, cfg, 90) for cfg in lc.configs], processes=1)
+    finally:
+        if old is not None:
+            os.environ["TRITON_INTERPRET"] = old
+    assert len(results) >= 2
+    for cfg, r in zip(lc.configs, results, strict=True):
+        assert r.get("ok"), r.get("error")
+        spills = r["stack"] + r["local"] + r["sass"]["whole"]["ldl"] + r["sass"]["whole"]["stl"]
+        assert spills == 0, f"{gm._cfg_name(cfg)}: {r['regs']} registers, {r['stack']} B stack"

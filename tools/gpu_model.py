@@ -110,6 +110,31 @@ def plain_bounds(L: Layer, gpu="H100"):
     return dict(fwd=fwd, fwd_bwd=fwd + dgrad + wgrad)
 
 
+def layer_launches(d, c, h, stride, batch, dtype="bf16", layout="cl", sms=132, bias=True,
+                   need=(True, True, True), route="both"):  # fmt: skip
+    """Every Triton launch of one SHC layer's forward and backward as the triton backend runs the
+    layer (shc::triton_shc_layer: shc_kernels/triton/layer.py), in order, recorded on meta tensors
+    (tools/gpu_model_triton.py). ``need``: whether x, the conv weight and the hypernetwork's
+    parameters need gradients; ``route``: the layer's grad_route. With dx through both routes and
+    dW, the hypernetwork route is folded into the dx kernel's epilogue (no stats_dx launch)."""
+    import torch
+
+    from shc_kernels.triton import layer
+
+    t = gt.layer_tensors(d, c, h, stride, batch, dtype, layout)
+    x, w = t["x"], t["w"]
+    f1b, f2b = (t["f1b"], t["f2b"]) if bias else (None, None)
+    b = torch.empty(c, device="meta", dtype=x.dtype) if bias else None
+    need_x, need_w, need_map = need
+    with gt.recording(sms) as got:
+        _y, m, mu, sigma, hid = layer.layer_forward(x, w, b, t["f1w"], f1b, t["f2w"], f2b, *t["conf"], 1e-5)
+        layer.layer_backward(
+            t["dy"], x, w, m, mu, sigma, hid, t["f1w"], t["f2w"], *t["conf"], need_x and route != "hyper",
+            need_x and route != "conv", need_w, need_map,
+        )  # fmt: skip
+    return got
+
+
 # Work of each Triton kernel for one layer: (MMA FLOPs, DRAM bytes, bytes loaded through L2/L1).
 def triton_work(name: str, L: Layer, launch, config=None) -> tuple[float, float, float]:
     args = launch.named_args()
@@ -119,12 +144,14 @@ def triton_work(name: str, L: Layer, launch, config=None) -> tuple[float, float,
         return 0.0, L.x, L.x
     if name in ("map_fwd", "map_bwd", "stats_combine"):
         return 0.0, 0.0, 0.0
-    if name == "stats_dx":
-        return 0.0, 2 * L.x, L.x
+    if name == "stats_dx":  # read x, write dx; ACCUMULATE: also read dx (added to in place)
+        acc = launch.kwargs.get("ACCUMULATE", False)
+        return 0.0, (3 if acc else 2) * L.x, (2 if acc else 1) * L.x
     if name == "mconv_fwd":
         return L.flops, L.x + L.w + L.y, L.x + L.y
     if name == "mconv_dx":
-        need_m = launch.kwargs.get("NEED_M", False)
+        # x is read for dm (NEED_M) or by the epilogue that adds the hypernetwork route (HYPER)
+        need_m = launch.kwargs.get("NEED_M", False) or launch.kwargs.get("HYPER", False)
         # by output parity (PAR_H): a strided dx skips the taps invalid for a whole parity class
         parity = ("PAR_H" in args or "NUM_PAR" in args) and L.stride > 1
         taps = L.valid_tap_positions() if parity else L.h * L.h * L.t
@@ -208,7 +235,7 @@ def triton_rows(batch, dtype, layout, archs, jobs):
         gpu = ARCH_GPU[arch]
         for name, d, h, s in gt.RESNET50_3X3:
             L = Layer(name, d, h, s, batch, dtype)
-            for launch in gt.layer_launches(d, d, h, s, batch, dtype, layout, sms=gs.GPUS[gpu]["sms"]):
+            for launch in layer_launches(d, d, h, s, batch, dtype, layout, sms=gs.GPUS[gpu]["sms"]):
                 plan.append((arch, L, launch, launch.configs or [None]))
     job_list = [(lc, cfg, arch) for arch, _L, lc, cfgs in plan for cfg in cfgs]
     t0 = time.time()
@@ -280,10 +307,9 @@ def layer_predictions(rows, batch, dtype):
             fwd_names = {"stats_map_fwd", "stats_fwd", "stats_combine", "map_fwd", "mconv_fwd"}
             fwd = [k for k in ks if k["kernel"] in fwd_names]
             bwd = [k for k in ks if k["kernel"] not in fwd_names]
-            # autograd adds the two routes' dx unless the hypernetwork route is folded into dx
-            extra_bwd = 3 * L.x if any(k["kernel"] == "stats_dx" for k in bwd) else 0.0
-            g = gs.GPUS[gpu]
-            t_extra = extra_bwd / (g["hbm_tbs"] * 1e12) * 1e6
+            # The layer's one op writes dx itself: no autograd sum of two routes' dx (the composed
+            # ops before it had one, 3 passes over x; a stats_dx kernel now adds in place)
+            t_extra = 0.0
             work_f = sum(roofline(k["flops"], k["dram_bytes"], gpu) for k in fwd)
             work_b = sum(roofline(k["flops"], k["dram_bytes"], gpu) for k in bwd) + t_extra
             pred_f = sum(k["t_us"] for k in fwd)

@@ -12,13 +12,13 @@ num_warps and num_stages. So the PTX checked here is that of the kernel that run
 
 Every kernel x arch x dtype (fp32: NCHW with IEEE dots, also TF32; fp16/bf16: channels_last) with
 every autotune config, the other layout and the constexpr switches' other branches (no bias, dx
-or dm alone) with the first config (``--full``: every config everywhere). For each it prints the
-shared memory (``metadata.shared``, at most 163 KiB on sm_80 and 227 KiB on sm_90), the
-tensor-core instruction in the PTX (``mma`` / ``wgmma``) and whether the global loads are
-vectorised (16-byte ``ld.global.v4`` or ``cp.async``). It exits non-zero when a compile fails,
-shared memory is over the limit, or an fp16/bf16 (or TF32) GEMM kernel does not use tensor cores.
-Compiles are cached in build/gpu-model/ (shared with `make gpu-model`). Run it without
-TRITON_INTERPRET.
+or dm alone, the statistics' own dx kernel) with the first config (``--full``: every config
+everywhere). For each it prints the shared memory (``metadata.shared``, at most 163 KiB on sm_80
+and 227 KiB on sm_90), the tensor-core instruction in the PTX (``mma`` / ``wgmma``) and whether
+the global loads are vectorised (16-byte ``ld.global.v4`` or ``cp.async``). It exits non-zero
+when a compile fails, shared memory is over the limit, or an fp16/bf16 (or TF32) GEMM kernel does
+not use tensor cores. Compiles are cached in build/gpu-model/ (shared with `make gpu-model`). Run
+it without TRITON_INTERPRET.
 """
 
 from __future__ import annotations
@@ -38,13 +38,19 @@ DTYPES = ("fp32", "fp16", "bf16")
 GEMMS = ("mconv_fwd", "mconv_dx", "mconv_dw")
 SHAPE = dict(d=64, c=64, h=56, stride=1, batch=32)  # ResNet-50's first 3x3 layer, a modest batch
 # The constexpr switches' other branches: (launcher arguments, kernels whose variant it is, label).
+# need: (x, conv weight, hypernetwork parameters) need gradients; route: grad_route. The default
+# (route "both", every gradient) is the fused backward: dW with dm, then dx with the hypernetwork
+# route in its epilogue (mconv_dx HYPER), no stats_dx.
 VARIANTS = [
     (dict(bias=False), ("mconv_fwd", "stats_map_fwd"), "no bias"),
-    # at this shape (56x56 >= conv.DM_IN_DW_PIXELS) dm comes from the dW kernel whenever dW is
-    # asked for; without dW the dx kernel reduces it
-    (dict(need=(True, True, False)), ("mconv_dx", "mconv_dw"), "dx only"),
-    (dict(need=(True, False, True)), ("mconv_dx",), "dx and dm"),
+    # route "conv": dx without the hypernetwork route. At this shape (56x56 >= conv.DM_IN_DW_PIXELS)
+    # dm comes from the dW kernel whenever dW is asked for; without dW the dx kernel reduces it
+    (dict(need=(True, True, False), route="conv"), ("mconv_dx", "mconv_dw"), "dx only"),
+    (dict(need=(True, False, True), route="conv"), ("mconv_dx",), "dx and dm"),
     (dict(need=(False, False, True)), ("mconv_dx",), "dm only"),
+    # both routes without dW: dm from the dx kernel, then the hypernetwork route added to dx in place
+    (dict(need=(True, False, True)), ("stats_dx",), "hyper in place"),
+    (dict(need=(True, False, False), route="hyper"), ("stats_dx",), "hyper only"),
 ]
 
 
@@ -77,7 +83,7 @@ def _with_precision(launch, prec: str):
 
 def plan(archs, full: bool = False) -> list[tuple]:
     """[(label dict, (launch, config, arch))] for every variant to compile."""
-    import gpu_model_triton as gt
+    import gpu_model as gm
 
     out = []
     seen = set()
@@ -102,7 +108,7 @@ def plan(archs, full: bool = False) -> list[tuple]:
         for dt in DTYPES:
             main = "nchw" if dt == "fp32" else "cl"
             for layout in (main, "cl" if main == "nchw" else "nchw"):
-                launches = gt.layer_launches(
+                launches = gm.layer_launches(
                     SHAPE["d"], SHAPE["c"], SHAPE["h"], SHAPE["stride"], SHAPE["batch"], dt, layout
                 )
                 for lc in launches:
@@ -116,7 +122,7 @@ def plan(archs, full: bool = False) -> list[tuple]:
                         for cfg in cfgs if every else cfgs[:1]:
                             add(dict(dtype=dt, layout=layout, prec=prec, variant="-"), lp, cfg, arch)
             for kwargs, names, label in VARIANTS:
-                launches = gt.layer_launches(
+                launches = gm.layer_launches(
                     SHAPE["d"], SHAPE["c"], SHAPE["h"], SHAPE["stride"], SHAPE["batch"], dt, main, **kwargs
                 )
                 for lc in launches:

@@ -8,7 +8,8 @@ and tap, and nothing per channel block. Backward:
   - ``dx`` (conv route) as a transposed implicit GEMM, rows = input pixels of one sample: per
     tap, ``V_t = dy ⋆ W_t`` is accumulated over output channels, scaled by the scalar
     ``m[n, t]`` into dx, and ``dm[n, t] += sum(x * V_t)`` is reduced from the x tile kept in
-    registers (one fp32 atomic per program and tap);
+    registers (one fp32 atomic per program and tap); with HYPER (the layer's fused backward,
+    layer.py) its epilogue adds the hypernetwork route, so the layer's dx is written once;
   - ``dW`` as the weight-gradient GEMM per tap, reduction over N·OH·OW with the x tile's rows
     scaled by ``m[n, t]``, split along the reduction with fp32 atomics so small C×D layers
     still fill the GPU.
@@ -200,21 +201,24 @@ def _mconv_fwd_kernel(
 
 
 @triton.autotune(
-    configs=DX_CONFIGS, key=["HW", "CG", "DG", "T", "PAR_H", "PAR_W", "NEED_X", "NEED_M"],
+    configs=DX_CONFIGS, key=["HW", "CG", "DG", "T", "PAR_H", "PAR_W", "NEED_X", "NEED_M", "HYPER"],
     reset_to_zero=["dm_ptr"], prune_configs_by=_prune("HW", "DG", "CG"), do_bench=_do_bench,
 )  # fmt: skip
 @triton.jit
 def _mconv_dx_kernel(
-    gy_ptr, x_ptr, w_ptr, m_ptr, dx_ptr, dm_ptr,
-    HW, H, W, OH, OW, CG, DG, T, KW,
+    gy_ptr, x_ptr, w_ptr, m_ptr, dx_ptr, dm_ptr, coef_ptr,
+    HW, H, W, OH, OW, CG, DG, T, KW, ND,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, PAR_H, PAR_W,
     sgn, sgc, sgh, sgw,
     sxn, sxd, sxh, sxw,
     swt, swc, swd,
     sdn, sdd, sdh, sdw,
-    NEED_X: tl.constexpr, NEED_M: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_M: tl.constexpr, HYPER: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    # HYPER: the epilogue adds the hypernetwork route, a[n, d] * ((x - mu_hi[n, d]) - mu_lo[n, d]) +
+    # b[n, d] with x read at the positions it writes (coef is (4, N*D) fp32: a, b, mu_hi, mu_lo;
+    # stats.hyper_coefficients), so the layer's dx is written once, in one rounding.
     # Row tiles never cross a sample, so m[n, t] is one scalar and dm needs one atomic per tap. A
     # program's rows are one parity class (ih % PAR_H, iw % PAR_W) of the input plane; with PAR =
     # stride a tap is valid for every row of the class or for none, so only the valid taps run
@@ -287,6 +291,18 @@ def _mconv_dx_kernel(
                 dm_t = tl.sum(tl.sum(xt * v, axis=1), axis=0)
                 tl.atomic_add(dm_ptr + n * T + t, dm_t, sem="relaxed", scope="gpu")
     if NEED_X:
+        if HYPER:
+            cf = coef_ptr + n * (DG * tl.num_programs(2)) + d_glob
+            ca = tl.load(cf, mask=dmask, other=0.0)
+            cb = tl.load(cf + ND, mask=dmask, other=0.0)
+            mu_hi = tl.load(cf + 2 * ND, mask=dmask, other=0.0)
+            mu_lo = tl.load(cf + 3 * ND, mask=dmask, other=0.0)
+            xe = tl.load(
+                x_ptr + n64 * sxn + (ih * sxh + iw * sxw)[:, None] + d_glob.to(tl.int64)[None, :] * sxd,
+                mask=qmask[:, None] & dmask[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            acc += ca[None, :] * ((xe - mu_hi[None, :]) - mu_lo[None, :]) + cb[None, :]
         dx_ptrs = dx_ptr + n64 * sdn + (ih * sdh + iw * sdw)[:, None] + d_glob.to(tl.int64)[None, :] * sdd
         tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
 
@@ -462,6 +478,22 @@ def conv_forward(x, weight, m, bias, stride, padding, dilation, groups):
 
 # Output planes of at least this many pixels take dm from the dW kernel (see conv_backward).
 DM_IN_DW_PIXELS = 256
+# The fused layer backward (layer.py) needs dm before dx; on smaller output planes it takes dm from
+# dW all the same where FOLD_RATIO * H * W >= T * CG. There dW's per-sample dm reduction (T * CG
+# multiply-adds per element of x, on the CUDA cores, not amortised over row blocks) costs less than
+# the pass it saves (adding the hypernetwork route to dx in place: read x and dx, write dx). 16 from
+# tools/gpu_model.py's predictions (bf16, batch 256; not timings): at 256@28/2 (H*W = 784, T*CG =
+# 2304) dm in dW adds ~23 us on an H100 and saves a ~92 us pass; at 256@14 (196) the two are even
+# on the H100 and folding saves ~57 us on the A100; at 512@14/2 and 512@7 (196 and 49 against 4608)
+# dm in dW adds ~100 us on the H100 to save 47 and 12.
+FOLD_RATIO = 16
+
+
+def dm_before_dx(x_shape, weight_shape, gy_shape, groups) -> bool:
+    """Whether the fused layer backward takes dm from dW, before dx (see FOLD_RATIO)."""
+    taps = weight_shape[2] * weight_shape[3]
+    cg = weight_shape[0] // groups
+    return gy_shape[2] * gy_shape[3] >= DM_IN_DW_PIXELS or FOLD_RATIO * x_shape[2] * x_shape[3] >= taps * cg
 
 
 def _dw_split(n: int, device: torch.device) -> int:
@@ -508,8 +540,15 @@ def _alert_not_deterministic() -> None:
         raise RuntimeError(msg)
 
 
-def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, need_w, need_m):
-    """(dx conv route, dW, dm); an entry not asked for comes back as an empty tensor."""
+def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, need_w, need_m, hyper=None):
+    """(dx conv route, dW, dm); an entry not asked for comes back as an empty tensor.
+
+    ``hyper`` (the fused layer's backward, layer.py): a function dm -> the hypernetwork route's
+    coefficients (stats.hyper_coefficients); needs need_x, need_w and need_m. Then dW runs first and
+    reduces dm from its partials (on every plane size), ``hyper(dm)`` gives the coefficients, and the
+    dx kernel adds the hypernetwork route in its epilogue: the dx returned is the layer's whole dx."""
+    if hyper is not None and not (need_x and need_w and need_m):
+        raise ValueError("conv_backward: hyper needs dx, dW and dm (dm must exist before the dx kernel)")
     if need_w or need_m:
         _alert_not_deterministic()
     n, d, height, width = x.shape
@@ -526,29 +565,10 @@ def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, n
         return dx, (torch.zeros_like(weight) if need_w else dw), dm
     # dm from the dW kernel's per-sample partials where a sample spans many row blocks (its
     # reduction then runs once per sample; on small planes it would run every block): the dx
-    # kernel then neither reads x nor reduces x * V_t
-    dm_in_dw = need_w and need_m and oh * ow >= DM_IN_DW_PIXELS
+    # kernel then neither reads x nor reduces x * V_t. The fused backward needs dm before dx: there
+    # it always comes from dW.
+    dm_in_dw = need_w and need_m and (hyper is not None or oh * ow >= DM_IN_DW_PIXELS)
     wt = weight.permute(2, 3, 0, 1).contiguous() if (need_x or need_m) else None  # (kh, kw, C, DG)
-    if need_x or (need_m and not dm_in_dw):
-        dx_m = need_m and not dm_in_dw
-        hw = height * width
-
-        par_h, par_w = stride  # one parity class of input positions per program (see the kernel)
-        rows = triton.cdiv(height, par_h) * triton.cdiv(width, par_w)
-
-        def grid_dx(meta):
-            blocks = n * par_h * par_w * triton.cdiv(rows, meta["BLOCK_M"])
-            return (blocks, triton.cdiv(dg, meta["BLOCK_N"]), groups)
-
-        dxs = dx.stride() if need_x else (0, 0, 0, 0)
-        _mconv_dx_kernel[grid_dx](
-            # unused outputs get dummies; never m: the autotuner zeroes dm_ptr between trials
-            gy, x, wt, m, dx if need_x else x, dm if dx_m else torch.zeros(1, device=x.device),
-            hw, height, width, oh, ow, cg, dg, t, kw,
-            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], par_h, par_w,
-            *gy.stride(), *x.stride(), c * dg, dg, 1, *dxs,
-            NEED_X=need_x, NEED_M=dx_m, INPUT_PRECISION=prec,
-        )  # fmt: skip
     if need_w:
         dw32 = torch.zeros((kh, kw, c, dg), device=x.device, dtype=torch.float32)
         sms = _dw_split(n, x.device)
@@ -569,4 +589,30 @@ def conv_backward(gy, x, weight, m, stride, padding, dilation, groups, need_x, n
             DG_DIV=_pow2_div(dg), NEED_DM=dm_in_dw,
         )  # fmt: skip
         dw = dw32.permute(2, 3, 0, 1).to(weight.dtype).contiguous()
+    if need_x or (need_m and not dm_in_dw):
+        dx_m = need_m and not dm_in_dw
+        hw = height * width
+        coef = hyper(dm) if hyper is not None else None
+        if coef is not None and (
+            coef.dtype != torch.float32 or coef.shape != (4, n * d) or not coef.is_contiguous()
+        ):
+            raise ValueError(f"conv_backward: hyper(dm) must be a contiguous (4, {n * d}) float32 tensor")
+
+        par_h, par_w = stride  # one parity class of input positions per program (see the kernel)
+        rows = triton.cdiv(height, par_h) * triton.cdiv(width, par_w)
+
+        def grid_dx(meta):
+            blocks = n * par_h * par_w * triton.cdiv(rows, meta["BLOCK_M"])
+            return (blocks, triton.cdiv(dg, meta["BLOCK_N"]), groups)
+
+        dxs = dx.stride() if need_x else (0, 0, 0, 0)
+        _mconv_dx_kernel[grid_dx](
+            # unused outputs get dummies; never m: the autotuner zeroes dm_ptr between trials
+            gy, x, wt, m, dx if need_x else x, dm if dx_m else torch.zeros(1, device=x.device),
+            coef if coef is not None else wt,
+            hw, height, width, oh, ow, cg, dg, t, kw, n * d,
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], par_h, par_w,
+            *gy.stride(), *x.stride(), c * dg, dg, 1, *dxs,
+            NEED_X=need_x, NEED_M=dx_m, HYPER=coef is not None, INPUT_PRECISION=prec,
+        )  # fmt: skip
     return dx, dw, dm

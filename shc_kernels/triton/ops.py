@@ -1,5 +1,6 @@
 """The Triton backend as ``shc::triton_*`` custom ops (fake functions, autograd, autocast) and
-the two functions the functional API calls: ``statistical_map`` and ``modulated_conv2d``.
+the three functions the functional API calls: ``statistical_map``, ``modulated_conv2d`` and
+``shc_layer`` (the whole layer, what shc_conv2d runs on this backend).
 
 Ops:
   shc::triton_statistical_map(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps)
@@ -10,6 +11,12 @@ Ops:
   shc::triton_modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups) -> y
   shc::triton_modulated_conv2d_backward(grad_y, x, weight, m, stride, padding, dilation, groups,
       need_x, need_weight, need_m) -> (dx conv route, d weight, dm); unneeded ones are empty.
+  shc::triton_shc_layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding,
+      dilation, groups, eps, grad_route) -> (y, m, mu, sigma, h); m, mu, sigma, h for the backward
+  shc::triton_shc_layer_backward(grad_y, x, weight, m, mu, sigma, h, fc1_weight, fc2_weight, stride,
+      padding, dilation, groups, conv_x, hyper_x, need_weight, need_map)
+      -> (dx, d weight, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias): the layer's backward
+      with the hypernetwork route of dx in the dx kernel's epilogue (layer.py)
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from torch._prims_common import suggest_memory_format
 
 from .._checks import conv_out_size
 from ..ops import register_autocast_rule
-from . import conv, interpreting, stats
+from . import conv, interpreting, layer, stats
 
-__all__ = ["statistical_map", "modulated_conv2d"]
+__all__ = ["statistical_map", "modulated_conv2d", "shc_layer"]
 
 
 def _computable(*tensors: torch.Tensor | None) -> None:
@@ -62,7 +69,7 @@ def _map_op(
 
 
 @_map_op.register_fake
-def _(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps):
+def _map_fake(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps):
     n, d = x.shape[0], x.shape[1]
     f32 = dict(dtype=torch.float32)
     return (
@@ -179,7 +186,7 @@ def _conv_op(
 
 
 @_conv_op.register_fake
-def _(x, weight, m, bias, stride, padding, dilation, groups):
+def _conv_fake(x, weight, m, bias, stride, padding, dilation, groups):
     oh, ow = conv_out_size(x, weight, stride, padding, dilation)
     y = x.new_empty((x.shape[0], weight.shape[0], oh, ow))
     return y.contiguous(memory_format=suggest_memory_format(x))
@@ -259,12 +266,150 @@ def _conv_backward(ctx, grad_y):
 _conv_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 
+# --- the whole layer: one op, its backward with the hypernetwork route in dx's epilogue --------
+
+
+@torch.library.custom_op("shc::triton_shc_layer", mutates_args=())
+def _layer_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor | None,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    eps: float,
+    grad_route: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _computable(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    return layer.layer_forward(
+        _dense(x), weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, tuple(stride), tuple(padding),
+        tuple(dilation), groups, eps,
+    )  # fmt: skip
+
+
+@_layer_op.register_fake
+def _(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation, groups, eps,
+      grad_route):  # fmt: skip
+    y = _conv_fake(x, weight, None, bias, stride, padding, dilation, groups)
+    m, mu, sigma, h = _map_fake(
+        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, weight.shape[2], weight.shape[3], eps
+    )
+    return y, m, mu, sigma, h
+
+
+@torch.library.custom_op("shc::triton_shc_layer_backward", mutates_args=())
+def _layer_backward_op(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    m: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    h: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    conv_x: bool,
+    hyper_x: bool,
+    need_weight: bool,
+    need_map: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _computable(grad_y, x, weight, fc1_weight, fc2_weight)
+    return layer.layer_backward(
+        _dense(grad_y), _dense(x), weight, m, mu, sigma, h, fc1_weight, fc2_weight, tuple(stride),
+        tuple(padding), tuple(dilation), groups, conv_x, hyper_x, need_weight, need_map,
+    )  # fmt: skip
+
+
+@_layer_backward_op.register_fake
+def _(grad_y, x, weight, m, mu, sigma, h, fc1_weight, fc2_weight, stride, padding, dilation, groups, conv_x,
+      hyper_x, need_weight, need_map):  # fmt: skip
+    need_x = conv_x or hyper_x
+    need_map = need_map or hyper_x
+    dx = torch.empty_like(x, memory_format=suggest_memory_format(x)) if need_x else x.new_empty(0)
+    dw = weight.new_empty(0)
+    if need_weight:
+        dw = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    if not need_map:
+        return dx, dw, *(x.new_empty(0) for _ in range(4))
+    f32 = dict(dtype=torch.float32)
+    return (
+        dx,
+        dw,
+        torch.empty_like(fc1_weight),
+        fc1_weight.new_empty((fc1_weight.shape[0],), **f32),
+        torch.empty_like(fc2_weight),
+        fc2_weight.new_empty((fc2_weight.shape[0],), **f32),
+    )
+
+
+def _layer_setup_context(ctx, inputs, output):
+    x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias = inputs[:7]
+    stride, padding, dilation, groups, eps, route = inputs[7:]
+    _y, m, mu, sigma, h = output
+    ctx.mark_non_differentiable(m, mu, sigma, h)
+    ctx.save_for_backward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, m, mu, sigma, h)
+    ctx.conf = (list(stride), list(padding), list(dilation), groups)
+    ctx.eps, ctx.route = eps, route
+
+
+def _layer_backward(ctx, grad_y, _dm, _dmu, _dsigma, _dh):
+    x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, m, mu, sigma, h = ctx.saved_tensors
+    need = ctx.needs_input_grad[:7]
+    tail = (None,) * 6  # stride, padding, dilation, groups, eps, grad_route
+    if torch.is_grad_enabled():
+        # create_graph=True (second order): the composed path's answer, recomputed through
+        # reference.py (plain PyTorch) with its graph kept; the fused kernels have no derivatives
+        def fn(*args):
+            from ..reference import shc_conv2d
+
+            return shc_conv2d(*args, *ctx.conf, ctx.eps, ctx.route)
+
+        inputs = (x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+        return (*_second_order(fn, inputs, need, grad_y), *tail)
+    need_x, need_w, need_b, need_f1w, need_f1b, need_f2w, need_f2b = need
+    conv_x = bool(need_x) and ctx.route != "hyper"
+    hyper_x = bool(need_x) and ctx.route != "conv"
+    need_map = bool(need_f1w or need_f1b or need_f2w or need_f2b)
+    gx, gw, g_w1, g_b1, g_w2, g_b2 = torch.ops.shc.triton_shc_layer_backward(
+        grad_y, x, weight, m, mu, sigma, h, fc1_weight, fc2_weight, *ctx.conf, conv_x, hyper_x, bool(need_w),
+        need_map,
+    )  # fmt: skip
+    gb = None
+    if bias is not None and need_b:
+        gb = grad_y.sum(dim=(0, 2, 3), dtype=torch.float32).to(grad_y.dtype)
+    return (
+        gx if need_x else None,
+        gw if need_w else None,
+        gb,
+        g_w1 if need_f1w else None,
+        g_b1.to(fc1_bias.dtype) if (need_f1b and fc1_bias is not None) else None,
+        g_w2 if need_f2w else None,
+        g_b2.to(fc2_bias.dtype) if (need_f2b and fc2_bias is not None) else None,
+        *tail,
+    )
+
+
+_layer_op.register_autograd(_layer_backward, setup_context=_layer_setup_context)
+
+
 # --- autocast: the conv in the autocast dtype, the map in fp32 --------------------------------
 
 # conv: x, weight, bias in the autocast dtype, m (position 2) stays fp32.
 register_autocast_rule("shc::triton_modulated_conv2d", (0, 1, 3))
 # map: x as it is (the statistics accumulate in fp32 anyway), the MLP parameters in fp32.
 register_autocast_rule("shc::triton_statistical_map", (1, 2, 3, 4), to_autocast_dtype=False)
+# the layer: x, weight, bias in the autocast dtype (the statistics are those of the x the conv sees, as
+# the compiled shc::shc_conv2d's), the hypernetwork in fp32 whatever its parameters' dtype
+register_autocast_rule("shc::triton_shc_layer", (0, 1, 2))
 
 
 # --- the interface functional.py calls (arguments already validated) ------------------------
@@ -294,3 +439,16 @@ def modulated_conv2d(x, weight, m, bias, stride, padding, dilation, groups):
     return torch.ops.shc.triton_modulated_conv2d(
         x, weight, m, bias, list(stride), list(padding), list(dilation), int(groups)
     )
+
+
+def shc_layer(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation, groups,
+              eps, grad_route):  # fmt: skip
+    """The whole layer (statistics, map, conv) as one op whose first-order backward folds the
+    hypernetwork route of dx into the conv's dx kernel (layer.py); y in x's dtype and memory format,
+    differentiable wrt x, weight, bias and the four hypernetwork tensors under ``grad_route``."""
+    _check_dtype(x)
+    y, _m, _mu, _sigma, _h = torch.ops.shc.triton_shc_layer(
+        x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, list(stride), list(padding),
+        list(dilation), int(groups), float(eps), str(grad_route),
+    )  # fmt: skip
+    return y

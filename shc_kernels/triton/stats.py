@@ -14,7 +14,9 @@ hypernetwork over the batch is two small GEMMs in torch:
 Backward: the MLP backward from ``dm`` to ``dmu``, ``dsigma`` is again batched GEMMs in torch;
 then one elementwise kernel writes the hypernetwork-route ``dx`` in centred form,
 ``dmu / HW + dsigma * (x - mu) / (HW * sigma)`` with ``x - mu`` in float64 (``a * x + b`` would
-cancel where the mean is large against the spread).
+cancel where the mean is large against the spread), or adds it in place to the conv route's dx.
+The whole layer's backward (layer.py) folds this term into the conv's dx kernel instead where it
+can (``hyper_coefficients``), and this kernel does not run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import triton.language as tl
 
 from . import interpreting
 
-__all__ = ["stats_map_forward", "stats_map_backward"]
+__all__ = ["stats_map_forward", "stats_map_backward", "mlp_backward", "hyper_dx", "hyper_coefficients"]
 
 _NUM_WARPS = 4
 _MAX_SPLIT = 64  # pixel chunks per plane (the combine kernel holds them in one tile)
@@ -107,9 +109,10 @@ def _stats_dx_kernel(
     D, HW,
     stride_xn, stride_xd, stride_xq, stride_gn, stride_gd, stride_gq,
     inv_hw,
-    BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
+    ACCUMULATE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
-    # dx = dmu/HW + dsigma * (x - mu) / (HW * sigma), centred: x - mu in float64 (mu is float64)
+    # dx = dmu/HW + dsigma * (x - mu) / (HW * sigma), centred: x - mu in float64 (mu is float64).
+    # ACCUMULATE: added to the dx already there (the conv route's), read and written in place.
     n = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_q = tl.program_id(2) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -128,6 +131,8 @@ def _stats_dx_kernel(
     centred = (x.to(tl.float64) - mu[:, None]).to(tl.float32)
     dx = a[:, None] * centred + b[:, None]
     dx_ptrs = dx_ptr + n64 * stride_gn + offs_d[:, None] * stride_gd + offs_q[None, :] * stride_gq
+    if ACCUMULATE:
+        dx += tl.load(dx_ptrs, mask=mask, other=0.0).to(tl.float32)
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -186,9 +191,10 @@ def stats_map_forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps
     return logit.sigmoid_().view(n, kh, kw), mu, sigma, h
 
 
-def stats_map_backward(dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, need_x):
-    """(dx hypernetwork route or empty, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias)."""
-    n, d, height, width = x.shape
+def mlp_backward(dm, fc1_weight, fc2_weight, m, mu, sigma, h):
+    """The hypernetwork's backward from dm (batched GEMMs in torch, fp32): (dmu, dsigma, d fc1_weight,
+    d fc1_bias, d fc2_weight, d fc2_bias); dmu and dsigma (N, D) fp32, the bias gradients fp32."""
+    n, d = mu.shape
     t = m.shape[1] * m.shape[2]
     sm = m.reshape(n, t).float()
     dlogit = dm.reshape(n, t).float() * sm * (1 - sm)  # through the sigmoid
@@ -201,15 +207,43 @@ def stats_map_backward(dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, need_x):
     g_b1 = dpre.sum(0)
     g_w2 = (dlogit.t() @ h).to(fc2_weight.dtype)
     g_b2 = dlogit.sum(0)
-    if not need_x:
-        return x.new_empty(0), g_w1, g_b1, g_w2, g_b2
-    dx = torch.empty_like(x)  # keeps x's memory format
-    if n > 0:
+    return dmu, dsigma, g_w1, g_b1, g_w2, g_b2
+
+
+def hyper_dx(x, mu, sigma, dmu, dsigma, dx=None):
+    """The hypernetwork route's dx (``_stats_dx_kernel``): a new tensor in x's memory format, or, given
+    ``dx`` (the conv route's, x's layout), added to it in place (one pass: read x and dx, write dx)."""
+    n, d, height, width = x.shape
+    accumulate = dx is not None
+    if dx is None:
+        dx = torch.empty_like(x)  # keeps x's memory format
+    if n > 0 and d > 0:
         hw = height * width
         block_d, block_q = _tiles(x)
         grid = (n, triton.cdiv(d, block_d), triton.cdiv(hw, block_q))
         _stats_dx_kernel[grid](
             x, dx, mu, sigma, dmu, dsigma, d, hw, *_plane_strides(x), *_plane_strides(dx), 1.0 / hw,
-            BLOCK_D=block_d, BLOCK_Q=block_q, num_warps=_NUM_WARPS,
+            ACCUMULATE=accumulate, BLOCK_D=block_d, BLOCK_Q=block_q, num_warps=_NUM_WARPS,
         )  # fmt: skip
-    return dx, g_w1, g_b1, g_w2, g_b2
+    return dx
+
+
+def hyper_coefficients(mu, sigma, dmu, dsigma, hw):
+    """(4, N*D) fp32: the hypernetwork route's dx per element is ``a * ((x - mu_hi) - mu_lo) + b``
+    with rows a = dsigma / (HW * sigma), b = dmu / HW, mu_hi = fp32(mu), mu_lo = fp32(mu - mu_hi): the
+    conv's dx kernel adds it in its epilogue (conv._mconv_dx_kernel, HYPER). The centring keeps
+    ``_stats_dx_kernel``'s digits without float64 in the GEMM kernel: where x is near mu (a large
+    mean over a small spread, where ``a * x + b`` would cancel) x - mu_hi is exact (Sterbenz), and
+    mu_lo carries the float64 mean's next 24 bits."""
+    inv_hw = 1.0 / hw
+    mu_hi = mu.float()
+    mu_lo = (mu - mu_hi.double()).float()
+    return torch.stack([dsigma * inv_hw / sigma, dmu * inv_hw, mu_hi, mu_lo]).reshape(4, -1).contiguous()
+
+
+def stats_map_backward(dm, x, fc1_weight, fc2_weight, m, mu, sigma, h, need_x):
+    """(dx hypernetwork route or empty, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias)."""
+    dmu, dsigma, g_w1, g_b1, g_w2, g_b2 = mlp_backward(dm, fc1_weight, fc2_weight, m, mu, sigma, h)
+    if not need_x:
+        return x.new_empty(0), g_w1, g_b1, g_w2, g_b2
+    return hyper_dx(x, mu, sigma, dmu, dsigma), g_w1, g_b1, g_w2, g_b2

@@ -1,0 +1,69 @@
+"""The whole SHC layer on the Triton backend: what ``shc::triton_shc_layer`` (ops.py) runs.
+
+Forward: the statistics and the hypernetwork (stats.py), then the modulated conv (conv.py), as the
+two ops ``statistical_map`` and ``modulated_conv2d`` compute them; mu, sigma and the hidden layer
+are kept for the backward.
+
+Backward (first order), when dx takes both routes and dW is asked for (and the plane is not small
+against the channels: conv.dm_before_dx), in this order:
+  1. dW, with dm reduced from the same per-sample partials (conv._mconv_dw_kernel, NEED_DM);
+  2. the hypernetwork's backward from dm in torch (stats.mlp_backward: N x 2D, small), giving the
+     parameter gradients and dmu, dsigma;
+  3. the per-(n, d) coefficients of the statistics' backward (stats.hyper_coefficients);
+  4. the conv route's dx (conv._mconv_dx_kernel) with the hypernetwork route added in its epilogue,
+     x read at the positions it writes: dx is written once.
+So neither the statistics' dx kernel (a second read of x and a second dx) nor autograd's sum of
+the two routes runs. Where dm does not come before dx (the weight needs no gradient, or small
+planes with many channels, where dW's dm reduction costs more than a pass over x: dm is then
+reduced inside the dx kernel), the hypernetwork route is added to the conv route's dx in place
+by the statistics' dx kernel (read x and dx, write dx); where dx takes one route only, that
+route's kernel writes it alone.
+"""
+
+from __future__ import annotations
+
+from . import conv, stats
+
+__all__ = ["layer_forward", "layer_backward"]
+
+
+def layer_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation,
+                  groups, eps):  # fmt: skip
+    """(y, m fp32 (N, kh, kw), mu float64 (N, D), sigma fp32 (N, D), h fp32 (N, K))."""
+    kh, kw = weight.shape[2], weight.shape[3]
+    m, mu, sigma, h = stats.stats_map_forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps)
+    y = conv.conv_forward(x, weight, m, bias, stride, padding, dilation, groups)
+    return y, m, mu, sigma, h
+
+
+def layer_backward(gy, x, weight, m, mu, sigma, h, fc1_weight, fc2_weight, stride, padding, dilation, groups,
+                   conv_x, hyper_x, need_w, need_map):  # fmt: skip
+    """(dx, dW, d fc1_weight, d fc1_bias, d fc2_weight, d fc2_bias); what is not asked for is an empty
+    tensor. ``conv_x`` / ``hyper_x``: dx through the convolution / through the statistics (both:
+    their sum); ``need_map``: the hypernetwork's parameter gradients."""
+    need_map = need_map or hyper_x
+    mlp = None
+    if conv_x and hyper_x and need_w and conv.dm_before_dx(x.shape, weight.shape, gy.shape, groups):
+
+        def coefficients(dm):
+            nonlocal mlp
+            mlp = stats.mlp_backward(dm, fc1_weight, fc2_weight, m, mu, sigma, h)
+            return stats.hyper_coefficients(mu, sigma, mlp[0], mlp[1], x.shape[2] * x.shape[3])
+
+        dx, dw, dm = conv.conv_backward(gy, x, weight, m, stride, padding, dilation, groups, True, True, True,
+                                        hyper=coefficients)  # fmt: skip
+        folded = mlp is not None  # not on an empty batch, where no kernel runs
+    else:
+        dx, dw, dm = conv.conv_backward(gy, x, weight, m, stride, padding, dilation, groups, conv_x, need_w,
+                                        need_map)  # fmt: skip
+        folded = False
+    empty = x.new_empty(0)
+    if not need_map:
+        return dx, dw, empty, empty, empty, empty
+    if mlp is None:
+        mlp = stats.mlp_backward(dm, fc1_weight, fc2_weight, m, mu, sigma, h)
+    dmu, dsigma, g_w1, g_b1, g_w2, g_b2 = mlp
+    if hyper_x and not folded:
+        # in place into the conv route's dx when there is one, else a new tensor
+        dx = stats.hyper_dx(x, mu, sigma, dmu, dsigma, dx if conv_x else None)
+    return dx, dw, g_w1, g_b1, g_w2, g_b2
