@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "platform.h"
 
@@ -37,6 +38,23 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   memcpy(&ua, &a, 2);
   memcpy(&ub, &b, 2);
   return static_cast<uint32_t>(ua) | (static_cast<uint32_t>(ub) << 16);
+}
+
+// The two S values (__half / __nv_bfloat16) of a 32-bit word as floats, lo from the low half.
+template <typename S>
+__device__ __forceinline__ void unpack2(uint32_t v, float& lo, float& hi) {
+  if constexpr (std::is_same_v<S, __nv_bfloat16>) {  // a bf16 is the high half of a float
+    const uint32_t a = v << 16, b = v & 0xffff0000u;
+    memcpy(&lo, &a, 4);
+    memcpy(&hi, &b, 4);
+  } else {
+    const uint16_t a = static_cast<uint16_t>(v), b = static_cast<uint16_t>(v >> 16);
+    __half ha, hb;
+    memcpy(static_cast<void*>(&ha), &a, 2);
+    memcpy(static_cast<void*>(&hb), &b, 2);
+    lo = __half2float(ha);
+    hi = __half2float(hb);
+  }
 }
 
 // p[0], p[1] = a, b as one 8-byte store (p 8-byte aligned); the CPU-run build makes it one 8-byte

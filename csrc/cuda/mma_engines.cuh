@@ -1,11 +1,9 @@
 // The MMA engines of the tiled kernels (conv_tile.cuh, weight_grad.cuh) and their tile
 // configuration: tensor cores for fp16/bf16 (fp32 accumulators) through ldmatrix + mma.sync
-// (MmaEngine: the conv tile) or WMMA (WmmaEngine: the weight gradient), SIMT FMAs for fp32/fp64.
+// (MmaEngine: the conv tile and the weight gradient), SIMT FMAs for fp32/fp64.
 // An engine owns a BM x BN accumulator tile spread over a block's threads; mma() adds one
 // BK-deep product of two shared-memory operand tiles.
 #pragma once
-
-#include <mma.h>
 
 #include <cstddef>
 
@@ -14,100 +12,37 @@
 namespace shc_cuda {
 
 // ------------------------------------------------------------------------------------------
-// MMA engines. Operand tiles live in shared memory as As[k][row] (ld LDA) and Bs[k][col]
-// (ld LDB): for WMMA that is a col-major A and a row-major B.
-template <typename S, int BM, int BN, int NT, int WM>
-struct WmmaEngine {
-  static constexpr int kWarps = NT / 32, WN = kWarps / WM;
-  static constexpr int TMW = BM / WM, TNW = BN / WN, FM = TMW / 16, FN = TNW / 16;
-  static_assert(WM * WN == kWarps && TMW % 16 == 0 && TNW % 16 == 0, "warp tiling");
-  using Frag = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
-  Frag c[FM][FN];
-
-  __device__ __forceinline__ int wm() const { return (threadIdx.x / 32) % WM; }
-  __device__ __forceinline__ int wn() const { return (threadIdx.x / 32) / WM; }
-
-  __device__ __forceinline__ void zero() {
-#pragma unroll
-    for (int i = 0; i < FM; ++i)
-#pragma unroll
-      for (int j = 0; j < FN; ++j) nvcuda::wmma::fill_fragment(c[i][j], 0.f);
-  }
-  template <int BK, int LDA, int LDB>
-  __device__ __forceinline__ void mma(const S* As, const S* Bs) {
-    using namespace nvcuda;
-#pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, S, wmma::col_major> a[FM];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, S, wmma::row_major> b[FN];
-#pragma unroll
-      for (int i = 0; i < FM; ++i) wmma::load_matrix_sync(a[i], As + kk * LDA + wm() * TMW + i * 16, LDA);
-#pragma unroll
-      for (int j = 0; j < FN; ++j) wmma::load_matrix_sync(b[j], Bs + kk * LDB + wn() * TNW + j * 16, LDB);
-#pragma unroll
-      for (int i = 0; i < FM; ++i)
-#pragma unroll
-        for (int j = 0; j < FN; ++j) wmma::mma_sync(c[i][j], a[i], b[j], c[i][j]);
-    }
-  }
-  // Cs[row][col] (row-major, ld LDC) = accumulator tile.
-  template <int LDC>
-  __device__ __forceinline__ void store(float* Cs) const {
-#pragma unroll
-    for (int i = 0; i < FM; ++i)
-#pragma unroll
-      for (int j = 0; j < FN; ++j)
-        nvcuda::wmma::store_matrix_sync(Cs + (wm() * TMW + i * 16) * LDC + wn() * TNW + j * 16, c[i][j],
-                                        LDC, nvcuda::wmma::mem_row_major);
-  }
-  // this += s * o (a scalar that is uniform over the tile, so the opaque fragment layout is fine)
-  __device__ __forceinline__ void axpy(const WmmaEngine& o, float s) {
-#pragma unroll
-    for (int i = 0; i < FM; ++i)
-#pragma unroll
-      for (int j = 0; j < FN; ++j)
-#pragma unroll
-        for (int e = 0; e < Frag::num_elements; ++e) c[i][j].x[e] += s * o.c[i][j].x[e];
-  }
-  // This thread's share of sum_{row,col} Ws[row][col] * tile[row][col]: Ws loaded into an
-  // accumulator fragment has the same element mapping as the tile.
-  template <int LDC>
-  __device__ __forceinline__ float dot(const float* Ws) const {
-    float s = 0.f;
-#pragma unroll
-    for (int i = 0; i < FM; ++i)
-#pragma unroll
-      for (int j = 0; j < FN; ++j) {
-        Frag w;
-        nvcuda::wmma::load_matrix_sync(w, Ws + (wm() * TMW + i * 16) * LDC + wn() * TNW + j * 16, LDC,
-                                       nvcuda::wmma::mem_row_major);
-#pragma unroll
-        for (int e = 0; e < Frag::num_elements; ++e) s += w.x[e] * c[i][j].x[e];
-      }
-    return s;
-  }
-};
-
 // ldmatrix + mma.sync m16n8k16 (device_common.cuh's ptx::), fragment layouts as the PTX ISA
 // documents them. Operand stages in shared memory, unpadded and XOR-swizzled by 16-byte chunk so
 // that 16-byte stores of a row-fastest or chunk-fastest copy and ldmatrix's 8-row reads each hit
 // 32 distinct banks per 128 bytes:
-//   A: As[row][k], BK = 32 (4 chunks a row), chunk c of row r stored at chunk c ^ ((r >> 1) & 3);
+//   A: As[row][k], BK = 32 (4 chunks a row), chunk c of row r stored at chunk c ^ ((r >> 1) & 3)
+//      (the conv: activations with k = channels fastest), or with AKMajor As[k][row], BM = 64
+//      (8 chunks a row), chunk c of row k stored at chunk c ^ (k & 7), read with ldmatrix.trans
+//      (the weight gradient: dy with its rows = channels fastest);
 //   B: Bs[k][col], BN = 64 (8 chunks a row), chunk c of row k stored at chunk c ^ (k & 7).
 // Each warp owns a (BM / WM) x (BN / WN) = 32 x 32 tile: FM = 2 m16 by FN = 4 n8 MMA tiles, in
-// two accumulators: `part`, the current tap's product, and `acc`, the sum of the finished taps
-// each scaled per row (tap_done: acc[row] += s[row] * part[row]; the conv's m[n, t]).
-template <typename S, int BM, int BN, int NT, int WM>
+// two accumulators: `part`, the current tap's (sample's) product, and `acc`, the sum of the
+// finished ones, each scaled per row (tap_done: acc[row] += s[row] * part[row]; the conv's m[n, t],
+// the weight gradient's m[n, t] uniform over the tile).
+template <typename S, int BM, int BN, int NT, int WM, bool AKMajor = false>
 struct MmaEngine {
   static constexpr int BK = 32;
   static constexpr int kWarps = NT / 32, WN = kWarps / WM;
   static constexpr int TMW = BM / WM, TNW = BN / WN, FM = TMW / 16, FN = TNW / 8;
   static_assert(WM * WN == kWarps && TMW % 16 == 0 && TNW % 16 == 0 && BN == 64, "warp tiling");
+  static_assert(!AKMajor || BM == 64, "a K-major A stage has 8 chunks a row");
   static constexpr int kStageA = BM * BK, kStageB = BK * BN;  // elements of S per stage
   float acc[FM][FN][4], part[FM][FN][4];
 
-  // Element offsets of the 16-byte chunk c (8 elements) of A row r / B row k within a stage.
-  __device__ __forceinline__ static int a_chunk(int r, int c) { return r * BK + ((c ^ ((r >> 1) & 3)) << 3); }
+  // Element offsets within a stage of the 16-byte chunk c (8 elements) of A's stage row r (a tile
+  // row, or with AKMajor a k) and of B's stage row k.
+  __device__ __forceinline__ static int a_chunk(int r, int c) {
+    if constexpr (AKMajor)
+      return r * BM + ((c ^ (r & 7)) << 3);
+    else
+      return r * BK + ((c ^ ((r >> 1) & 3)) << 3);
+  }
   __device__ __forceinline__ static int b_chunk(int k, int c) { return k * BN + ((c ^ (k & 7)) << 3); }
 
   __device__ __forceinline__ int wm() const { return (threadIdx.x / 32) % WM; }
@@ -130,7 +65,12 @@ struct MmaEngine {
     for (int kk = 0; kk < BK; kk += 16) {
       uint32_t a[FM][4], b[FN][2];
 #pragma unroll
-      for (int i = 0; i < FM; ++i) ptx::ldsm_x4<false>(a[i], As + a_chunk(wm() * TMW + i * 16 + lane % 16, kk / 8 + lane / 16));
+      for (int i = 0; i < FM; ++i) {
+        if constexpr (AKMajor)  // matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) transposed
+          ptx::ldsm_x4<true>(a[i], As + a_chunk(kk + (lane / 16) * 8 + lane % 8, (wm() * TMW + i * 16) / 8 + (lane / 8) % 2));
+        else
+          ptx::ldsm_x4<false>(a[i], As + a_chunk(wm() * TMW + i * 16 + lane % 16, kk / 8 + lane / 16));
+      }
 #pragma unroll
       for (int j = 0; j < FN; j += 2) {
         uint32_t r[4];
@@ -157,6 +97,26 @@ struct MmaEngine {
           acc[i][j][q] = fmaf(sc[i][q / 2], part[i][j][q], acc[i][j][q]);
           part[i][j][q] = 0.f;
         }
+  }
+  // This lane's share of sum_{row,col} Ws[row][col] * part[row][col], Ws in shared memory (row-major,
+  // ld LDW elements, LDW even): the weight gradient's dm[n, t] = sum W[c, d, t] G_n[c, d].
+  template <int LDW>
+  __device__ __forceinline__ float dot_part(const S* Ws) const {
+    const int lane = threadIdx.x & 31;
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+      for (int j = 0; j < FN; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float w0, w1;
+          unpack2<S>(*reinterpret_cast<const uint32_t*>(Ws + row(i, h) * LDW + wn() * TNW + j * 8 + 2 * (lane % 4)), w0,
+                     w1);
+          s = fmaf(w0, part[i][j][2 * h], s);
+          s = fmaf(w1, part[i][j][2 * h + 1], s);
+        }
+    return s;
   }
   // Cs[row][col] (row-major, ld LDC) = acc.
   template <int LDC>

@@ -3,13 +3,14 @@
 //   channel_stats            channel_stats.cuh: a wide two-stage pass (pixel chunks spread over
 //                            the grid, pivot-shifted sums in double, then a combine kernel).
 //   channel_stats_backward   channel_stats.cuh: elementwise, written in x.suggest_memory_format().
-//   modulated_conv2d         conv_tile.cuh: implicit GEMM, the m[n,t] scale applied to the staged
-//                            activation tile, bias fused; fp16/bf16 on tensor cores (WMMA, fp32
+//   modulated_conv2d         conv_tile.cuh: implicit GEMM, the m[n,t] scale applied per tap, bias
+//                            fused; fp16/bf16 on tensor cores (ldmatrix + mma.sync, fp32
 //                            accumulation), fp32 and fp64 SIMT.
 //   modulated_conv2d_backward
 //     dx (conv route): the same conv tile run as a transposed implicit GEMM over dy with the same
 //                      per-tap scaling (rows = input pixels, columns = input channels).
-//     dW and dm:       weight_grad.cuh, one weight-gradient kernel.
+//     dW and dm:       weight_grad.cuh, one weight-gradient kernel (fp16/bf16: the conv tile's
+//                      ldmatrix + mma.sync engine fed by cp.async; fp32/fp64 SIMT).
 // Never materializes per-sample kernels or an unfolded input: the only extra buffers are the
 // weight reordered to (G, kh, kw, Dg, Cg) / (G, kh, kw, Cg, Dg) and the fp32 dW / dm accumulators.
 #include <ATen/ATen.h>
@@ -69,11 +70,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cuda(
   at::Tensor mc;
   if (need_dx || need_gw || need_dm) mc = m.to(ct).contiguous();
 
+  // W as (G, kh, kw, Cg, Dg): the dx's B operand, and the dm's W tiles.
+  const at::Tensor bt = need_dx || need_dm ? weight_operand(weight, g, true) : at::Tensor();
   at::Tensor dx = at::empty({0}, x.options());
   if (need_dx) {
     dx = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
     if (g.N > 0 && g.Cg > 0 && dx.numel() > 0) {
-      const at::Tensor bt = weight_operand(weight, g, true);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_conv_dx_cuda", [&] {
         using A = typename ConvCfg<scalar_t>::A;
         launch_conv<scalar_t>(conv_args<scalar_t, A>(g, dy, bt, mc, at::Tensor(), dx, true), g.groups, stream);
@@ -90,9 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulated_conv2d_backward_cuda(
     at::globalContext().alertNotDeterministic(
         "shc::modulated_conv2d_backward (CUDA kernel) when the weight or m needs a gradient: dW and dm are "
         "summed with atomics, in an order that varies from run to run");
-    const at::Tensor wc = weight.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shc_conv_dw_cuda", [&] {
-      launch_weight_grad<scalar_t>(g, x, dy, wc, mc, gw_acc, dm_acc, need_gw, need_dm, stream, op);
+      launch_weight_grad<scalar_t>(g, x, dy, bt, mc, gw_acc, dm_acc, need_gw, need_dm, stream, op);
     });
   }
   const at::Tensor gw =
