@@ -54,7 +54,7 @@ pytest: setup
 
 # The Triton kernels on CPU tensors through the interpreter (it must be chosen before import).
 triton-test: setup
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_triton.py
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_triton.py tests/test_triton_fused.py
 
 # Every Triton kernel and autotune config compiled ahead of time for sm_80 and sm_90.
 triton-check: setup
