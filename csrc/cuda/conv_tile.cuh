@@ -9,7 +9,8 @@
 // dx:      rows = (n, ih, iw), src = dy, k = output channel c, col = input channel d,
 //          B[g,t,c,d] = W[g*Cg + c, d, t], pos(+)t = ((ih + ph - i*dh)/sh, ...) when divisible.
 // The reduction runs tap-major (t outer, k blocks of BK inner), so a row's source position and
-// its scale m[n,t] are looked up once per tap.
+// its scale m[n,t] are looked up once per tap. A strided dx runs by output parity: one launch per
+// class of input pixels, with only the taps valid for it (ConvArgs' row map and tap grid).
 //   fp16/bf16 (conv_tile_tc): the operand tiles are plain copies, 16-byte cp.async into a
 //     3-stage ring of swizzled shared stages (MmaEngine's layouts) where the source allows it
 //     (a_vec / b_vec below), else 16-byte shared stores of registers loaded during the MMAs; the
@@ -68,7 +69,23 @@ struct ConvArgs {
   bool transposed;  // dx: pos(row) (+) t maps input pixels back to output pixels
   bool a_kfast;     // src channel stride is 1 (channels_last): stage A with k fastest
   bool o_rowfast;   // out w stride is 1 (NCHW): write rows fastest
+  // Row (a, b) of the row space is the pixel (a * rsh + r0h, b * rsw + r0w) (out and its strides
+  // are the launcher's view of those pixels), and the reduction runs the taps i = ti0, ti0 + tsi, ...
+  // < kh by j = tj0, tj0 + tsj, ... < kw: all of them by default; the strided dx launches one
+  // parity class of input pixels at a time with only its valid taps (launch_conv).
+  int rsh = 1, rsw = 1, r0h = 0, r0w = 0;
+  int ti0 = 0, tj0 = 0, tsi = 1, tsj = 1;
 };
+
+// The number of taps a tile runs (ConvArgs' tap grid), rows by columns.
+template <typename scalar_t, typename A>
+__host__ __device__ __forceinline__ int tap_rows(const ConvArgs<scalar_t, A>& p) {
+  return p.ti0 < p.kh ? (p.kh - p.ti0 + p.tsi - 1) / p.tsi : 0;
+}
+template <typename scalar_t, typename A>
+__host__ __device__ __forceinline__ int tap_cols(const ConvArgs<scalar_t, A>& p) {
+  return p.tj0 < p.kw ? (p.kw - p.tj0 + p.tsj - 1) / p.tsj : 0;
+}
 
 // Shared memory for one conv tile; `smem` holds Cfg::kSmemBytes (operands, then the output tile).
 template <typename Cfg>
@@ -147,7 +164,8 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
   const int M = p.N * RP;
   const int T = p.kh * p.kw;
   const int nkb = (p.Kdim + BK - 1) / BK;
-  const int nsteps = T * nkb;
+  const int tnj = tap_cols(p);
+  const int nsteps = tap_rows(p) * tnj * nkb;
   const int64_t ch0 = static_cast<int64_t>(g) * p.Kdim;  // first source channel of this group
 
   const bool a_vec = kCopy == kCopyAsync || (kCopy == kCopyAuto && a_vec_ok(p));
@@ -172,7 +190,8 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
     a_n[e] = -1;
     a_h[e] = a_w[e] = a_r[e] = 0;
     if (row < M) {
-      const int n = row / RP, rem = row - n * RP, a = rem / p.RW, b = rem - a * p.RW;
+      const int n = row / RP, rem = row - n * RP, ra = rem / p.RW;
+      const int a = ra * p.rsh + p.r0h, b = (rem - ra * p.RW) * p.rsw + p.r0w;  // its pixel
       a_n[e] = n;
       if (!p.transposed) {
         a_h[e] = a * p.sh - p.ph;
@@ -190,9 +209,10 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
   const int b_dst = Eng::b_chunk(b_k, b_c);
   const int b_col = n0 + b_c * 8;
 
-  // Load cursor (the step whose operands are being fetched): tap (li, lj), k block lkb; per tap,
-  // where this thread's two A chunks start (k block 0; nullptr: padding or past M) and its B chunk.
-  int lt = 0, li = 0, lj = 0, lkb = 0;
+  // Load cursor (the step whose operands are being fetched): tap (li, lj) = lt, the ljj-th of its
+  // row of the tap grid, k block lkb; per tap, where this thread's two A chunks start (k block 0;
+  // nullptr: padding or past M) and its B chunk.
+  int li = p.ti0, lj = p.tj0, lt = li * p.kw + lj, ljj = 0, lkb = 0;
   const scalar_t* a_src[2];
   const scalar_t* b_src;
   auto tap_sources = [&]() {
@@ -213,11 +233,14 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
   auto advance = [&]() {
     if (++lkb == nkb) {
       lkb = 0;
-      ++lt;
-      if (++lj == p.kw) {
-        lj = 0;
-        ++li;
+      if (++ljj == tnj) {
+        ljj = 0;
+        lj = p.tj0;
+        li += p.tsi;
+      } else {
+        lj += p.tsj;
       }
+      lt = li * p.kw + lj;
       tap_sources();
     }
   };
@@ -292,7 +315,7 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
       ptx::cp_async_commit();
     }
     float sc[Eng::FM][2];
-    int tc = 0, kb = 0;  // compute cursor: tap, k block
+    int tc = p.ti0 * p.kw + p.tj0, cjj = 0, kb = 0;  // compute cursor: tap, its place in its row, k block
     for (int s = 0; s < nsteps; ++s) {
       ptx::cp_async_wait<ST - 2>();  // this thread's copies of step s have landed ...
       __syncthreads();               // ... and everyone's; stage (s-1) % ST is free again
@@ -314,7 +337,12 @@ __device__ __forceinline__ void conv_tile_tc(const ConvArgs<scalar_t, typename C
       if (++kb == nkb) {
         eng.tap_done(sc);
         kb = 0;
-        ++tc;
+        if (++cjj == tnj) {
+          cjj = 0;
+          tc += p.tsi * p.kw - (tnj - 1) * p.tsj;
+        } else {
+          tc += p.tsj;
+        }
       }
     }
     ptx::cp_async_wait<0>();  // only empty groups are left
@@ -344,8 +372,11 @@ __device__ __forceinline__ void conv_tile_simt(const ConvArgs<scalar_t, typename
   const int M = p.N * RP;
   const int T = p.kh * p.kw;
   const int nkb = (p.Kdim + BK - 1) / BK;
-  const int nsteps = T * nkb;
+  const int tnj = tap_cols(p);
+  const int nsteps = tap_rows(p) * tnj * nkb;
   const int64_t ch0 = static_cast<int64_t>(g) * p.Kdim;  // first source channel of this group
+  // The u-th tap the tile runs.
+  auto tap_of = [&](int u) { return (p.ti0 + (u / tnj) * p.tsi) * p.kw + p.tj0 + (u % tnj) * p.tsj; };
 
   __syncthreads();  // the previous tile of a persistent CTA may still read shared memory
 
@@ -357,7 +388,8 @@ __device__ __forceinline__ void conv_tile_simt(const ConvArgs<scalar_t, typename
       int64_t off = -1;
       A sc = A(0);
       if (row < M) {
-        const int n = row / RP, rem = row - n * RP, a = rem / p.RW, b = rem - a * p.RW;
+        const int n = row / RP, rem = row - n * RP, ra = rem / p.RW;
+        const int a = ra * p.rsh + p.r0h, b = (rem - ra * p.RW) * p.rsw + p.r0w;  // its pixel
         int hs, ws;
         bool ok;
         if (!p.transposed) {
@@ -388,7 +420,7 @@ __device__ __forceinline__ void conv_tile_simt(const ConvArgs<scalar_t, typename
   const int a_k = p.a_kfast ? tid % BK : tid / BM;  // + e * (NT / BM) otherwise
   S ra[Cfg::EA], rb[Cfg::EB];
   auto load = [&](int step) {
-    const int t = step / nkb, k0 = (step - t * nkb) * BK, buf = t & 1;
+    const int u = step / nkb, t = tap_of(u), k0 = (step - u * nkb) * BK, buf = u & 1;
     if (p.a_kfast) {
       const int kg = k0 + a_k;
       const int64_t cofs = (ch0 + kg) * p.ss1;
@@ -437,14 +469,14 @@ __device__ __forceinline__ void conv_tile_simt(const ConvArgs<scalar_t, typename
   typename Cfg::Engine eng;
   eng.zero();
   if (nsteps > 0) {
-    tap_table(0, 0);
+    tap_table(tap_of(0), 0);
     __syncthreads();
     load(0);
     for (int s = 0; s < nsteps; ++s) {
       stage();
       if (s + 1 < nsteps) {
-        const int tn = (s + 1) / nkb;
-        if (tn != s / nkb) tap_table(tn, tn & 1);  // buffer tn&1 was last read two taps ago
+        const int un = (s + 1) / nkb;
+        if (un != s / nkb) tap_table(tap_of(un), un & 1);  // buffer un&1 was last read two taps ago
       }
       __syncthreads();
       if (s + 1 < nsteps) load(s + 1);  // global loads in flight during the MMAs below
@@ -491,9 +523,10 @@ __global__ void __launch_bounds__(Cfg::NT, 1) conv_general_kernel(const ConvArgs
 }
 
 template <typename scalar_t>
-void launch_conv(const ConvArgs<scalar_t, typename ConvCfg<scalar_t>::A>& a, int64_t groups, cudaStream_t stream) {
+void launch_conv_grid(const ConvArgs<scalar_t, typename ConvCfg<scalar_t>::A>& a, int64_t groups, cudaStream_t stream) {
   using Cfg = ConvCfg<scalar_t>;
   const int64_t M = static_cast<int64_t>(a.N) * a.RH * a.RW;
+  if (M == 0) return;
   const dim3 grid(static_cast<unsigned>((M + Cfg::BM - 1) / Cfg::BM),
                   static_cast<unsigned>((a.Ncols + Cfg::BN - 1) / Cfg::BN), static_cast<unsigned>(groups));
   TORCH_CHECK(grid.y <= 65535, "shc: too many output channels per group for the CUDA kernel");
@@ -504,6 +537,51 @@ void launch_conv(const ConvArgs<scalar_t, typename ConvCfg<scalar_t>::A>& a, int
     }
   }
   launch(conv_kernel<scalar_t, Cfg>, grid, Cfg::NT, 0, stream, a);
+}
+
+// The first i in [0, k) with (r - i * d) divisible by s (k when none), and the step to the next.
+inline void first_tap(int r, int k, int s, int d, int& i0, int& step) {
+  int gcd = s, b = d;
+  while (b != 0) {
+    const int t = gcd % b;
+    gcd = b;
+    b = t;
+  }
+  step = s / gcd;
+  i0 = k;
+  for (int i = 0; i < k && i < step; ++i)
+    if (((r - i * d) % s + s) % s == 0) {
+      i0 = i;
+      break;
+    }
+}
+
+// The forward, or the dx (a.transposed). A strided dx runs by output parity: one launch per class
+// (ih % sh, iw % sw) of input pixels, whose rows all map to output pixels through the same taps,
+// (ih + ph - i dh) divisible by sh: only those run (stride 2, 3x3: 9 taps over 4 classes where every
+// row ran all 9). A class that no tap reaches gets zeros.
+template <typename scalar_t>
+void launch_conv(const ConvArgs<scalar_t, typename ConvCfg<scalar_t>::A>& a, int64_t groups, cudaStream_t stream) {
+  if (!a.transposed || (a.sh == 1 && a.sw == 1)) {
+    launch_conv_grid<scalar_t>(a, groups, stream);
+    return;
+  }
+  for (int ch = 0; ch < a.sh && ch < a.RH; ++ch)
+    for (int cw = 0; cw < a.sw && cw < a.RW; ++cw) {
+      auto c = a;
+      c.RH = (a.RH - ch + a.sh - 1) / a.sh;
+      c.RW = (a.RW - cw + a.sw - 1) / a.sw;
+      c.rsh = a.sh;
+      c.rsw = a.sw;
+      c.r0h = ch;
+      c.r0w = cw;
+      c.out = a.out + (ch * a.os2 + cw * a.os3);
+      c.os2 = a.os2 * a.sh;
+      c.os3 = a.os3 * a.sw;
+      first_tap(ch + a.ph, a.kh, a.sh, a.dh, c.ti0, c.tsi);
+      first_tap(cw + a.pw, a.kw, a.sw, a.dw, c.tj0, c.tsj);
+      launch_conv_grid<scalar_t>(c, groups, stream);
+    }
 }
 
 }  // namespace
