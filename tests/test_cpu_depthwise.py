@@ -157,3 +157,28 @@ def test_depthwise_is_forced_only_where_it_applies(monkeypatch):
         args = _args(conv)
         got = torch.ops.shc.modulated_conv2d(x, w, m, b, *args)
         torch.testing.assert_close(got, reference.modulated_conv2d(x, w, m, b, *args), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("isa", ["auto", "avx2"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels,plane,stride", [(13, 7, 1), (520, 6, 2)])
+def test_wide_and_odd_hypernetworks_give_the_reference(monkeypatch, channels, plane, stride, dtype, isa):
+    """The hypernetwork's GEMMs as the wide depthwise layers run them: fc1 (D/2 x 2D) transposed by
+    8x8 tiles with edges (13 channels: 6 x 26; 520: 260 x 1040, past the 256-row block of the fp32
+    GEMM that gives the statistics' gradient gz from fc1 in place), h and m per block of samples;
+    every gradient of the whole layer against fp64."""
+    monkeypatch.setenv("SHC_CPU_METHOD", "auto")
+    monkeypatch.setenv("SHC_CPU_DIRECT_ISA", isa)
+    torch.manual_seed(0)
+    layer = shc.SHCConv2d(channels, channels, 3, stride, 1, groups=channels, backend="cpu").to(dtype)
+    with torch.no_grad():  # a map that depends on the input, and a hypernetwork gradient to match
+        for p in layer.hyper.parameters():
+            p.normal_(0, 0.1)
+    x = torch.randn(3, channels, plane, plane + 1, dtype=dtype) * 1.5 + 0.25
+    got = _layer_grads(layer, x)
+    layer.backend = "reference"
+    want = _layer_grads(layer.double(), x.double())
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    names = ("y", "x", "weight", "bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    for name, a, b in zip(names, got, want, strict=True):
+        torch.testing.assert_close(a.double(), b, **tol, msg=lambda s, name=name: f"{name}: {s}")

@@ -201,7 +201,9 @@ shc_conv2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at:
     const at::Tensor xc = x.to(ct).contiguous(), wc = weight.to(ct).contiguous();
     const at::Tensor mc = m.to(ct).contiguous(), dyc = grad_y.to(ct).contiguous();
     const at::Tensor md = m.to(at::kDouble).contiguous();
-    const at::Tensor f1d = fc1_weight.to(at::kDouble).contiguous(), f2d = fc2_weight.to(at::kDouble).contiguous();
+    // fc1 in the compute type, as it is (fp32: no copy): gz's GEMM per chunk reads it in place.
+    const at::Tensor f1c = fc1_weight.to(ct).contiguous(), f2d = fc2_weight.to(at::kDouble).contiguous();
+    const bool brgemm = ct == at::kFloat && read_knobs(true).brgemm;
     AT_DISPATCH_FLOATING_TYPES(ct, "shc_conv2d_backward_cpu", [&] {
       const scalar_t* xp = xc.const_data_ptr<scalar_t>();
       scalar_t* dxp = need_x ? dx_c.mutable_data_ptr<scalar_t>() : nullptr;
@@ -222,13 +224,18 @@ shc_conv2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at:
           for (int64_t k = 0; k < K; ++k) gp[k] = hn[k] > 0.0 ? gp[k] : 0.0;
         }
         if (!hyper_x) return;
-        // gz (nb x 2D) = gpre (nb x K) @ fc1_weight (K x 2D): one BLAS call for the chunk, not a
-        // loop per sample compiled for x86-64-v2
-        std::vector<double> gz(static_cast<size_t>(nb * 2 * D));
-        mm<double>(nb, 2 * D, K, gpre.const_data_ptr<double>() + n0 * K, K, f1d.const_data_ptr<double>(), 2 * D,
-                   gz.data(), 2 * D, false, false);
+        // gz (nb x 2D) = gpre (nb x K) @ fc1_weight (K x 2D): one GEMM for the chunk, in the compute
+        // type. In double for fp32 too, MKL's dgemm packed a double copy of fc1 (2D x D/2 at the default
+        // width) on every chunk, after converting it on every call: at 672 channels and 7x7 planes
+        // (batch 32, one thread) a third of the layer's backward. fp32 (brgemm, fc1 read in place)
+        // rounds gpre to fp32 and sums D/2 products in fp32 for a dx that is fp32 itself.
+        std::vector<scalar_t> gpc(static_cast<size_t>(nb * K)), gz(static_cast<size_t>(nb * 2 * D));
+        const double* gpn = gpre.const_data_ptr<double>() + n0 * K;
+        for (int64_t i = 0; i < nb * K; ++i) gpc[i] = static_cast<scalar_t>(gpn[i]);
+        mm<scalar_t>(nb, 2 * D, K, gpc.data(), K, f1c.const_data_ptr<scalar_t>(), 2 * D, gz.data(), 2 * D, false,
+                     brgemm);
         for (int64_t n = n0; n < n0 + nb; ++n) {
-          const double* gzn = gz.data() + (n - n0) * 2 * D;
+          const scalar_t* gzn = gz.data() + (n - n0) * 2 * D;
           const double* zn = zd.const_data_ptr<double>() + n * 2 * D;
           for (int64_t d = 0; d < D; ++d)
             stats_backward_plane(dxp + (n * D + d) * HW, xp + (n * D + d) * HW, HW, gzn[d], gzn[D + d], zn[d],
@@ -251,7 +258,8 @@ shc_conv2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at:
   at::Tensor gb = need_b ? as(db, weight) : empty(weight);
   at::Tensor gf2w = need_f2w ? as(gl.t().mm(hd), fc2_weight) : empty(fc2_weight);
   at::Tensor gf2b = need_f2b ? as(gl.sum(0), fc2_weight) : empty(fc2_weight);
-  at::Tensor gf1w = need_f1w ? as(gpre.t().mm(zd), fc1_weight) : empty(fc1_weight);
+  // in the compute type (fp32: one sgemm, N products per value; no double copy of the 2D x D/2 result)
+  at::Tensor gf1w = need_f1w ? as(gpre.to(ct).t().mm(z.to(ct)), fc1_weight) : empty(fc1_weight);
   at::Tensor gf1b = need_f1b ? as(gpre.sum(0), fc1_weight) : empty(fc1_weight);
   return std::make_tuple(gx, gw, gb, gf1w, gf1b, gf2w, gf2b);
 }
