@@ -31,7 +31,11 @@ def forced_form(form):
 
 
 def make_params(d, c, kh, kw, groups=1, bias=True, hidden=None, dtype=torch.float64, seed=0):
-    """weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias with a non-trivial map."""
+    """weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias with a non-trivial map: fc1's
+    bias is positive (|N(0, 1)| + 1), so on rand_x's statistics the relu passes some hidden
+    units and the hypernetwork route carries gradient. (With a plain N(0, 1) bias, d = 4 at seed 0
+    left every unit dead: m constant, the hypernetwork route of dx and fc1's gradients exactly 0,
+    and every test on those parameters blind to them; tests/test_reference.py checks it stays so.)"""
     g = torch.Generator().manual_seed(seed)
     k = max(1, d // 2) if hidden is None else hidden
 
@@ -40,7 +44,8 @@ def make_params(d, c, kh, kw, groups=1, bias=True, hidden=None, dtype=torch.floa
 
     weight = r(c, d // groups, kh, kw, scale=0.3)
     b = r(c) if bias else None
-    return weight, b, r(k, 2 * d, scale=0.5), r(k), r(kh * kw, k, scale=0.5), r(kh * kw)
+    fc1_weight, fc1_bias = r(k, 2 * d, scale=0.5), (r(k).abs() + 1.0).to(dtype)
+    return weight, b, fc1_weight, fc1_bias, r(kh * kw, k, scale=0.5), r(kh * kw)
 
 
 def rand_x(n, d, h, w, dtype=torch.float64, seed=1, channels_last=False):

@@ -91,3 +91,19 @@ def test_reference_takes_padding_same_and_padding_mode_as_the_layer(kernel, padd
     one = shc.reference.shc_conv2d(x[0], layer.weight, layer.bias, *layer._hyper_params(), padding="same",
                                    padding_mode=padding_mode)  # fmt: skip
     torch.testing.assert_close(one, y[0])
+
+
+@pytest.mark.parametrize("d, c", [(4, 6), (4, 5), (3, 4), (2, 2), (5, 7), (6, 8), (8, 16), (40, 4)])
+def test_the_test_parameters_have_a_live_hypernetwork(d, c):
+    """tests/helpers.make_params must give parameters whose hypernetwork route carries gradient on
+    rand_x: with every relu unit dead, m is constant and a test of the hypernetwork route of dx or
+    of fc1's gradients compares zeros with zeros (make_params(4, 6, ...) did, for most of the suite)."""
+    w, b, f1w, f1b, f2w, f2b = make_params(d, c, 3, 3)
+    x = rand_x(2, d, 7, 6)
+    dx = {}
+    for route in ("hyper", "conv"):
+        xr = x.clone().requires_grad_(True)
+        y = shc.reference.shc_conv2d(xr, w, b, f1w, f1b, f2w, f2b, padding=1, grad_route=route)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype))
+        dx[route] = xr.grad.norm()
+    assert dx["hyper"] > 1e-3 * dx["conv"]
