@@ -41,11 +41,11 @@ CASES = {
 
 
 def live_params(d, c, k, groups=1, bias=True, dtype=torch.float32, seed=0):
-    """make_params with every hidden unit of the hypernetwork active (fc1's bias >= 1)."""
+    """make_params (whose fc1 bias is >= 1, so the hypernetwork is live) with the biases dropped
+    together where ``bias`` is False."""
     w, b, f1w, f1b, f2w, f2b = make_params(
         d, c, k, k, groups=groups, bias=True, dtype=torch.float64, seed=seed
     )
-    f1b = f1b.abs() + 1.0
     out = [w, b if bias else None, f1w, f1b if bias else None, f2w, f2b if bias else None]
     return [t if t is None else t.to(dtype) for t in out]
 
