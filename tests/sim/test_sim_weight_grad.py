@@ -4,7 +4,8 @@ copies, channels_last with channel counts in whole 8-channel chunks; dw_general_
 copies, NCHW, odd channel counts, a misaligned source), fp32/fp64 on the SIMT tile. The cases span
 partial row / column tiles, partial pixel blocks, several pixel blocks a sample, output rows
 wider and narrower than a pixel block (the cursor's carry), strides 1 and 2, dilation, groups; on 2
-emulated SMs a CTA folds several samples (the per-sample m[n, t] scale and dm partials), on 132 one.
+emulated SMs a CTA folds several samples (the per-sample m[n, t] scale and dm partials), on 132 one;
+two CTAs live at once.
 Only dW and dm are asked for, so the emulator's counters are the weight-gradient kernel's."""
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ MATRIX = [
 )
 def test_tensor_core_weight_grad_matches_reference(sim, name, dtype, channels_last, sms):
     x, weight, m, gy, geo, groups = make(CASES[name], dtype, channels_last)
-    with emulation(sm_count=SMS[sms], order="shuffled", seed=1):
+    with emulation(sm_count=SMS[sms], live_blocks=2, order="shuffled", seed=1):  # CTAs' atomics interleaved
         gw, dm, counts = weight_grads(sim, x, weight, m, gy, geo, groups)
     gw_ref, dm_ref = reference_grads(x, weight, m, gy, geo, groups)
     assert gw.dtype == dtype and dm.dtype == m.dtype
