@@ -204,7 +204,7 @@ struct TileCfg {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, NT = NT_;
   static constexpr int MINB = MINB_;  // __launch_bounds__ min blocks per SM (caps registers)
   static constexpr bool TC = TC_;
-  static constexpr int PAD = sizeof(S) == 2 ? 8 : 4;  // keeps WMMA rows 32-byte aligned
+  static constexpr int PAD = sizeof(S) == 2 ? 8 : 4;  // LDA / LDB padding of the SIMT stages
   static constexpr int LDA = BM + PAD, LDB = BN + PAD, LDC = BN + 4;
   static constexpr int EA = BM * BK / NT, EB = BK * BN / NT, EC = BM * BN / NT;
   static_assert(BM * BK % NT == 0 && BK * BN % NT == 0 && BM * BN % NT == 0, "tile/threads");
