@@ -339,6 +339,7 @@ CUDA_THREADS = {  # threads per block, by kernel and dtype (csrc/cuda: ConvCfg, 
     "conv_kernel": {"any": 256},
     "fused_shc_kernel": {"any": 256},
     "dw_kernel": {"Half": 128, "BFloat16": 128, "float": 256, "double": 64},
+    "dw_general_kernel": {"any": 128},
     "stats_kernel": {"any": 256},
     "stats_backward_kernel": {"any": 256},
 }
@@ -402,7 +403,11 @@ def cuda_grids(batch, sms=132) -> list[dict]:
     for name, d, h, s in gt.RESNET50_3X3:
         L = Layer(name, d, h, s, batch)
         conv = math.ceil(batch * L.oh**2 / 128) * math.ceil(d / 64)
-        dx = math.ceil(batch * h * h / 128) * math.ceil(d / 64)
+        # a strided dx runs one launch per parity class of input pixels (launch_conv), each over
+        # the class's pixels with its valid taps only
+        classes = s * s
+        dx = math.ceil(batch * math.ceil(h / s) ** 2 / 128) * math.ceil(d / 64)
+        dx = f"{classes} x {dx}" if classes > 1 else dx
         base = math.ceil(d / 64) ** 2 * 9
         splits = min(batch, max(1, math.ceil(4 * sms / base)))
         per = math.ceil(batch / splits)
@@ -526,7 +531,8 @@ def write_markdown(path: Path, report: dict, baseline: dict | None):
             )  # fmt: skip
         lines += [
             "",
-            "CUDA grids at batch 256 on an H100 (132 SMs): blocks per launch",
+            "CUDA grids at batch 256 on an H100 (132 SMs): blocks per launch (a strided dx: launches x "
+            "blocks, one launch per parity class of input pixels)",
             "",
             "| shape | conv fwd | dx | dW | stats |",
             "|---|---|---|---|---|",
