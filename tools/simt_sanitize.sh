@@ -10,14 +10,17 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
-# The subset: every kernel (stats, stats backward, conv forward and dx, dW/dm, one launch) in
-# fp32 and fp16 (WMMA), NCHW and channels_last, on small shapes; and the emulator's correct kernels.
+# The subset: every kernel (stats, stats backward, conv forward and dx, dx by output parity, dW/dm,
+# one launch) in fp32 and fp16 (ldmatrix + mma.sync + cp.async), NCHW and channels_last, on small
+# shapes; and the emulator's correct kernels.
 SUBSET="test_one_launch_op_returns_m_z_h and (3x3 and not s2) and (float32 or float16) \
 or test_layer_matches_reference and 3x3-float16-cl or test_layer_matches_reference and 3x3-float32-nchw \
 or test_every_grad_route_matches_reference and float32 and both \
 or test_statistics_of_huge_inputs and float32 \
 or test_barrier_orders or test_shared_memory or test_warp_shuffle or test_ready_flag_handshake_is_correct \
-or test_wmma_through_fragments"
+or test_wmma_through_fragments \
+or test_tensor_core_weight_grad_matches_reference and float16 and cl \
+or test_simt_weight_grad_matches_reference and float32 or test_strided_dx_matches_reference and float16"
 kinds=("$@")
 [[ ${#kinds[@]} -gt 0 ]] || kinds=(thread address)
 for kind in "${kinds[@]}"; do
