@@ -178,8 +178,9 @@ at::Tensor handshake(int64_t P, bool wait, double grace, int64_t blocks) {
 }
 
 // sum(W * (A @ B)) for one 16x16x16 WMMA tile (one warp). `hardwired` reads the accumulator as
-// fragment of the same mapping (as the dW kernel did before it moved to mma.sync): right only on that mapping.
-// fragment of the same mapping (what WmmaEngine::dot does): right only on that mapping.
+// if element e of lane l sat where sm_80's mma layout puts it, instead of loading W into a
+// fragment of the same mapping (as the dW kernel did before it moved to mma.sync): right only on
+// that mapping.
 __global__ void wmma_dot_kernel(const __half* A, const __half* B, const float* W, float* out, bool hardwired) {
   using namespace nvcuda;
   __shared__ __align__(128) __half As[256];
