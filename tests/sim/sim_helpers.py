@@ -78,3 +78,26 @@ def check_close(got, want, dtype, what):
     err = (got.double() - want.double()).abs().max().item() if got.numel() else 0.0
     scale = max(want.abs().max().item() if want.numel() else 0.0, 1e-3)
     assert err <= REL_TOL[dtype] * scale, f"{what}: max error {err:.3e} vs max |ref| {scale:.3e}"
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def make_conv_case(case, dtype, channels_last, seed=0):
+    """x, weight, m, dy, [stride, padding, dilation] as pairs, groups for a case (n, d, c, h, w, k,
+    stride, padding, dilation, groups) of the modulated conv's backward kernels."""
+    n, d, c, h, w, k, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, h, w, generator=g).to(dtype)
+    weight = (torch.randn(c, d // groups, k, k, generator=g) * 0.2).to(dtype)
+    mdt = torch.float64 if dtype == torch.float64 else torch.float32
+    m = (torch.rand(n, k, k, generator=g) * 1.5 + 0.25).to(mdt)
+    geo = [list(pair(v)) for v in (stride, padding, dilation)]
+    oh = (h + 2 * geo[1][0] - geo[2][0] * (k - 1) - 1) // geo[0][0] + 1
+    ow = (w + 2 * geo[1][1] - geo[2][1] * (k - 1) - 1) // geo[0][1] + 1
+    gy = torch.randn(n, c, oh, ow, generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        gy = gy.contiguous(memory_format=torch.channels_last)
+    return x, weight, m, gy, geo, groups

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from sim_helpers import emulation
+from sim_helpers import emulation, make_conv_case, pair
 
 from shc_kernels import reference
 
@@ -25,27 +25,6 @@ CASES = {
     "s2-k4": (1, 8, 8, 9, 9, 4, 2, 1, 1, 1),
 }
 TOL = {torch.bfloat16: 6e-3, torch.float16: 1e-3, torch.float32: 2e-5, torch.float64: 1e-12}
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def make(case, dtype, channels_last, seed=0):
-    n, d, c, h, w, k, stride, padding, dilation, groups = case
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, h, w, generator=g).to(dtype)
-    weight = (torch.randn(c, d // groups, k, k, generator=g) * 0.2).to(dtype)
-    mdt = torch.float64 if dtype == torch.float64 else torch.float32
-    m = (torch.rand(n, k, k, generator=g) * 1.5 + 0.25).to(mdt)
-    geo = [list(_pair(v)) for v in (stride, padding, dilation)]
-    oh = (h + 2 * geo[1][0] - geo[2][0] * (k - 1) - 1) // geo[0][0] + 1
-    ow = (w + 2 * geo[1][1] - geo[2][1] * (k - 1) - 1) // geo[0][1] + 1
-    gy = torch.randn(n, c, oh, ow, generator=g).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-        gy = gy.contiguous(memory_format=torch.channels_last)
-    return x, weight, m, gy, geo, groups
 
 
 def dx_of(sim, x, weight, m, gy, geo, groups):
@@ -84,7 +63,7 @@ MATRIX = [
     ids=[f"{m[0]}-{str(m[1])[6:]}-{'cl' if m[2] else 'nchw'}" for m in MATRIX],
 )
 def test_strided_dx_matches_reference(sim, name, dtype, channels_last):
-    x, weight, m, gy, geo, groups = make(CASES[name], dtype, channels_last)
+    x, weight, m, gy, geo, groups = make_conv_case(CASES[name], dtype, channels_last)
     with emulation(sm_count=2, order="shuffled", seed=3):
         dx, _ = dx_of(sim, x, weight, m, gy, geo, groups)
     want = dx_reference(x, weight, m, gy, geo, groups)
@@ -101,7 +80,7 @@ def valid_tap_work(case, bm=128, bn=64, bk=32):
     """(tiles x taps x reduction blocks) over the dx launches of the tensor-core tile: per parity
     class of input pixels and only its valid taps (stride 1: one class, every tap)."""
     n, d, c, h, w, k, stride, padding, dilation, groups = case
-    (sh, sw), (ph, pw), (dh, dw) = (_pair(v) for v in (stride, padding, dilation))
+    (sh, sw), (ph, pw), (dh, dw) = (pair(v) for v in (stride, padding, dilation))
     work = 0
     for ch in range(min(sh, h)):
         for cw in range(min(sw, w)):
@@ -117,11 +96,11 @@ def test_only_the_valid_taps_run(sim):
     # The emulator counts mma.sync calls; one (tile, tap, reduction block) step is a fixed number of
     # them, calibrated on a stride-1 layer where every tap of every row is valid.
     one = (2, 16, 24, 9, 10, 3, 1, 1, 1, 1)
-    x, weight, m, gy, geo, groups = make(one, torch.bfloat16, True)
+    x, weight, m, gy, geo, groups = make_conv_case(one, torch.bfloat16, True)
     _, counts = dx_of(sim, x, weight, m, gy, geo, groups)
     per_step = counts["mma_sync"] / valid_tap_work(one)
     assert per_step == int(per_step) > 0
     for name in ("s2", "s2-even-g2", "s2-1x1", "s21-dil2", "s3"):
-        x, weight, m, gy, geo, groups = make(CASES[name], torch.bfloat16, True)
+        x, weight, m, gy, geo, groups = make_conv_case(CASES[name], torch.bfloat16, True)
         _, counts = dx_of(sim, x, weight, m, gy, geo, groups)
         assert counts["mma_sync"] == per_step * valid_tap_work(CASES[name]), name

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sim_helpers import emulation
+from sim_helpers import emulation, make_conv_case
 
 from shc_kernels import reference
 
@@ -35,27 +35,6 @@ TOL = {
     torch.float64: (1e-12, 1e-12),
 }
 SMS = {"2sm": 2, "h100": 132}
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def make(case, dtype, channels_last, seed=0):
-    n, d, c, h, w, k, stride, padding, dilation, groups = case
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, h, w, generator=g).to(dtype)
-    weight = (torch.randn(c, d // groups, k, k, generator=g) * 0.2).to(dtype)
-    mdt = torch.float64 if dtype == torch.float64 else torch.float32
-    m = (torch.rand(n, k, k, generator=g) * 1.5 + 0.25).to(mdt)
-    geo = [list(_pair(v)) for v in (stride, padding, dilation)]
-    oh = (h + 2 * geo[1][0] - geo[2][0] * (k - 1) - 1) // geo[0][0] + 1
-    ow = (w + 2 * geo[1][1] - geo[2][1] * (k - 1) - 1) // geo[0][1] + 1
-    gy = torch.randn(n, c, oh, ow, generator=g).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-        gy = gy.contiguous(memory_format=torch.channels_last)
-    return x, weight, m, gy, geo, groups
 
 
 def reference_grads(x, weight, m, gy, geo, groups):
@@ -93,7 +72,7 @@ MATRIX = [
     ids=[f"{m[0]}-{str(m[1])[6:]}-{'cl' if m[2] else 'nchw'}-{m[3]}" for m in MATRIX],
 )
 def test_tensor_core_weight_grad_matches_reference(sim, name, dtype, channels_last, sms):
-    x, weight, m, gy, geo, groups = make(CASES[name], dtype, channels_last)
+    x, weight, m, gy, geo, groups = make_conv_case(CASES[name], dtype, channels_last)
     with emulation(sm_count=SMS[sms], live_blocks=2, order="shuffled", seed=1):  # CTAs' atomics interleaved
         gw, dm, counts = weight_grads(sim, x, weight, m, gy, geo, groups)
     gw_ref, dm_ref = reference_grads(x, weight, m, gy, geo, groups)
@@ -110,7 +89,7 @@ def test_tensor_core_weight_grad_matches_reference(sim, name, dtype, channels_la
 
 @pytest.mark.parametrize("mask", [(False, True, False), (False, False, True)], ids=["dW", "dm"])
 def test_dw_alone_and_dm_alone(sim, mask):
-    x, weight, m, gy, geo, groups = make(CASES["s2-g2"], torch.bfloat16, True)
+    x, weight, m, gy, geo, groups = make_conv_case(CASES["s2-g2"], torch.bfloat16, True)
     with emulation(sm_count=2):
         gw, dm, _ = weight_grads(sim, x, weight, m, gy, geo, groups, mask)
     gw_ref, dm_ref = reference_grads(x, weight, m, gy, geo, groups)
@@ -121,7 +100,7 @@ def test_dw_alone_and_dm_alone(sim, mask):
 
 
 def test_a_misaligned_channels_last_source_takes_the_register_copies(sim):
-    x, weight, m, gy, geo, groups = make(CASES["3x3"], torch.bfloat16, True)
+    x, weight, m, gy, geo, groups = make_conv_case(CASES["3x3"], torch.bfloat16, True)
     base = torch.empty(x.numel() + 1, dtype=x.dtype)
     n, d, h, w = x.shape
     xm = base[1:].view(n, h, w, d).permute(0, 3, 1, 2)
@@ -138,7 +117,7 @@ def test_a_misaligned_channels_last_source_takes_the_register_copies(sim):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_simt_weight_grad_matches_reference(sim, dtype, channels_last):
     for name in ("3x3", "s2-g2"):
-        x, weight, m, gy, geo, groups = make(CASES[name], dtype, channels_last)
+        x, weight, m, gy, geo, groups = make_conv_case(CASES[name], dtype, channels_last)
         with emulation(sm_count=2, order="reverse"):
             gw, dm, counts = weight_grads(sim, x, weight, m, gy, geo, groups)
         assert counts["mma_sync"] == 0 and counts["cp_async"] == 0
