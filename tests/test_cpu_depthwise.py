@@ -102,6 +102,19 @@ def _layer_grads(layer, x):
     return [y.detach(), *torch.autograd.grad(y, params, dy.to(y.dtype))]
 
 
+def _matches_the_reference(layer, x, dtype):
+    """y and every gradient of the cpu layer against the reference backend's in fp64 (the layer is
+    left as fp64 on the reference); returns the cpu run's [y, grads...]."""
+    got = _layer_grads(layer, x)
+    layer.backend = "reference"
+    want = _layer_grads(layer.double(), x.double())
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    names = ("y", "x", "weight", "bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    for name, a, b in zip(names, got, want, strict=True):
+        torch.testing.assert_close(a.double(), b, **tol, msg=lambda s, name=name: f"{name}: {s}")
+    return got
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("route", ["both", "conv", "hyper"])
@@ -116,13 +129,7 @@ def test_layer_on_the_depthwise_method_gives_the_reference(monkeypatch, stride, 
     x = torch.randn(3, 12, 11, 10, dtype=dtype) * 2 + 0.5
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    got = _layer_grads(layer, x)
-    layer.backend = "reference"
-    want = _layer_grads(layer.double(), x.double())
-    tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
-    names = ("y", "x", "weight", "bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
-    for name, a, b in zip(names, got, want, strict=True):
-        torch.testing.assert_close(a.double(), b, **tol, msg=lambda s, name=name: f"{name}: {s}")
+    got = _matches_the_reference(layer, x, dtype)
     if channels_last:
         assert got[0].is_contiguous(memory_format=torch.channels_last)
 
@@ -175,10 +182,4 @@ def test_wide_and_odd_hypernetworks_give_the_reference(monkeypatch, channels, pl
         for p in layer.hyper.parameters():
             p.normal_(0, 0.1)
     x = torch.randn(3, channels, plane, plane + 1, dtype=dtype) * 1.5 + 0.25
-    got = _layer_grads(layer, x)
-    layer.backend = "reference"
-    want = _layer_grads(layer.double(), x.double())
-    tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
-    names = ("y", "x", "weight", "bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
-    for name, a, b in zip(names, got, want, strict=True):
-        torch.testing.assert_close(a.double(), b, **tol, msg=lambda s, name=name: f"{name}: {s}")
+    _matches_the_reference(layer, x, dtype)
