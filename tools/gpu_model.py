@@ -111,7 +111,7 @@ def plain_bounds(L: Layer, gpu="H100"):
 
 
 def layer_launches(d, c, h, stride, batch, dtype="bf16", layout="cl", sms=132, bias=True,
-                   need=(True, True, True), route="both"):  # fmt: skip
+                   need=(True, True, True), route="both", l2_bytes=50 * 2**20):  # fmt: skip
     """Every Triton launch of one SHC layer's forward and backward as the triton backend runs the
     layer (shc::triton_shc_layer: shc_kernels/triton/layer.py), in order, recorded on meta tensors
     (tools/gpu_model_triton.py). ``need``: whether x, the conv weight and the hypernetwork's
@@ -119,15 +119,17 @@ def layer_launches(d, c, h, stride, batch, dtype="bf16", layout="cl", sms=132, b
     dW, the hypernetwork route is folded into the dx kernel's epilogue (no stats_dx launch)."""
     import torch
 
-    from shc_kernels.triton import layer
+    from shc_kernels.triton import layer, onelaunch
 
     t = gt.layer_tensors(d, c, h, stride, batch, dtype, layout)
     x, w = t["x"], t["w"]
     f1b, f2b = (t["f1b"], t["f2b"]) if bias else (None, None)
     b = torch.empty(c, device="meta", dtype=x.dtype) if bias else None
     need_x, need_w, need_map = need
-    with gt.recording(sms) as got:
+    with gt.recording(sms, l2_bytes) as got:
         _y, m, mu, sigma, hid = layer.layer_forward(x, w, b, t["f1w"], f1b, t["f2w"], f2b, *t["conf"], 1e-5)
+        if not layer.ONE_LAUNCH:  # the one-launch forward too, reported beside the layer's
+            onelaunch.layer_forward(x, w, b, t["f1w"], f1b, t["f2w"], f2b, *t["conf"], 1e-5)
         layer.layer_backward(
             t["dy"], x, w, m, mu, sigma, hid, t["f1w"], t["f2w"], *t["conf"], need_x and route != "hyper",
             need_x and route != "conv", need_w, need_map,
@@ -149,6 +151,8 @@ def triton_work(name: str, L: Layer, launch, config=None) -> tuple[float, float,
         return 0.0, (3 if acc else 2) * L.x, (2 if acc else 1) * L.x
     if name == "mconv_fwd":
         return L.flops, L.x + L.w + L.y, L.x + L.y
+    if name == "shc_fwd":  # one launch: x from DRAM once (statistics), the tiles re-read it from L2
+        return L.flops, L.x + L.w + L.y, 2 * L.x + L.y
     if name == "mconv_dx":
         # x is read for dm (NEED_M) or by the epilogue that adds the hypernetwork route (HYPER)
         need_m = launch.kwargs.get("NEED_M", False) or launch.kwargs.get("HYPER", False)
@@ -177,7 +181,7 @@ def conditional_share(name: str, launch, config) -> float:
         return 1.0
     args = launch.named_args()
     bk = config.kwargs.get("BLOCK_K")
-    if name == "mconv_fwd" and "DG" in args and bk:
+    if name in ("mconv_fwd", "shc_fwd") and "DG" in args and bk:
         return 1.0 / max(1, math.ceil(args["DG"] / bk))
     if name == "mconv_dw" and "OHW_POW2" in launch.kwargs and bk:
         return 1.0 / max(1, math.ceil(args["OHW"] / bk))
@@ -228,6 +232,51 @@ def kernel_prediction(res: dict, gpu: str, flops, dram, loaded, grid, threads, s
     )
 
 
+def onelaunch_prediction(res: dict, gpu: str, L: Layer, launch, config, threads: int, share=1.0) -> dict:
+    """The one-launch forward (shc_kernels/triton/onelaunch.py) as a mix of work items sharing the
+    SMs' block slots (a model, not a measurement):
+      t = max(t_tiles + t_stats + t_hyper, t_dram) / wave_efficiency + t_prologue
+    t_tiles: the conv tiles' tensor time (the main loop's issue rate, as kernel_prediction);
+    t_stats: each statistics item holds a slot for (CHUNK / STATS_Q) round trips of LATENCY_NS (its
+    tile's loads are all in flight at once), summed over the items and spread over the slots: a slot
+    holding a statistics item runs no MMA, so the two add (pessimistic where two blocks share an SM);
+    t_hyper: each hypernetwork item's dependent loop iterations (partials merge, then fc1 and fc2
+    blocks), one round trip each, likewise spread;
+    t_dram: x once, y, W: the tiles re-read x from L2 (windows sized to half the L2);
+    t_prologue: window 0's statistics item and hypernetwork item, in sequence, before any tile."""
+    base = kernel_prediction(res, gpu, L.flops, L.x + L.w + L.y, 0.0, launch.grid_blocks(config), threads,
+                             share)  # fmt: skip
+    a, kw = launch.named_args(), launch.kwargs
+    g = gs.GPUS[gpu]
+    slots = max(1, base["occupancy"]["blocks_per_sm"] * g["sms"])
+    lat = LATENCY_NS * 1e-3  # us
+    stats_rounds = math.ceil(a["CHUNK"] / kw["STATS_Q"])
+    stats_items = a["N"] * a["DBLOCKS"] * a["SPLIT"]
+    dj = math.ceil(a["D"] / kw["MLP_J"])
+    hyper_rounds = a["SPLIT"] * dj + math.ceil(a["K"] / kw["MLP_H"]) * (dj + 1)
+    chunks = math.ceil(a["N"] / kw["BWC"])
+    t_stats = stats_items * stats_rounds * lat / slots
+    t_hyper = chunks * hyper_rounds * lat / slots
+    t_pro = (stats_rounds + hyper_rounds) * lat
+    t_mma = base["t_parts"]["mma"]
+    t_dram = base["t_parts"]["dram"]
+    eff = base["waves"]["efficiency"] or 1.0
+    t = max(t_mma + t_stats + t_hyper, t_dram) / eff + t_pro
+    limit = "tensor + item slots" if t_mma + t_stats + t_hyper >= t_dram else "dram"
+    return dict(
+        base,
+        t_us=round(t, 2),
+        limit=limit,
+        t_parts=dict(
+            base["t_parts"],
+            stats_slots=round(t_stats, 2),
+            hyper_slots=round(t_hyper, 2),
+            prologue=round(t_pro, 2),
+        ),  # fmt: skip
+        windows=dict(W0=a["W0"], WS=a["WS"], NWIN=a["NWIN"], stats_items=stats_items, chunks=chunks),
+    )
+
+
 # ------------------------------------------------------------------------------- Triton section
 def triton_rows(batch, dtype, layout, archs, jobs):
     plan = []  # (arch, layer, launch, configs)
@@ -235,7 +284,8 @@ def triton_rows(batch, dtype, layout, archs, jobs):
         gpu = ARCH_GPU[arch]
         for name, d, h, s in gt.RESNET50_3X3:
             L = Layer(name, d, h, s, batch, dtype)
-            for launch in layer_launches(d, d, h, s, batch, dtype, layout, sms=gs.GPUS[gpu]["sms"]):
+            sms, l2 = gs.GPUS[gpu]["sms"], gs.GPUS[gpu]["l2_mb"] * 2**20
+            for launch in layer_launches(d, d, h, s, batch, dtype, layout, sms=sms, l2_bytes=l2):
                 plan.append((arch, L, launch, launch.configs or [None]))
     job_list = [(lc, cfg, arch) for arch, _L, lc, cfgs in plan for cfg in cfgs]
     t0 = time.time()
@@ -262,7 +312,10 @@ def triton_rows(batch, dtype, layout, archs, jobs):
             res["smem"] = max(res["smem"], r["shared"])
             f, dram, loaded = triton_work(launch.name, L, launch, cfg)
             share = conditional_share(launch.name, launch, cfg)
-            pred = kernel_prediction(res, gpu, f, dram, loaded, launch.grid_blocks(cfg), threads, share)
+            if launch.name == "shc_fwd":
+                pred = onelaunch_prediction(res, gpu, L, launch, cfg, threads, share)
+            else:
+                pred = kernel_prediction(res, gpu, f, dram, loaded, launch.grid_blocks(cfg), threads, share)
             cands.append(
                 dict(
                     kernel=launch.name,
@@ -296,6 +349,12 @@ def _cfg_name(cfg):
     return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}"
 
 
+def layer_one_launch() -> bool:
+    from shc_kernels.triton import layer
+
+    return layer.ONE_LAUNCH
+
+
 def layer_predictions(rows, batch, dtype):
     """Per shape and GPU: plain bound, SHC work bound and SHC predicted (Triton path)."""
     out = []
@@ -304,9 +363,11 @@ def layer_predictions(rows, batch, dtype):
         for name, d, h, s in gt.RESNET50_3X3:
             L = Layer(name, d, h, s, batch, dtype)
             ks = [r["chosen"] for r in rows if r["arch"] == arch and r["shape"] == name]
-            fwd_names = {"stats_map_fwd", "stats_fwd", "stats_combine", "map_fwd", "mconv_fwd"}
-            fwd = [k for k in ks if k["kernel"] in fwd_names]
-            bwd = [k for k in ks if k["kernel"] not in fwd_names]
+            sep_names = {"stats_map_fwd", "stats_fwd", "stats_combine", "map_fwd", "mconv_fwd"}
+            one = [k for k in ks if k["kernel"] == "shc_fwd"]
+            sep = [k for k in ks if k["kernel"] in sep_names]
+            fwd = one if layer_one_launch() else sep
+            bwd = [k for k in ks if k["kernel"] not in sep_names | {"shc_fwd"}]
             # The layer's one op writes dx itself: no autograd sum of two routes' dx (the composed
             # ops before it had one, 3 passes over x; a stats_dx kernel now adds in place)
             t_extra = 0.0
@@ -329,6 +390,11 @@ def layer_predictions(rows, batch, dtype):
                     ratio_work_fwd_bwd=round((work_f + work_b) / plain["fwd_bwd"], 2),
                     ratio_pred_fwd=round(pred_f / plain["fwd"], 2),
                     ratio_pred_fwd_bwd=round((pred_f + pred_b) / plain["fwd_bwd"], 2),
+                    # the two forwards side by side (the layer runs the one ONE_LAUNCH names)
+                    separate_pred_fwd=round(sum(k["t_us"] for k in sep), 1),
+                    onelaunch_pred_fwd=round(sum(k["t_us"] for k in one), 1) if one else None,
+                    onelaunch_parts=one[0]["t_parts"] if one else None,
+                    onelaunch_windows=one[0].get("windows") if one else None,
                 )
             )
     return out
@@ -476,6 +542,29 @@ def write_markdown(path: Path, report: dict, baseline: dict | None):
                 "shapes, "
                 f"forward+backward within 1.5x at {ok_b}/{len(rs)} (issue 31's targets)"
             )
+    lines += [
+        "",
+        "## One-launch forward (shc_kernels/triton/onelaunch.py) beside the separate launches",
+        "",
+        "Predicted forward of the two forwards (the layer runs the one `layer.ONE_LAUNCH` names; "
+        f"now: {'one launch' if layer_one_launch() else 'separate launches'}). The one-launch kernel's "
+        "parts (onelaunch_prediction): `mma` the tiles' tensor time, `stats`/`hyper` the slot time of "
+        "the statistics and hypernetwork items spread over the slots, `prologue` window 0's items "
+        "before any tile, `dram` x once + y + W.",
+        "",
+        "| GPU | shape | separate us | one launch us | mma | stats | hyper | prologue | dram | "
+        "W0 / WS / windows |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["layers"]:
+        p, w = r.get("onelaunch_parts"), r.get("onelaunch_windows")
+        if not p:
+            continue
+        lines.append(
+            f"| {r['gpu']} | {r['shape']} | {r['separate_pred_fwd']} | {r['onelaunch_pred_fwd']} | "
+            f"{p['mma']} | {p['stats_slots']} | {p['hyper_slots']} | {p['prologue']} | {p['dram']} | "
+            f"{w['W0']} / {w['WS']} / {w['NWIN']} |"
+        )
     lines += ["", "## Triton kernels (the config the model ranks first per shape)", ""]
     hdr = (
         "| GPU | shape | kernel | config | regs | spill B | smem KiB | blocks/SM (limit) | MMA | "

@@ -84,9 +84,9 @@ class _Ptr:
 
 
 def _modules():
-    from shc_kernels.triton import conv, stats
+    from shc_kernels.triton import conv, onelaunch, stats
 
-    return {"conv": conv, "stats": stats}
+    return {"conv": conv, "stats": stats, "onelaunch": onelaunch}
 
 
 class _Recorder:
@@ -109,9 +109,10 @@ class _Recorder:
 
 
 @contextlib.contextmanager
-def recording(sms: int = 132):
+def recording(sms: int = 132, l2_bytes: int = 50 * 2**20):
     """Within the block, the launchers record their launches instead of running them; the dW
-    split is computed for a GPU of ``sms`` SMs (the runtime asks the device)."""
+    split, the statistics chunks and the one-launch forward's windows are computed for a GPU of
+    ``sms`` SMs and ``l2_bytes`` of L2 (the runtime asks the device)."""
     import triton
 
     mods = _modules()
@@ -125,17 +126,18 @@ def recording(sms: int = 132):
     # The launchers size their grids by the GPU's SM count (dW split, statistics chunks): their
     # split helpers, whose last argument is the device, see a CUDA device of `sms` SMs.
     for mod in mods.values():
-        for name in ("_dw_split", "_split"):
+        for name in ("_dw_split", "_split", "window_samples"):
             split = getattr(mod, name, None)
             if split is None:
                 continue
             saved.append((mod, name, split))
 
-            def fake_split(*args, _split=split, _sms=sms):
+            def fake_split(*args, _split=split, _sms=sms, _l2=l2_bytes):
                 import torch
 
                 class _P:
                     multi_processor_count = _sms
+                    L2_cache_size = _l2
 
                 real = torch.cuda.get_device_properties
                 torch.cuda.get_device_properties = lambda d: _P()
@@ -222,7 +224,7 @@ def job_key(launch: Launch, config, arch: int) -> str:
     fn = launch.fn()
     blob = repr(
         (
-            fn.src,
+            fn.cache_key,  # the kernel's source and every @triton.jit function it calls
             sig,
             sorted(cx.items()),
             sorted(attrs.items()),

@@ -111,15 +111,38 @@ def _mconv_fwd_kernel(
     HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr, DG_POW2: tl.constexpr, DG_DIV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    fwd_tile(
+        tl.program_id(0), tl.program_id(1), tl.program_id(2),
+        x_ptr, w_ptr, m_ptr, b_ptr, y_ptr,
+        NP, OHW, H, W, OW, CG, DG, T, KW,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        sxn, sxd, sxh, sxw,
+        swt, swd, swc,
+        syn, syc, syh, syw,
+        HAS_BIAS, INPUT_PRECISION, DG_POW2, DG_DIV, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
+
+
+@triton.jit
+def fwd_tile(
+    pid_m, pid_n, g,
+    x_ptr, w_ptr, m_ptr, b_ptr, y_ptr,
+    NP, OHW, H, W, OW, CG, DG, T, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sxn, sxd, sxh, sxw,
+    swt, swd, swc,
+    syn, syc, syh, syw,
+    HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr, DG_POW2: tl.constexpr, DG_DIV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # One output tile: rows [pid_m * BLOCK_M, +BLOCK_M) of N*OH*OW, columns [pid_n * BLOCK_N, +BLOCK_N)
+    # of group g's output channels (the forward kernel's program; onelaunch.py's tile items).
     # y[n, c, p] = sum_t m[n, t] * (sum_d x[n, d, p(+)t] W[c, d, t]): per tap, the channel reduction is a
     # plain implicit GEMM whose operands go from global to shared to the tensor cores untouched (no
     # per-row scaling of the activation tile), into a partial sum v; then acc += m[n(row), t] * v, one
     # FMA per accumulator element and tap. Rows run over N*OH*OW (a tile may span two samples: the
     # scale is per row, so no tile is wasted at a sample's end). The rows' positions, masks and
     # addresses are set once per tap, not per channel block.
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    g = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mmask = offs_m < NP
     r = tl.minimum(offs_m, NP - 1)  # rows past the end read sample N-1's m and store nothing

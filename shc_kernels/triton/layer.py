@@ -2,7 +2,11 @@
 
 Forward: the statistics and the hypernetwork (stats.py), then the modulated conv (conv.py), as the
 two ops ``statistical_map`` and ``modulated_conv2d`` compute them; mu, sigma and the hidden layer
-are kept for the backward.
+are kept for the backward. onelaunch.py computes the same in one launch (the statistics a window of
+samples ahead of the conv's tiles, so they overlap the conv and the conv re-reads x from L2); with
+ONE_LAUNCH False the layer does not use it yet: the static model (tools/gpu_model.py) predicts it
+slower than the separate launches at every ResNet-50 shape as it stands (bench/results/gpu_model.md,
+"One-launch forward").
 
 Backward (first order), when dx takes both routes and dW is asked for (and the plane is not small
 against the channels: conv.dm_before_dx), in this order:
@@ -22,14 +26,20 @@ route's kernel writes it alone.
 
 from __future__ import annotations
 
-from . import conv, stats
+from . import conv, onelaunch, stats
 
-__all__ = ["layer_forward", "layer_backward"]
+__all__ = ["layer_forward", "layer_backward", "ONE_LAUNCH"]
+
+# Whether the layer's forward runs as one launch (onelaunch.py) or as separate launches (see above).
+ONE_LAUNCH = False
 
 
 def layer_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation,
                   groups, eps):  # fmt: skip
     """(y, m fp32 (N, kh, kw), mu float64 (N, D), sigma fp32 (N, D), h fp32 (N, K))."""
+    if ONE_LAUNCH:
+        return onelaunch.layer_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride,
+                                       padding, dilation, groups, eps)  # fmt: skip
     kh, kw = weight.shape[2], weight.shape[3]
     m, mu, sigma, h = stats.stats_map_forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps)
     y = conv.conv_forward(x, weight, m, bias, stride, padding, dilation, groups)

@@ -48,10 +48,22 @@ def _stats_fwd_kernel(
     stride_xn, stride_xd, stride_xq,
     BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
-    # One program: channels [d0, d0 + BLOCK_D) of sample n over pixels [q_start, q_start + CHUNK).
-    n = tl.program_id(0)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    s = tl.program_id(2)
+    stats_partial(
+        tl.program_id(0), tl.program_id(1), tl.program_id(2), x_ptr, mean_ptr, m2_ptr,
+        D, HW, CHUNK, SPLIT, stride_xn, stride_xd, stride_xq, BLOCK_D, BLOCK_Q,
+    )  # fmt: skip
+
+
+@triton.jit
+def stats_partial(
+    n, db, s, x_ptr, mean_ptr, m2_ptr,
+    D, HW, CHUNK, SPLIT,
+    stride_xn, stride_xd, stride_xq,
+    BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
+):  # fmt: skip
+    # Channels [db * BLOCK_D, +BLOCK_D) of sample n over pixels [s * CHUNK, +CHUNK): (mean, M2) into
+    # the (N, D, SPLIT) partials (the statistics kernel's program; onelaunch.py's statistics items).
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     q_start = s * CHUNK
     q_end = tl.minimum(q_start + CHUNK, HW)
