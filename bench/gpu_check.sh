@@ -77,6 +77,10 @@ timeout 200 "$PY" -m shc_kernels bench --device cuda --dtype bfloat16 --channels
     --json "$OUTDIR/gpu_train_resnet50_${stem}.json" --markdown "$OUTDIR/gpu_train_resnet50_${stem}.md" \
     || failed+=("bench-model")
 
+step "6. Triton one-launch forward against the separate launches (outputs and times; a hang fails)"
+timeout 240 "$PY" bench/onelaunch_check.py --markdown "$OUTDIR/gpu_onelaunch_${stem}.md" \
+    || failed+=("onelaunch")
+
 echo
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "gpu_check FAILED: ${failed[*]}"

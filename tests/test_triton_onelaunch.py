@@ -169,3 +169,17 @@ def test_one_launch_forward_without_biases_and_empty_batch():
     torch.testing.assert_close(y.double(), y64, **tol(torch.float32))
     outs = onelaunch.layer_forward(x[:0], w_, None, f1w, None, f2w, None, *conf, 1e-5)
     assert [tuple(t.shape) for t in outs] == [(0, c, h, w), (0, k, k), (0, d), (0, d), (0, d // 2)]
+
+
+def test_the_gpu_check_script_runs(tmp_path):
+    """bench/onelaunch_check.py, which bench/gpu_check.sh runs on the first GPU, in its CPU smoke mode."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "onelaunch_check.py"
+    spec = importlib.util.spec_from_file_location("onelaunch_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke", "--markdown", str(tmp_path / "t.md")]) == 0
+    text = (tmp_path / "t.md").read_text()
+    assert "| 32@6/2 |" in text and "| yes |" in text and "| NO |" not in text

@@ -306,6 +306,9 @@ def layer_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, s
     hw, ohw = height * width, oh * ow
     cg = c // groups
     block_d, block_q = stats._tiles(x)
+    # twice the statistics kernel's tile along the contiguous axis: 16 KB of bf16 loads in flight per
+    # round (an item holds one block slot for its rounds; with 4x the tile the kernel spills)
+    block_q *= 2
     dblocks = triton.cdiv(d, block_d)
     split, chunk = stats._split(n, dblocks, hw, block_q, dev)
     pmean = torch.empty((n, d, split), device=dev, dtype=torch.float64)
@@ -318,7 +321,7 @@ def layer_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, s
     wt = weight.permute(2, 3, 1, 0).contiguous()  # (kh, kw, DG, C), as conv.conv_forward
     f1w, f2w = fc1_weight.contiguous(), fc2_weight.contiguous()
     t = kh * kw
-    mlp_j = 32
+    mlp_j = 32  # the hypernetwork's blocks: at 64 the kernel spills (688+ B of stack at 64@56, sm_90)
 
     def grid(meta):
         tiles = triton.cdiv(n * ohw, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]) * groups
