@@ -20,7 +20,9 @@ pytestmark = pytest.mark.skipif(not ops.compiled_available(), reason="needs the 
 # (N, D, C, H, W, groups, k, stride, padding, dilation): depthwise 3x3 at stride 1 and 2 on odd and
 # even planes (one, two and three vectors a row with AVX-512's 16 lanes, 1x1 and 2x3 planes),
 # padding 0 and 2, dilation 2, a 5x5 and a 1x3 kernel, stride 3 x 2, a channel multiplier
-# (C = 2D), 2, 4 and 8 input channels per group
+# (C = 2D), 2, 4 and 8 input channels per group; output planes a group computes several at a time
+# (4 with AVX-512, 2 with AVX2) and the rest one by one (9 and 12 per group), 8 input channels per
+# group at stride 2 (even and odd planes, batch 1)
 CONVS = [
     (3, 6, 6, 9, 9, 6, 3, 1, 1, 1),
     (2, 5, 5, 7, 7, 5, 3, 1, 1, 1),
@@ -40,6 +42,10 @@ CONVS = [
     (2, 8, 8, 12, 12, 4, 3, 1, 1, 1),
     (2, 8, 4, 11, 12, 2, 3, 2, 1, 1),
     (2, 16, 16, 9, 9, 2, 3, 1, 1, 1),
+    (2, 6, 18, 10, 11, 2, 3, 1, 1, 1),
+    (2, 16, 24, 7, 20, 2, 3, 1, 1, 1),
+    (2, 16, 16, 14, 14, 2, 3, 2, 1, 1),
+    (1, 16, 8, 13, 15, 2, 3, 2, 1, 1),
 ]
 
 

@@ -27,8 +27,8 @@ enum class Isa { kGeneric, kAvx2, kAvx512 };
 // The ISA of a direct::Kernel's name ("avx512", "avx2") or kGeneric for nullptr.
 Isa isa_from_name(const char* name);
 
-// Whether the method takes this conv: more than one group and at most 4 input channels per group,
-// or kMaxDg at stride 1 (any kernel size, padding, dilation; float32 or float64).
+// Whether the method takes this conv: more than one group and at most kMaxDg input channels per
+// group (any stride, kernel size, padding, dilation; float32 or float64).
 constexpr int64_t kMaxDg = 8;
 bool applies(const shc::ConvGeom& g);
 
