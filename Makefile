@@ -40,8 +40,25 @@ $(VENV)/.stamp-deps: requirements-dev.txt | $(PY)
 
 # Incremental (ninja): a no-op when nothing in csrc/ changed. The editable install (for the
 # `shc` command) is done once, without compiling _C again (the in-place build above serves it).
+# INPLACE_CUDA_BUILD=1 (.ci/run sets it; it needs nvcc and a CUDA torch): the extension is compiled
+# once for the whole CI. tools/cuda_check.sh (`cuda-build`) builds it with the CUDA kernels for the
+# release architectures in build/cuda-check/src and checks it, its _C and _build_info.py are
+# copied in place, and every test imports that build: the CPU kernels pytest, triton-test and
+# cuda-sim run are the objects the CUDA wheel links (`make wheel` reuses that folder). Without it
+# the CPU sources were compiled twice (in place CPU-only, then again beside the .cu files: 16 of the
+# 19 objects of the CUDA build, about 600 of its 870 s on the loaded 2-core VM). The CPU-only
+# configuration is still compiled: by `make cmake-check` (csrc/cpu and csrc/shc.cpp without CUDA)
+# and by every `make build` outside CI.
+INPLACE_CUDA_BUILD ?= 0
+CUDA_CHECK_SO_DIR := build/cuda-check/src/shc_kernels
+ifeq ($(INPLACE_CUDA_BUILD),1)
+build: $(VENV)/.stamp-deps cuda-build
+	cp $(CUDA_CHECK_SO_DIR)/_C*.so $(CUDA_CHECK_SO_DIR)/_build_info.py shc_kernels/
+	@echo "build: shc_kernels/_C is the cuda-check build (INPLACE_CUDA_BUILD=1)"
+else
 build: $(VENV)/.stamp-deps
 	$(PY) setup.py -q build_ext --inplace
+endif
 	@if [ ! -f $(VENV)/.stamp-editable ]; then \
 		SHC_EDITABLE_PYTHON_ONLY=1 $(PIP) install -q --no-build-isolation --no-deps -e . \
 			&& touch $(VENV)/.stamp-editable; fi
@@ -49,12 +66,16 @@ build: $(VENV)/.stamp-deps
 lint: setup
 	$(VENV)/bin/ruff check .
 
-pytest: setup
+# SETUP_DONE=1 (the sub-make of `make test`, after its own setup): the test targets skip the setup
+# check, which with INPLACE_CUDA_BUILD=1 would run tools/cuda_check.sh again.
+SETUP := $(if $(filter 1,$(SETUP_DONE)),,setup)
+
+pytest: $(SETUP)
 	$(PY) -m pytest -q tests
 
 # The Triton kernels on CPU tensors through the interpreter (it must be chosen before import).
-triton-test: setup
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_triton.py tests/test_triton_fused.py
+triton-test: $(SETUP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_triton_fused.py
 
 # Every Triton kernel and autotune config compiled ahead of time for sm_80 and sm_90.
 triton-check: setup
@@ -80,7 +101,7 @@ WHEEL_WANTS_CUDA = [ "$(WHEEL_SKIP_CUDA)" != 1 ] && \
 	$(PY) -c 'import sys, torch; sys.exit(not torch.version.cuda)' && \
 	{ command -v nvcc > /dev/null || [ -x "$${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; }
 
-wheel: setup
+wheel: $(VENV)/.stamp-deps
 	@set -e; rm -rf dist; mkdir -p dist; \
 	if $(WHEEL_WANTS_CUDA); then cuda=1; src=$(abspath $(WHEEL_CUDA_SRC)); mkdir -p $$src; \
 		rm -rf $$src/*.egg-info $$src/build/lib.* $$src/build/bdist.* $$src/shc_kernels/*.so; \
@@ -97,15 +118,27 @@ wheel: setup
 	[ $$cuda = 1 ] || rm -rf $$src; \
 	echo "wheel: built in $$(( $$(date +%s) - start )) s"; ls -l dist
 
-# wheel-test installs the wheel into a new virtual environment and runs the test suite from
-# outside the checkout against the installed package, less tests/research (the application is pure
-# Python that `make test` runs from the same files; a minute of CI; tests/test_base_install.py
-# still imports it and runs its commands from the wheel); with SHC_EXPECT_CUDA_ARCHS set,
-# tests/test_packaging.py requires the CUDA kernels, a CUDA kernel for every shc:: op and exactly
-# those cubins and PTX (listed here with cuobjdump, which ships in the triton package).
+# wheel-test installs the wheel into a new virtual environment and runs, from outside the checkout,
+# the tests whose subject is the installed artefact (WHEEL_TESTS): test_packaging (the build: its
+# torch pin, with SHC_EXPECT_CUDA_ARCHS set the CUDA kernels, a CUDA kernel for every shc:: op and
+# exactly those cubins and PTX, listed here with cuobjdump from the triton package; no _C_sim),
+# test_base_install (the installed package with torch alone: the layer, `shc info` and `shc check`
+# from the wheel, each extra's command naming it), test_custom_ops (the installed _C's ops as
+# torch.library ops: opcheck, torch.compile, autocast, the one-call backward), test_backends (the
+# installed kernels against the reference on hypothesis shapes) and tests/cli/test_cli.py,
+# test_check.py (the `shc` commands of the installed package, `shc check` on its backends).
+# The rest is not run twice: the kernels' numerics on every shape and method (test_cpu_*,
+# test_autograd_modes, test_gradients, test_bench_knobs) run in `make test` on the same sources with
+# the same flags (in CI, .ci/run's INPLACE_CUDA_BUILD=1, on the very objects this wheel links);
+# the pure-Python layers above the ops (test_reference, test_errors, test_module, test_one_path,
+# test_workflows, the argument checks of tests/cli, tests/research) run in `make test` from the same
+# files; test_gpu_model*, test_sync_tree need tools/ (not in a wheel), tests/sim needs _C_sim (never
+# in a wheel), tests/gpu a GPU.
 # The new environment reuses .venv's site-packages (torch is 5 GB) through a .pth line, which
 # adds that folder to sys.path without running its .pth files: the checkout's editable install
 # stays out.
+WHEEL_TESTS := tests/test_packaging.py tests/test_base_install.py tests/test_custom_ops.py \
+	tests/test_backends.py tests/cli/test_cli.py tests/cli/test_check.py
 wheel-test: wheel
 	@set -e; tmp=$$(mktemp -d /tmp/shc-wheel-XXXXXX); \
 	if $(WHEEL_WANTS_CUDA); then archs="$(WHEEL_CUDA_ARCHS)"; else archs=; fi; \
@@ -123,14 +156,17 @@ wheel-test: wheel
 		print(os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump"))'); \
 		echo "wheel-test: device code in $$(basename $$so):"; \
 		$$cuobjdump --list-elf $$so | sed 's/^/  /'; $$cuobjdump --list-ptx $$so | sed 's/^/  /'; fi; \
-	set +e; SHC_EXPECT_CUDA_ARCHS="$$archs" $$tmp/venv/bin/python -m pytest -q -p no:cacheprovider tests \
-		--ignore=tests/research; \
+	set +e; SHC_EXPECT_CUDA_ARCHS="$$archs" $$tmp/venv/bin/python -m pytest -q -p no:cacheprovider \
+		$(WHEEL_TESTS); \
 	rc=$$?; rm -rf $$tmp; exit $$rc
 
 # The CUDA sources built for sm_80 and sm_90 with -Xptxas -v (registers, shared memory, spills),
-# loaded without a GPU, every shc:: op checked for a CUDA kernel.
-cuda-check: setup
+# loaded without a GPU, every shc:: op checked for a CUDA kernel. With INPLACE_CUDA_BUILD=1 `make
+# build` has done it already (cuda-build runs once per make run).
+.PHONY: cuda-build
+cuda-build: $(VENV)/.stamp-deps
 	bash tools/cuda_check.sh
+cuda-check: setup cuda-build
 
 # The same CUDA sources compiled as host C++ against csrc/simt's SIMT layer (shc_kernels._C_sim,
 # test-only, never in the wheel) and tests/sim run on the CPU: the GPU parity cases against the
@@ -154,7 +190,21 @@ gpu-model: cuda-check
 	env -u TRITON_INTERPRET $(PY) tools/gpu_model.py
 	SHC_GPU_MODEL_REQUIRE_CUDA=1 env -u TRITON_INTERPRET $(PY) -m pytest -q -p no:cacheprovider tests/test_gpu_model.py
 
-test: setup lint pytest triton-test triton-check cmake-check cuda-check cuda-sim
+# Which target covers what (.ci/run adds the wheel): lint: ruff. triton-check: every Triton kernel
+# and autotune config compiled for sm_80/sm_90 (first, so that tests/test_gpu_model.py finds 6 of
+# the 7 kernels of its 64@56 layer in the shared cache build/gpu-model/). pytest: tests/ less
+# tests/sim (cuda-sim runs it) and the interpreter files (they skip without TRITON_INTERPRET);
+# triton-test: those two files under the Triton interpreter. pytest and triton-test each keep about
+# one core busy (small tensors; the interpreter is Python), so they run side by side (-j2) in a
+# sub-make; cuda-sim (which writes shc_kernels/_C_sim.so that pytest would see appear) runs after.
+# cmake-check: the CPU ops built by CMake without CUDA. cuda-check: the CUDA build and its checks
+# (with INPLACE_CUDA_BUILD=1 done by setup, and the build pytest then tests). cuda-sim: csrc/cuda as
+# host C++ on the SIMT emulator, tests/sim.
+.PHONY: python-tests
+python-tests: $(SETUP)
+	$(MAKE) --no-print-directory -j2 --output-sync=target SETUP_DONE=1 pytest triton-test
+
+test: setup lint triton-check python-tests cmake-check cuda-check cuda-sim
 
 info: setup
 	$(VENV)/bin/shc info

@@ -134,6 +134,16 @@ def plan(archs, full: bool = False) -> list[tuple]:
     return out
 
 
+def _ptx_only(key: str, meta: dict) -> dict:
+    """What check() reads of a compile: its metadata (shared memory) and the PTX facts. Replaces
+    gpu_model_triton._analyse here, whose SASS reading (cuobjdump and nvdisasm on every cubin, about
+    0.6 s of CPU per variant, a quarter of a cold run and nearly all of a run on a warm Triton cache)
+    only `make gpu-model` and tests/test_gpu_model.py use; they redo it from the same cache entries."""
+    import gpu_model_triton as gt
+
+    return dict(meta, ptx=gt._ptx_facts((gt.CACHE / f"{key}.ptx").read_text()))
+
+
 def check(info: dict, r: dict) -> str:
     """'' when the compile is fine, else what is wrong."""
     if not r.get("ok"):
@@ -167,6 +177,9 @@ def main(argv=None) -> int:
         "with the runtime's "
         f"specialisation at {SHAPE} ({args.jobs} processes; cached in {gt.CACHE.relative_to(gt.ROOT)})"
     )
+    # The workers are forked after this assignment, so they inherit it (under another start method
+    # they would only do the full analysis: slower, same result).
+    gt._analyse = _ptx_only
     results = gt.compile_many([job for _info, job in todo], args.jobs)
     print(
         f"{'kernel':14} {'variant':8} {'arch':5} {'dtype':5} {'layout':6} {'prec':5} {'config':18} "
