@@ -75,7 +75,8 @@ pytest: $(SETUP)
 
 # The Triton kernels on CPU tensors through the interpreter (it must be chosen before import).
 triton-test: $(SETUP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_triton_fused.py
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_triton_fused.py \
+		tests/test_triton_onelaunch.py
 
 # Every Triton kernel and autotune config compiled ahead of time for sm_80 and sm_90.
 triton-check: setup

@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 DTYPES = ("fp32", "fp16", "bf16")
-GEMMS = ("mconv_fwd", "mconv_dx", "mconv_dw")
+GEMMS = ("mconv_fwd", "mconv_dx", "mconv_dw", "shc_fwd")
 SHAPE = dict(d=64, c=64, h=56, stride=1, batch=32)  # ResNet-50's first 3x3 layer, a modest batch
 # The constexpr switches' other branches: (launcher arguments, kernels whose variant it is, label).
 # need: (x, conv weight, hypernetwork parameters) need gradients; route: grad_route. The default
@@ -118,6 +118,9 @@ def plan(archs, full: bool = False) -> list[tuple]:
                     precs = ["ieee", "tf32"] if (dt == "fp32" and lc.name in GEMMS) else ["-"]
                     for prec in precs:
                         every = (layout == main and prec != "tf32") or full
+                        # the one-launch forward (not the layer's default) runs the forward kernel's
+                        # tile code, compiled in every config as mconv_fwd: its first config here
+                        every = every and (lc.name != "shc_fwd" or full)
                         lp = _with_precision(lc, prec) if prec != "-" else lc
                         for cfg in cfgs if every else cfgs[:1]:
                             add(dict(dtype=dt, layout=layout, prec=prec, variant="-"), lp, cfg, arch)
