@@ -163,7 +163,7 @@ def test_the_runtime_specialisation_reaches_the_compile(compiled):
 
 
 @needs_compiler
-@pytest.mark.parametrize("kernel", ["mconv_fwd", "mconv_dx", "mconv_dw"])
+@pytest.mark.parametrize("kernel", ["mconv_fwd", "mconv_dx", "mconv_dw", "shc_fwd"])
 def test_conv_main_loops_use_wgmma_fed_by_16_byte_cp_async(compiled, kernel):
     r = compiled[kernel]
     loop = r["sass"]["main_loop"]
@@ -357,6 +357,27 @@ def test_a_strided_dx_runs_by_output_parity():
     dx = _launches(2)["mconv_dx"].named_args()
     assert (dx["PAR_H"], dx["PAR_W"]) == (2, 2)
     assert (_launches(1)["mconv_dx"].named_args()["PAR_H"]) == 1
+
+
+@needs_compiler
+def test_the_one_launch_forward_synchronises_with_acquire_and_release(compiled):
+    # one relaxed ticket atomic; the statistics count and the ready flag published with release
+    # atomics, waited for with acquire loads (onelaunch.py's CUTLASS-style semaphore): with relaxed
+    # ones a tile could read a map another SM has not yet made visible
+    ptx = compiled["shc_fwd"]["ptx"]
+    assert ptx["atom_relaxed_count"] == 1, ptx
+    assert ptx["release_atomics"] >= 2 and ptx["acquire_loads"] >= 2, ptx
+
+
+@needs_compiler
+def test_the_one_launch_forward_is_modelled_beside_the_separate_one():
+    # the model reports both forwards and counts x once for the one launch (the tiles re-read it
+    # from L2), its statistics and hypernetwork items as slot time and window 0 as a prologue
+    one = _launches(1)["shc_fwd"]
+    a = one.named_args()
+    assert (a["W0"], a["NWIN"]) == (16, 1 + -(-(256 - 16) // a["WS"]))
+    L = gm.Layer("128@56", 128, 56, 1, 256)
+    assert gm.triton_work("shc_fwd", L, one)[:2] == (L.flops, L.x + L.w + L.y)
 
 
 @needs_compiler

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +246,10 @@ def _ptx_facts(ptx: str) -> dict:
         ld_global_v4=("ld.global.v4" in ptx) or ("ld.global.nc.v4" in ptx),
         atom_relaxed=("red.relaxed" in ptx) or ("atom.relaxed" in ptx) or ("red.global.gpu.relaxed" in ptx),
         atom_acq_rel=("acq_rel" in ptx),
+        # the one-launch forward's synchronisation (onelaunch.py): counts, not just presence
+        atom_relaxed_count=len(re.findall(r"\b(?:atom|red)\.global\.gpu\.relaxed\.", ptx)),
+        release_atomics=len(re.findall(r"\b(?:atom|red)\.global\.gpu\.release\.", ptx)),
+        acquire_loads=len(re.findall(r"\bld\.global\.gpu\.acquire\.", ptx)),
     )
 
 
