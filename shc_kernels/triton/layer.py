@@ -5,8 +5,8 @@ two ops ``statistical_map`` and ``modulated_conv2d`` compute them; mu, sigma and
 are kept for the backward. onelaunch.py computes the same in one launch (the statistics a window of
 samples ahead of the conv's tiles, so they overlap the conv and the conv re-reads x from L2); with
 ONE_LAUNCH False the layer does not use it yet: the static model (tools/gpu_model.py) predicts it
-slower than the separate launches at every ResNet-50 shape as it stands (bench/results/gpu_model.md,
-"One-launch forward").
+slower than the separate launches at five of ResNet-50's seven shapes and at most 12% faster at
+the other two (bench/results/gpu_model.md, "One-launch forward"; docs/gpu.md says why).
 
 Backward (first order), when dx takes both routes and dW is asked for (and the plane is not small
 against the channels: conv.dm_before_dx), in this order:
