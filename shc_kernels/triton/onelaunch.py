@@ -4,7 +4,7 @@ modulated conv as work items of one kernel, each sample's statistics a window ah
 Why: the forward needs every sample's channel statistics before any of its conv tiles can run.
 As separate launches (statistics, then the conv) the statistics are a whole pass over x from DRAM
 that nothing overlaps, and the conv then reads x from DRAM a second time; at ResNet-50's shapes
-that pass is 5-45 % of the layer's forward on an H100 (tools/gpu_model.py; predictions, not
+that pass is 6-45 % of the layer's forward on an H100 (tools/gpu_model.py; predictions, not
 timings). Here the statistics of window w+1 (a few samples) run between the conv tiles of window
 w: the memory-bound statistics overlap the tensor-bound tiles, and the tiles of w+1 re-read an x
 that the statistics just brought into L2 (the window is sized to fit; ``window_samples``).
