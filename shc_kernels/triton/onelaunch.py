@@ -50,10 +50,6 @@ __all__ = ["layer_forward", "window_samples", "BW"]
 BW = 16  # samples per hypernetwork item: the rows of its dots (tl.dot needs 16)
 
 
-def _autotune_key():
-    return ["NP", "CG", "DG", "T", "OHW", "D", "K"]
-
-
 @triton.jit
 def _wait_at_least(ptr, need):
     # acquire: what the publishing program wrote before its release is visible after this
@@ -141,8 +137,9 @@ def _window_start(w, W0, WS):
 
 
 @triton.autotune(
-    configs=conv.FWD_CONFIGS, key=_autotune_key(), prune_configs_by=conv._prune("NP", "CG", "DG"),
-    do_bench=conv._do_bench, reset_to_zero=["sync_ptr"],
+    configs=conv.FWD_CONFIGS, key=["NP", "CG", "DG", "T", "OHW", "D", "K"],
+    prune_configs_by=conv._prune("NP", "CG", "DG"), do_bench=conv._do_bench,
+    reset_to_zero=["sync_ptr"],  # the ticket counter and flags, before each timed run and after tuning
 )  # fmt: skip
 @triton.jit
 def _shc_fwd_kernel(
