@@ -183,3 +183,19 @@ def test_the_gpu_check_script_runs(tmp_path):
     assert mod.main(["--smoke", "--markdown", str(tmp_path / "t.md")]) == 0
     text = (tmp_path / "t.md").read_text()
     assert "| 32@6/2 |" in text and "| yes |" in text and "| NO |" not in text
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_the_layer_op_on_the_one_launch_forward_matches_reference(channels_last, monkeypatch):
+    """layer.ONE_LAUNCH routes shc_conv2d's forward through onelaunch.py; its saved m, mu, sigma and h
+    feed the backward: y and every gradient against the float64 reference."""
+    import test_triton_fused as fused
+
+    from shc_kernels.triton import layer
+
+    monkeypatch.setattr(layer, "ONE_LAUNCH", True)
+    calls = []
+    real = onelaunch.layer_forward
+    monkeypatch.setattr(onelaunch, "layer_forward", lambda *a: calls.append(1) or real(*a))
+    fused._compare((20, 6, 5, 6, 5, 3, 2, 1, 1), torch.float32, channels_last, "both")
+    assert calls, "the layer did not run the one-launch forward"
