@@ -18,10 +18,9 @@ import torch
 
 
 def _separate(x, w, f1w, f1b, f2w, f2b, conf):
-    from shc_kernels.triton import conv, stats
+    from shc_kernels.triton import layer
 
-    m, mu, sigma, hid = stats.stats_map_forward(x, f1w, f1b, f2w, f2b, 3, 3, 1e-5)
-    return conv.conv_forward(x, w, m, None, *conf), m, mu, sigma, hid
+    return layer.separate_forward(x, w, None, f1w, f1b, f2w, f2b, *conf, 1e-5)
 
 
 def _one(x, w, f1w, f1b, f2w, f2b, conf):

@@ -32,7 +32,7 @@ if unavailable_reason() is not None:
 
 import triton  # noqa: E402
 
-from shc_kernels.triton import conv, onelaunch, stats  # noqa: E402
+from shc_kernels.triton import layer, onelaunch  # noqa: E402
 
 BW = onelaunch.BW
 
@@ -144,8 +144,7 @@ def test_one_launch_forward_matches_separate_launches_and_reference(case, dtype,
     f1, f2 = f1w.float(), f2w.float()
     b1, b2 = f1b.float(), f2b.float()
     y, m, mu, sigma, hid = onelaunch.layer_forward(x, wt, bt, f1, b1, f2, b2, *conf, 1e-5)
-    m_ref, mu_ref, sigma_ref, h_ref = stats.stats_map_forward(x, f1, b1, f2, b2, k, k, 1e-5)
-    y_sep = conv.conv_forward(x, wt, m_ref, bt, *conf)
+    y_sep, m_ref, mu_ref, sigma_ref, h_ref = layer.separate_forward(x, wt, bt, f1, b1, f2, b2, *conf, 1e-5)
     torch.testing.assert_close(mu, mu_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(sigma, sigma_ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(hid, h_ref, rtol=1e-5, atol=1e-5)
@@ -190,8 +189,6 @@ def test_the_layer_op_on_the_one_launch_forward_matches_reference(channels_last,
     """layer.ONE_LAUNCH routes shc_conv2d's forward through onelaunch.py; its saved m, mu, sigma and h
     feed the backward: y and every gradient against the float64 reference."""
     import test_triton_fused as fused
-
-    from shc_kernels.triton import layer
 
     monkeypatch.setattr(layer, "ONE_LAUNCH", True)
     calls = []

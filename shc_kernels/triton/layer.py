@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from . import conv, onelaunch, stats
 
-__all__ = ["layer_forward", "layer_backward", "ONE_LAUNCH"]
+__all__ = ["layer_forward", "separate_forward", "layer_backward", "ONE_LAUNCH"]
 
 # Whether the layer's forward runs as one launch (onelaunch.py) or as separate launches (see above).
 ONE_LAUNCH = False
@@ -37,9 +37,14 @@ ONE_LAUNCH = False
 def layer_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation,
                   groups, eps):  # fmt: skip
     """(y, m fp32 (N, kh, kw), mu float64 (N, D), sigma fp32 (N, D), h fp32 (N, K))."""
-    if ONE_LAUNCH:
-        return onelaunch.layer_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride,
-                                       padding, dilation, groups, eps)  # fmt: skip
+    forward = onelaunch.layer_forward if ONE_LAUNCH else separate_forward
+    return forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation,
+                   groups, eps)  # fmt: skip
+
+
+def separate_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation,
+                     groups, eps):  # fmt: skip
+    """layer_forward's contract as separate launches: the statistics and the map, then the conv."""
     kh, kw = weight.shape[2], weight.shape[3]
     m, mu, sigma, h = stats.stats_map_forward(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, kh, kw, eps)
     y = conv.conv_forward(x, weight, m, bias, stride, padding, dilation, groups)
