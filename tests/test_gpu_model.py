@@ -370,6 +370,32 @@ def test_the_one_launch_forward_synchronises_with_acquire_and_release(compiled):
 
 
 @needs_compiler
+def test_the_one_launch_items_keep_several_loads_in_flight(compiled, monkeypatch):
+    # The statistics items' tile loop and the hypernetwork items' merge and fc1 loops are
+    # software-pipelined (onelaunch.STATS_STAGES, HYPER_STAGES): their loads are cp.async copies into
+    # shared memory, several in flight, as the model's round trips assume
+    # (gpu_model.onelaunch_prediction); the same kernel without pipelining loads them synchronously.
+    # The copies' buffers reuse the conv tile's shared memory: the blocks per SM do not change.
+    import dataclasses
+
+    import gpu_model_triton as gt
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    lc = gm.layer_launches(64, 64, 56, 1, 256, "bf16", "cl")
+    one = next(x for x in lc if x.name == "shc_fwd")
+    assert (one.kwargs["STATS_STAGES"], one.kwargs["HYPER_STAGES"]) >= (3, 3)
+    piped = compiled["shc_fwd"]["sass"]["whole"]
+    for loops in ("STATS_STAGES", "HYPER_STAGES"):  # each item kind's loops without pipelining
+        flat = dataclasses.replace(one, kwargs=dict(one.kwargs, **{loops: 1}))
+        unpiped = gt.compile_one((flat, flat.configs[0], 90))["sass"]["whole"]
+        assert piped["ldgsts"] > unpiped["ldgsts"], f"{loops}: the items' loads are not cp.async"
+        assert piped["ldg"] < unpiped["ldg"], f"{loops}: the items still load synchronously"
+    conv = next(x for x in lc if x.name == "mconv_fwd")
+    assert conv.configs[0].all_kwargs() == one.configs[0].all_kwargs()
+    assert compiled["shc_fwd"]["shared"] <= compiled["mconv_fwd"]["shared"]
+
+
+@needs_compiler
 def test_the_one_launch_forward_is_modelled_beside_the_separate_one():
     # the model reports both forwards and counts x once for the one launch (the tiles re-read it
     # from L2), its statistics and hypernetwork items as slot time and window 0 as a prologue

@@ -54,6 +54,7 @@ def _schedule(n, ohw, cg, groups, ds, w0, ws, block_m, block_n):
         1, ds, 1, w0, ws, nwin, groups,
         HAS_BIAS=False, HAS_B1=False, HAS_B2=False, INPUT_PRECISION="ieee", MLP_PRECISION="ieee",
         DG_POW2=1, DG_DIV=1, STATS_D=16, STATS_Q=16, MLP_J=16, MLP_H=16, BLOCK_T=16, BWC=BW,
+        STATS_STAGES=1, HYPER_STAGES=1,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=16, DRY_RUN=True,
     )  # fmt: skip
     assert int(sync[0]) == total

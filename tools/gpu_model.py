@@ -237,11 +237,14 @@ def onelaunch_prediction(res: dict, gpu: str, L: Layer, launch, config, threads:
     SMs' block slots (a model, not a measurement):
       t = max(t_tiles + t_stats + t_hyper, t_dram) / wave_efficiency + t_prologue
     t_tiles: the conv tiles' tensor time (the main loop's issue rate, as kernel_prediction);
-    t_stats: each statistics item holds a slot for (CHUNK / STATS_Q) round trips of LATENCY_NS (its
-    tile's loads are all in flight at once), summed over the items and spread over the slots: a slot
+    t_stats: each statistics item holds a slot for its round trips of LATENCY_NS: its loop's
+    CHUNK / STATS_Q tile loads, software-pipelined STATS_STAGES deep (STATS_STAGES - 1 tiles in flight:
+    one round trip per that many tiles; tests/test_gpu_model.py checks that the compiled kernel holds
+    the cp.async copies this assumes), summed over the items and spread over the slots: a slot
     holding a statistics item runs no MMA, so the two add (pessimistic where two blocks share an SM);
-    t_hyper: each hypernetwork item's dependent loop iterations (partials merge, then fc1 and fc2
-    blocks), one round trip each, likewise spread;
+    t_hyper: each hypernetwork item's loop iterations (partials merge over channel blocks x chunks,
+    then fc1 blocks, each loop pipelined HYPER_STAGES deep, and one fc2 step per fc1 block), likewise
+    spread;
     t_dram: x once, y, W: the tiles re-read x from L2 (windows sized to half the L2);
     t_prologue: window 0's statistics item and hypernetwork item, in sequence, before any tile."""
     base = kernel_prediction(res, gpu, L.flops, L.x + L.w + L.y, 0.0, launch.grid_blocks(config), threads,
@@ -250,10 +253,14 @@ def onelaunch_prediction(res: dict, gpu: str, L: Layer, launch, config, threads:
     g = gs.GPUS[gpu]
     slots = max(1, base["occupancy"]["blocks_per_sm"] * g["sms"])
     lat = LATENCY_NS * 1e-3  # us
-    stats_rounds = math.ceil(a["CHUNK"] / kw["STATS_Q"])
+    def rounds(iterations, stages):  # a loop pipelined `stages` deep: stages - 1 loads in flight
+        return math.ceil(iterations / max(1, stages - 1))
+
+    stats_rounds = rounds(math.ceil(a["CHUNK"] / kw["STATS_Q"]), kw["STATS_STAGES"])
     stats_items = a["N"] * a["DBLOCKS"] * a["SPLIT"]
     dj = math.ceil(a["D"] / kw["MLP_J"])
-    hyper_rounds = a["SPLIT"] * dj + math.ceil(a["K"] / kw["MLP_H"]) * (dj + 1)
+    hs = kw["HYPER_STAGES"]
+    hyper_rounds = rounds(a["SPLIT"] * dj, hs) + math.ceil(a["K"] / kw["MLP_H"]) * (rounds(dj, hs) + 1)
     chunks = math.ceil(a["N"] / kw["BWC"])
     t_stats = stats_items * stats_rounds * lat / slots
     t_hyper = chunks * hyper_rounds * lat / slots

@@ -48,6 +48,12 @@ from .stats import stats_partial
 __all__ = ["layer_forward", "window_samples", "BW"]
 
 BW = 16  # samples per hypernetwork item: the rows of its dots (tl.dot needs 16)
+# Software-pipelining depth of the items' load loops (cp.async through shared memory): a statistics
+# item keeps STATS_STAGES - 1 tiles in flight ahead of the one it reduces, a hypernetwork item
+# HYPER_STAGES - 1 iterations of its merge and fc1 loops. The compiled kernel's shared memory and
+# registers are checked at ResNet-50's shapes (tests/test_gpu_model.py).
+STATS_STAGES = 4
+HYPER_STAGES = 3
 
 
 @triton.jit
@@ -65,32 +71,40 @@ def _hyper_item(
     pmean_ptr, pm2_ptr, mu_ptr, sigma_ptr, h_ptr, m_ptr,
     f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr, ready_ptr,
     HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, MLP_PRECISION: tl.constexpr,
-    MLP_J: tl.constexpr, MLP_H: tl.constexpr, BLOCK_T: tl.constexpr, BWC: tl.constexpr,
+    MLP_J: tl.constexpr, MLP_H: tl.constexpr, BLOCK_T: tl.constexpr, BWC: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     # chunk c's samples, their statistics items all done (the caller waited)
     offs_w = c * BWC + tl.arange(0, BWC)
     wmask = offs_w < N
     hw = HW.to(tl.float64)
-    # mu, sigma of the chunk's samples from the (N, D, SPLIT) partials, merged chunk by chunk
-    for d0 in range(0, D, MLP_J):
-        offs_d = d0 + tl.arange(0, MLP_J)
+    # mu, sigma of the chunk's samples from the (N, D, SPLIT) partials, merged chunk by chunk (Chan).
+    # One loop over (channel block, chunk) pairs, not two nested loops, so that its loads are
+    # software-pipelined (STAGES - 1 iterations in flight) across channel blocks too.
+    cnt = tl.zeros([BWC, MLP_J], dtype=tl.float64)
+    mean = tl.zeros([BWC, MLP_J], dtype=tl.float64)
+    m2 = tl.zeros([BWC, MLP_J], dtype=tl.float64)
+    for it in tl.range(0, tl.cdiv(D, MLP_J) * SPLIT, num_stages=STAGES):
+        db = it // SPLIT
+        s = it - db * SPLIT
+        offs_d = db * MLP_J + tl.arange(0, MLP_J)
         mask = wmask[:, None] & (offs_d < D)[None, :]
         base = (offs_w[:, None] * D + offs_d[None, :]).to(tl.int64) * SPLIT
-        cnt = tl.zeros([BWC, MLP_J], dtype=tl.float64)
-        mean = tl.zeros([BWC, MLP_J], dtype=tl.float64)
-        m2 = tl.zeros([BWC, MLP_J], dtype=tl.float64)
-        for s in range(0, SPLIT):
-            ns = tl.minimum(tl.maximum(HW - s * CHUNK, 0), CHUNK).to(tl.float64)
-            pm = tl.load(pmean_ptr + base + s, mask=mask, other=0.0)
-            pq = tl.load(pm2_ptr + base + s, mask=mask, other=0.0)
-            total = cnt + ns
-            delta = pm - mean
-            mean += delta * (ns / total)
-            m2 += pq + delta * delta * (cnt * (ns / total))
-            cnt = total
-        out = offs_w[:, None].to(tl.int64) * D + offs_d[None, :]
-        tl.store(mu_ptr + out, mean, mask=mask)
-        tl.store(sigma_ptr + out, tl.sqrt(m2 / hw + eps).to(tl.float32), mask=mask)
+        ns = tl.minimum(tl.maximum(HW - s * CHUNK, 0), CHUNK).to(tl.float64)
+        pm = tl.load(pmean_ptr + base + s, mask=mask, other=0.0)
+        pq = tl.load(pm2_ptr + base + s, mask=mask, other=0.0)
+        first = s == 0  # a new channel block: its merge starts from nothing
+        cnt = tl.where(first, 0.0, cnt)
+        mean = tl.where(first, 0.0, mean)
+        m2 = tl.where(first, 0.0, m2)
+        total = cnt + ns
+        delta = pm - mean
+        mean += delta * (ns / total)
+        m2 += pq + delta * delta * (cnt * (ns / total))
+        cnt = total
+        if s == SPLIT - 1:
+            out = offs_w[:, None].to(tl.int64) * D + offs_d[None, :]
+            tl.store(mu_ptr + out, mean, mask=mask)
+            tl.store(sigma_ptr + out, tl.sqrt(m2 / hw + eps).to(tl.float32), mask=mask)
     tl.debug_barrier()  # the chunk's mu and sigma, written by all threads, are read back below
     # m = sigmoid(fc2(relu(fc1([mu, sigma])))) for the chunk's samples: two dots per fc1 block
     offs_t = tl.arange(0, BLOCK_T)
@@ -100,7 +114,7 @@ def _hyper_item(
         offs_k = k0 + tl.arange(0, MLP_H)
         kmask = offs_k < K
         pre = tl.zeros([BWC, MLP_H], dtype=tl.float32)
-        for j0 in range(0, D, MLP_J):
+        for j0 in tl.range(0, D, MLP_J, num_stages=STAGES):
             offs_j = j0 + tl.arange(0, MLP_J)
             jmask = offs_j < D
             zoff = offs_w[:, None].to(tl.int64) * D + offs_j[None, :]
@@ -156,7 +170,7 @@ def _shc_fwd_kernel(
     HAS_BIAS: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, MLP_PRECISION: tl.constexpr, DG_POW2: tl.constexpr, DG_DIV: tl.constexpr,
     STATS_D: tl.constexpr, STATS_Q: tl.constexpr, MLP_J: tl.constexpr, MLP_H: tl.constexpr,
-    BLOCK_T: tl.constexpr, BWC: tl.constexpr,
+    BLOCK_T: tl.constexpr, BWC: tl.constexpr, STATS_STAGES: tl.constexpr, HYPER_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DRY_RUN: tl.constexpr = False,
 ):  # fmt: skip
     ticket = tl.atomic_add(sync_ptr, 1, sem="relaxed")
@@ -230,7 +244,7 @@ def _shc_fwd_kernel(
         db = rem // SPLIT
         stats_partial(
             n_st, db, rem - db * SPLIT, x_ptr, pmean_ptr, pm2_ptr, D, HW, CHUNK, SPLIT, sqn, sqd, sqq,
-            STATS_D, STATS_Q,
+            STATS_D, STATS_Q, STATS_STAGES,
         )  # fmt: skip
         tl.debug_barrier()  # every thread's partials stored before the count
         tl.atomic_add(done_ptr + lo, 1, sem="release")
@@ -240,7 +254,7 @@ def _shc_fwd_kernel(
             idx, N, D, HW, K, T, CHUNK, SPLIT, eps,
             pmean_ptr, pm2_ptr, mu_ptr, sigma_ptr, h_ptr, m_ptr,
             f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr, ready_ptr,
-            HAS_B1, HAS_B2, MLP_PRECISION, MLP_J, MLP_H, BLOCK_T, BWC,
+            HAS_B1, HAS_B2, MLP_PRECISION, MLP_J, MLP_H, BLOCK_T, BWC, HYPER_STAGES,
         )  # fmt: skip
     else:
         rem = idx - pid_m * TNG
@@ -335,6 +349,7 @@ def layer_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, s
         HAS_BIAS=bias is not None, HAS_B1=fc1_bias is not None, HAS_B2=fc2_bias is not None,
         INPUT_PRECISION=conv._input_precision(x), MLP_PRECISION=_mlp_precision(x),
         STATS_D=block_d, STATS_Q=block_q, MLP_J=mlp_j, MLP_H=mlp_j,
-        BLOCK_T=max(16, triton.next_power_of_2(t)), BWC=BW, **conv._channel_facts(dg),
+        BLOCK_T=max(16, triton.next_power_of_2(t)), BWC=BW,
+        STATS_STAGES=STATS_STAGES, HYPER_STAGES=HYPER_STAGES, **conv._channel_facts(dg),
     )  # fmt: skip
     return y, m.view(n, kh, kw), mu, sigma, h

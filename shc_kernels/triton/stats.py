@@ -50,7 +50,7 @@ def _stats_fwd_kernel(
 ):  # fmt: skip
     stats_partial(
         tl.program_id(0), tl.program_id(1), tl.program_id(2), x_ptr, mean_ptr, m2_ptr,
-        D, HW, CHUNK, SPLIT, stride_xn, stride_xd, stride_xq, BLOCK_D, BLOCK_Q,
+        D, HW, CHUNK, SPLIT, stride_xn, stride_xd, stride_xq, BLOCK_D, BLOCK_Q, 1,
     )  # fmt: skip
 
 
@@ -59,10 +59,13 @@ def stats_partial(
     n, db, s, x_ptr, mean_ptr, m2_ptr,
     D, HW, CHUNK, SPLIT,
     stride_xn, stride_xd, stride_xq,
-    BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     # Channels [db * BLOCK_D, +BLOCK_D) of sample n over pixels [s * CHUNK, +CHUNK): (mean, M2) into
     # the (N, D, SPLIT) partials (the statistics kernel's program; onelaunch.py's statistics items).
+    # STAGES > 1: the tile loads are software-pipelined through shared memory (cp.async), STAGES - 1
+    # tiles in flight ahead of the one being reduced, so a program keeps more bytes in flight than
+    # its registers could hold (onelaunch.py: an item holds a block slot for fewer round trips).
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     q_start = s * CHUNK
@@ -71,7 +74,7 @@ def stats_partial(
     mean = tl.zeros([BLOCK_D], dtype=tl.float64)
     m2 = tl.zeros([BLOCK_D], dtype=tl.float64)
     count = tl.zeros([BLOCK_D], dtype=tl.float64)
-    for q0 in range(q_start, q_end, BLOCK_Q):
+    for q0 in tl.range(q_start, q_end, BLOCK_Q, num_stages=STAGES):
         offs_q = q0 + tl.arange(0, BLOCK_Q)
         mask = dmask[:, None] & (offs_q < q_end)[None, :]
         v = tl.load(base + offs_q[None, :] * stride_xq, mask=mask, other=0.0).to(tl.float64)
