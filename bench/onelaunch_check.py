@@ -1,6 +1,7 @@
 """On a GPU: the Triton one-launch forward (shc_kernels/triton/onelaunch.py) against the separate
-launches the layer runs (layer.ONE_LAUNCH False): the same outputs, and both timed, at ResNet-50's
-3x3 shapes (bf16, channels_last). Run by bench/gpu_check.sh under a timeout: the kernel's items
+launches (layer.separate_forward): the same outputs, and both timed, at ResNet-50's 3x3 shapes
+(bf16, channels_last), with the one the layer picks (layer.use_one_launch), so the first GPU shows
+whether that pick is the faster one. Run by bench/gpu_check.sh under a timeout: the kernel's items
 wait on each other through flags, so a hang there is a failure this check must show.
 
     python bench/onelaunch_check.py [--batch 256] [--markdown out.md]
@@ -71,10 +72,14 @@ def main(argv=None) -> int:
         bad += not ok
         t_sep = float("nan") if args.smoke else triton.testing.do_bench(separate)
         t_one = float("nan") if args.smoke else triton.testing.do_bench(one)
-        rows.append((f"{d}@{h}" + (f"/{s}" if s > 1 else ""), t_sep * 1e3, t_one * 1e3, errs, ok))
+        from shc_kernels.triton import layer
+
+        picked = "one launch" if layer.use_one_launch(x, w, *conf) else "separate"
+        rows.append((f"{d}@{h}" + (f"/{s}" if s > 1 else ""), t_sep * 1e3, t_one * 1e3, errs, ok, picked))
         verdict = "ok" if ok else "MISMATCH"
         print(f"{rows[-1][0]:9} separate {t_sep * 1e3:8.1f} us  one launch {t_one * 1e3:8.1f} us  "
-              f"max errors y/m/mu/sigma/h {', '.join(f'{e:.2e}' for e in errs)}  {verdict}")  # fmt: skip
+              f"max errors y/m/mu/sigma/h {', '.join(f'{e:.2e}' for e in errs)}  {verdict}  "
+              f"(the layer runs: {picked})")  # fmt: skip
     if args.markdown:
         lines = [
             f"# One-launch forward against separate launches ({_device_name(dev)})",
@@ -82,11 +87,11 @@ def main(argv=None) -> int:
             f"`python bench/onelaunch_check.py --batch {args.batch}`; {str(dt).removeprefix('torch.')}, "
             "channels_last; times measured with triton.testing.do_bench.",
             "",
-            "| shape | separate us | one launch us | one / separate | outputs match |",
-            "|---|---|---|---|---|",
+            "| shape | separate us | one launch us | one / separate | outputs match | the layer runs |",
+            "|---|---|---|---|---|---|",
         ]
-        for n, a, b, _e, ok in rows:
-            lines.append(f"| {n} | {a:.1f} | {b:.1f} | {b / a:.2f} | {'yes' if ok else 'NO'} |")
+        for n, a, b, _e, ok, picked in rows:
+            lines.append(f"| {n} | {a:.1f} | {b:.1f} | {b / a:.2f} | {'yes' if ok else 'NO'} | {picked} |")
         with open(args.markdown, "w") as f:
             f.write("\n".join(lines) + "\n")
     return 1 if bad else 0

@@ -395,6 +395,24 @@ def test_the_one_launch_items_keep_several_loads_in_flight(compiled, monkeypatch
     assert compiled["shc_fwd"]["shared"] <= compiled["mconv_fwd"]["shared"]
 
 
+def test_the_layer_runs_the_one_launch_forward_where_the_statistics_pass_weighs_most(monkeypatch):
+    # layer.use_one_launch: at most 64 output channels per group per input pixel,
+    # C/groups * OH*OW / (H*W): of ResNet-50's 3x3 layers 64@56, 128@56/2 and 256@28/2 (the record's
+    # "One-launch forward" table: predicted faster there on both GPUs); ONE_LAUNCH forces either
+    import torch
+
+    from shc_kernels.triton import layer
+
+    picks = {n for n, d, h, s in gm.gt.RESNET50_3X3 if gm.layer_one_launch(d, h, s, 256, "bf16")}
+    assert picks == {"64@56", "128@56/2", "256@28/2"}
+    x = torch.empty(8, 96, 28, 28, device="meta")
+    depthwise = torch.empty(96, 1, 3, 3, device="meta")
+    assert layer.use_one_launch(x, depthwise, (1, 1), (1, 1), (1, 1), 96)
+    assert not layer.use_one_launch(x, torch.empty(96, 96, 3, 3, device="meta"), (1, 1), (1, 1), (1, 1), 1)
+    monkeypatch.setattr(layer, "ONE_LAUNCH", False)
+    assert not layer.use_one_launch(x, depthwise, (1, 1), (1, 1), (1, 1), 96)
+
+
 @needs_compiler
 def test_the_one_launch_forward_is_modelled_beside_the_separate_one():
     # the model reports both forwards and counts x once for the one launch (the tiles re-read it

@@ -70,6 +70,17 @@ class _Spy:
         return call
 
 
+@pytest.fixture(autouse=True)
+def separate_forward(monkeypatch):
+    """This file checks the separate-launch forward (statistics, then the conv) and the fused
+    backward: the layer runs the one-launch forward at few channels per pixel, as at the small shapes
+    here (layer.use_one_launch), so it is switched off; test_triton.py runs the layer as it picks and
+    test_triton_onelaunch.py the one-launch forward itself."""
+    from shc_kernels.triton import layer
+
+    monkeypatch.setattr(layer, "ONE_LAUNCH", False)
+
+
 @pytest.fixture
 def launches(monkeypatch):
     """The backward kernels launched in the test, with their switches."""

@@ -128,8 +128,9 @@ def layer_launches(d, c, h, stride, batch, dtype="bf16", layout="cl", sms=132, b
     need_x, need_w, need_map = need
     with gt.recording(sms, l2_bytes) as got:
         _y, m, mu, sigma, hid = layer.layer_forward(x, w, b, t["f1w"], f1b, t["f2w"], f2b, *t["conf"], 1e-5)
-        if not layer.ONE_LAUNCH:  # the one-launch forward too, reported beside the layer's
-            onelaunch.layer_forward(x, w, b, t["f1w"], f1b, t["f2w"], f2b, *t["conf"], 1e-5)
+        # the other forward too, reported beside the layer's
+        other = layer.separate_forward if layer.use_one_launch(x, w, *t["conf"]) else onelaunch.layer_forward
+        other(x, w, b, t["f1w"], f1b, t["f2w"], f2b, *t["conf"], 1e-5)
         layer.layer_backward(
             t["dy"], x, w, m, mu, sigma, hid, t["f1w"], t["f2w"], *t["conf"], need_x and route != "hyper",
             need_x and route != "conv", need_w, need_map,
@@ -356,10 +357,12 @@ def _cfg_name(cfg):
     return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}"
 
 
-def layer_one_launch() -> bool:
+def layer_one_launch(d, h, stride, batch, dtype) -> bool:
+    """Whether the layer runs the one-launch forward at this shape (layer.use_one_launch)."""
     from shc_kernels.triton import layer
 
-    return layer.ONE_LAUNCH
+    t = gt.layer_tensors(d, d, h, stride, batch, dtype)
+    return layer.use_one_launch(t["x"], t["w"], *t["conf"])
 
 
 def layer_predictions(rows, batch, dtype):
@@ -373,7 +376,8 @@ def layer_predictions(rows, batch, dtype):
             sep_names = {"stats_map_fwd", "stats_fwd", "stats_combine", "map_fwd", "mconv_fwd"}
             one = [k for k in ks if k["kernel"] == "shc_fwd"]
             sep = [k for k in ks if k["kernel"] in sep_names]
-            fwd = one if layer_one_launch() else sep
+            uses_one = layer_one_launch(d, h, s, batch, dtype)
+            fwd = one if uses_one else sep
             bwd = [k for k in ks if k["kernel"] not in sep_names | {"shc_fwd"}]
             # The layer's one op writes dx itself: no autograd sum of two routes' dx (the composed
             # ops before it had one, 3 passes over x; a stats_dx kernel now adds in place)
@@ -397,7 +401,8 @@ def layer_predictions(rows, batch, dtype):
                     ratio_work_fwd_bwd=round((work_f + work_b) / plain["fwd_bwd"], 2),
                     ratio_pred_fwd=round(pred_f / plain["fwd"], 2),
                     ratio_pred_fwd_bwd=round((pred_f + pred_b) / plain["fwd_bwd"], 2),
-                    # the two forwards side by side (the layer runs the one ONE_LAUNCH names)
+                    # the two forwards side by side (the layer runs the one use_one_launch picks)
+                    forward="one launch" if uses_one else "separate",
                     separate_pred_fwd=round(sum(k["t_us"] for k in sep), 1),
                     onelaunch_pred_fwd=round(sum(k["t_us"] for k in one), 1) if one else None,
                     onelaunch_parts=one[0]["t_parts"] if one else None,
@@ -553,22 +558,23 @@ def write_markdown(path: Path, report: dict, baseline: dict | None):
         "",
         "## One-launch forward (shc_kernels/triton/onelaunch.py) beside the separate launches",
         "",
-        "Predicted forward of the two forwards (the layer runs the one `layer.ONE_LAUNCH` names; "
-        f"now: {'one launch' if layer_one_launch() else 'separate launches'}). The one-launch kernel's "
+        "Predicted forward of the two forwards; `layer` is the one the layer runs (`layer.use_one_launch`: "
+        "the one launch where C/groups * OH*OW / (H*W) <= 64). The one-launch kernel's "
         "parts (onelaunch_prediction): `mma` the tiles' tensor time, `stats`/`hyper` the slot time of "
         "the statistics and hypernetwork items spread over the slots, `prologue` window 0's items "
         "before any tile, `dram` x once + y + W.",
         "",
-        "| GPU | shape | separate us | one launch us | mma | stats | hyper | prologue | dram | "
+        "| GPU | shape | layer | separate us | one launch us | mma | stats | hyper | prologue | dram | "
         "W0 / WS / windows |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["layers"]:
         p, w = r.get("onelaunch_parts"), r.get("onelaunch_windows")
         if not p:
             continue
         lines.append(
-            f"| {r['gpu']} | {r['shape']} | {r['separate_pred_fwd']} | {r['onelaunch_pred_fwd']} | "
+            f"| {r['gpu']} | {r['shape']} | {r.get('forward', '-')} | {r['separate_pred_fwd']} | "
+            f"{r['onelaunch_pred_fwd']} | "
             f"{p['mma']} | {p['stats_slots']} | {p['hyper_slots']} | {p['prologue']} | {p['dram']} | "
             f"{w['W0']} / {w['WS']} / {w['NWIN']} |"
         )

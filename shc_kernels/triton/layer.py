@@ -3,10 +3,14 @@
 Forward: the statistics and the hypernetwork (stats.py), then the modulated conv (conv.py), as the
 two ops ``statistical_map`` and ``modulated_conv2d`` compute them; mu, sigma and the hidden layer
 are kept for the backward. onelaunch.py computes the same in one launch (the statistics a window of
-samples ahead of the conv's tiles, so they overlap the conv and the conv re-reads x from L2); with
-ONE_LAUNCH False the layer does not use it yet: the static model (tools/gpu_model.py) predicts it
-slower than the separate launches at five of ResNet-50's seven shapes and at most 12% faster at
-the other two (bench/results/gpu_model.md, "One-launch forward"; docs/gpu.md says why).
+samples ahead of the conv's tiles, so they overlap the conv and the conv re-reads x from L2). The
+layer runs it where the conv's work per element of x is small against the statistics pass that it
+saves (``use_one_launch``): at most ONE_LAUNCH_CHANNELS output channels per group per input pixel,
+C/groups * OH*OW / (H*W). Of ResNet-50's 3x3 layers that is 64@56, 128@56/2 and 256@28/2, where the
+static model (tools/gpu_model.py) predicts the one launch 4-35% faster on an H100 and 9-28% on an
+A100; at the others the separate launches (bench/results/gpu_model.md, "One-launch forward"). These
+are predictions from compiled code, not timings: bench/gpu_check.sh compares the two on the first
+GPU. ``ONE_LAUNCH`` True or False forces one of the two.
 
 Backward (first order), when dx takes both routes and dW is asked for (and the plane is not small
 against the channels: conv.dm_before_dx), in this order:
@@ -26,18 +30,30 @@ route's kernel writes it alone.
 
 from __future__ import annotations
 
+from .._checks import conv_out_size
 from . import conv, onelaunch, stats
 
-__all__ = ["layer_forward", "separate_forward", "layer_backward", "ONE_LAUNCH"]
+__all__ = ["layer_forward", "separate_forward", "layer_backward", "use_one_launch", "ONE_LAUNCH"]
 
-# Whether the layer's forward runs as one launch (onelaunch.py) or as separate launches (see above).
-ONE_LAUNCH = False
+# Which forward the layer runs: None picks per layer (use_one_launch); True or False forces the
+# one launch (onelaunch.py) or the separate launches (see above).
+ONE_LAUNCH: bool | None = None
+ONE_LAUNCH_CHANNELS = 64
+
+
+def use_one_launch(x, weight, stride, padding, dilation, groups) -> bool:
+    """Whether layer_forward runs the one-launch forward for this layer (see the module's docstring)."""
+    if ONE_LAUNCH is not None:
+        return bool(ONE_LAUNCH)
+    oh, ow = conv_out_size(x, weight, stride, padding, dilation)
+    return weight.shape[0] // groups * oh * ow <= ONE_LAUNCH_CHANNELS * x.shape[2] * x.shape[3]
 
 
 def layer_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation,
                   groups, eps):  # fmt: skip
     """(y, m fp32 (N, kh, kw), mu float64 (N, D), sigma fp32 (N, D), h fp32 (N, K))."""
-    forward = onelaunch.layer_forward if ONE_LAUNCH else separate_forward
+    one = use_one_launch(x, weight, stride, padding, dilation, groups)
+    forward = onelaunch.layer_forward if one else separate_forward
     return forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, stride, padding, dilation,
                    groups, eps)  # fmt: skip
 
