@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "hyper.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define SHC_DW_X86 1
@@ -40,8 +42,14 @@ struct Plan {
   // from u * Ld + k, u = (r + ph) / sh) that reach dx[r][k * sw + q - pw]; Lr: a phase's row.
   std::vector<std::vector<std::pair<int64_t, int64_t>>> dxtaps;
   int64_t Lr;
+  // whether the units' planes are prefetched a few units ahead (kPrefetchUnits): where a unit's
+  // input planes are at most 2 KiB (a 14x14 plane and less); larger units the hardware prefetcher
+  // streams, and their hundreds of prefetches stalled on the full miss buffers (8 channels per
+  // group at 14x14: 6 KiB of x, of dx and 1.5 KiB of dy a unit)
+  bool prefetch;
 
-  Plan(const shc::ConvGeom& geom, int64_t lanes) : g(geom), L(lanes) {
+  Plan(const shc::ConvGeom& geom, int64_t lanes, int64_t elem) : g(geom), L(lanes) {
+    prefetch = g.Dg * g.H * g.W * elem <= 2048;
     Hp = g.H + 2 * g.ph;
     const int64_t Wq = ceil_div(g.W + 2 * g.pw, g.sw);
     const int64_t max_col = ((g.kw - 1) * g.dw) / g.sw;
@@ -83,13 +91,21 @@ struct Plan {
 // Samples per before() / done() call. The fused layer's hypernetwork runs per call, its fc1 (D/2 x 2D
 // at the default width: D^2 values) read once for the call's samples, so a block holds about as many
 // x values (D / HW samples; one at 28x28 and 96 channels, 14 at 7x7 and 672, where fc1 per sample
-// was most of the layer's forward), up to 4 MiB of x and an equal share of the batch per thread.
-int64_t sample_block(const shc::ConvGeom& g) {
+// was most of the layer's forward). Where fc1 is too large to stay in L2 beside x (from 512 KiB:
+// 362+ channels) its every read comes from L3, so a block there holds at least kInPlaceRows
+// samples (HyperParams: the GEMM reads fc1 in place), even where their x then leaves L2 before the
+// conv reads it again (prefetched: kPrefetchUnits). Up to 4 MiB of x (at least kInPlaceRows
+// samples' where that is the rule) and an equal share of the batch per thread.
+int64_t sample_block(const shc::ConvGeom& g, int64_t elem) {
   const int64_t HW = std::max<int64_t>(1, g.H * g.W), D = std::max<int64_t>(1, g.D);
-  int64_t nb = ceil_div(D, HW);
-  nb = std::min(nb, (int64_t(1) << 20) / (D * HW));
-  nb = std::min(nb, ceil_div(g.N, at::get_num_threads()));
-  return std::max<int64_t>(1, nb);
+  int64_t nb = ceil_div(D, HW), cap = (int64_t(1) << 20) / (D * HW);
+  if (D * D * elem > (int64_t(512) << 10))
+    nb = std::max(nb, HyperParams::kInPlaceRows), cap = std::max(cap, HyperParams::kInPlaceRows);
+  nb = std::min(nb, cap);
+  nb = std::max<int64_t>(1, std::min(nb, ceil_div(g.N, at::get_num_threads())));
+  // blocks of equal size (32 samples in blocks of 14: 11, 11, 10, not 14, 14, 4): a small last
+  // block would take the hypernetwork's path for a few samples
+  return ceil_div(g.N, ceil_div(g.N, nb));
 }
 
 // ------------------------------------------------------------------ the plain C++ copy
