@@ -117,10 +117,9 @@ def plan(archs, full: bool = False) -> list[tuple]:
                     cfgs = _all_configs(lc)
                     precs = ["ieee", "tf32"] if (dt == "fp32" and lc.name in GEMMS) else ["-"]
                     for prec in precs:
+                        # every config the autotuner may pick, the one-launch forward's too (the
+                        # layer's forward at few channels per pixel: layer.use_one_launch)
                         every = (layout == main and prec != "tf32") or full
-                        # the one-launch forward (not the layer's default) runs the forward kernel's
-                        # tile code, compiled in every config as mconv_fwd: its first config here
-                        every = every and (lc.name != "shc_fwd" or full)
                         lp = _with_precision(lc, prec) if prec != "-" else lc
                         for cfg in cfgs if every else cfgs[:1]:
                             add(dict(dtype=dt, layout=layout, prec=prec, variant="-"), lp, cfg, arch)
