@@ -47,6 +47,8 @@ struct Plan {
   // streams, and their hundreds of prefetches stalled on the full miss buffers (8 channels per
   // group at 14x14: 6 KiB of x, of dx and 1.5 KiB of dy a unit)
   bool prefetch;
+  // whether fill_x stores whole vectors (the phase rows have room past the plane's columns)
+  bool xfull;
 
   Plan(const shc::ConvGeom& geom, int64_t lanes, int64_t elem) : g(geom), L(lanes) {
     prefetch = g.Dg * g.H * g.W * elem <= 2048;
@@ -70,6 +72,14 @@ struct Plan {
     Ld = round_up(Pl + std::max(round_up(g.OW, L), kmax + 2 * L) + 1, L);  // dx_rows: two vectors a step
     dyplane = Hd * Ld;
     Lr = round_up(kmax + 2 * L, L);
+    // dx_rows stores CB <= 2 whole vectors from k0 < kmax into a phase row, merge_row2 reads whole
+    // vectors from k <= kmax; fill_dy whole vectors from Pl
+    TORCH_CHECK(kmax + 2 * L <= Lr && Pl + round_up(g.OW, L) <= Ld, "shc depthwise method: bad plan");
+    // fill_x's whole vectors (copy_row, split_row2) stay inside a phase row
+    const int64_t xend = g.sw == 1   ? g.pw + round_up(g.W, L)
+                         : g.sw == 2 ? (g.pw + 1) / 2 + ceil_div(g.W, 2 * L) * L
+                                     : Ls + 1;
+    xfull = xend <= Ls;
     dxtaps.resize(static_cast<size_t>(g.sh * g.sw));
     for (int64_t a = 0; a < g.sh; ++a)
       for (int64_t q = 0; q < g.sw; ++q)
