@@ -316,14 +316,9 @@ def layer_forward(x, weight, bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, s
         return y, m.view(n, kh, kw), mu, sigma, h
     hw, ohw = height * width, oh * ow
     cg = c // groups
-    block_d, block_q = stats._tiles(x)
-    # twice the statistics kernel's tile along the contiguous axis: 16 KB of bf16 loads in flight per
-    # round (an item holds one block slot for its rounds; with 4x the tile the kernel spills)
-    block_q *= 2
-    dblocks = triton.cdiv(d, block_d)
-    split, chunk = stats._split(n, dblocks, hw, block_q, dev)
-    pmean = torch.empty((n, d, split), device=dev, dtype=torch.float64)
-    pm2 = torch.empty_like(pmean)
+    # twice the statistics kernel's tile along the contiguous axis: 16 KB of bf16 per tile (with 4x
+    # the tile the kernel spills), STATS_STAGES - 1 tiles in flight
+    block_d, block_q, dblocks, split, chunk, pmean, pm2 = stats.partials(x, q_scale=2)
     nchunks = triton.cdiv(n, BW)
     sync = torch.zeros(1 + 2 * nchunks, device=dev, dtype=torch.int32)
     tiles_per_sample = ohw / 128 * triton.cdiv(cg, 128) * groups

@@ -170,6 +170,20 @@ def _split(n: int, dblocks: int, hw: int, block_q: int, device: torch.device) ->
     return triton.cdiv(hw, chunk), chunk
 
 
+def partials(x: torch.Tensor, q_scale: int = 1):
+    """The statistics' split of x's planes into (sample, channel block, pixel chunk) programs:
+    (BLOCK_D, BLOCK_Q, channel blocks, chunks per plane, chunk, the (N, D, chunks) float64 buffers
+    of the chunks' means and M2). ``q_scale`` widens the tile along its contiguous axis
+    (onelaunch.py's statistics items)."""
+    n, d, height, width = x.shape
+    block_d, block_q = _tiles(x)
+    block_q *= q_scale
+    dblocks = triton.cdiv(d, block_d)
+    split, chunk = _split(n, dblocks, height * width, block_q, x.device)
+    means = torch.empty((n, d, split), device=x.device, dtype=torch.float64)
+    return block_d, block_q, dblocks, split, chunk, means, torch.empty_like(means)
+
+
 def channel_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu float64, sigma fp32), each (N, D), over x's H x W planes."""
     n, d, height, width = x.shape
@@ -178,11 +192,7 @@ def channel_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tens
     sigma = torch.empty((n, d), device=x.device, dtype=torch.float32)
     if n == 0 or d == 0:
         return mu, sigma
-    block_d, block_q = _tiles(x)
-    dblocks = triton.cdiv(d, block_d)
-    split, chunk = _split(n, dblocks, hw, block_q, x.device)
-    means = torch.empty((n, d, split), device=x.device, dtype=torch.float64)
-    m2s = torch.empty_like(means)
+    block_d, block_q, dblocks, split, chunk, means, m2s = partials(x)
     _stats_fwd_kernel[(n, dblocks, split)](
         x, means, m2s, d, hw, chunk, split, *_plane_strides(x),
         BLOCK_D=block_d, BLOCK_Q=block_q, num_warps=_NUM_WARPS,
