@@ -215,7 +215,7 @@ demo: setup
 	$(VENV)/bin/shc demo
 
 # Does SHC make a network more robust? Trains 16 Plain-10 models on Fashion-MNIST, attacks them and
-# writes results/fashion_mnist/ (units/ and report.md; about 6 hours of one core). Resumable on any
+# writes results/fashion_mnist/ (units/ and report.md; 11.4 hours of one core as it ran here). Resumable on any
 # machine from the committed units: `shc study --status` says how much is left (docs/robustness.md).
 study: setup
 	OMP_NUM_THREADS=1 nice $(VENV)/bin/shc study --threads 1 $(STUDY_ARGS)
