@@ -398,7 +398,8 @@ def test_the_one_launch_items_keep_several_loads_in_flight(compiled, monkeypatch
 def test_the_layer_runs_the_one_launch_forward_where_the_statistics_pass_weighs_most(monkeypatch):
     # layer.use_one_launch: at most 64 output channels per group per input pixel,
     # C/groups * OH*OW / (H*W): of ResNet-50's 3x3 layers 64@56, 128@56/2 and 256@28/2 (the record's
-    # "One-launch forward" table: predicted faster there on both GPUs); ONE_LAUNCH forces either
+    # "One-launch forward" table: predicted faster there on both GPUs); SHC_ONE_LAUNCH or ONE_LAUNCH
+    # forces either
     import torch
 
     from shc_kernels.triton import layer
@@ -409,7 +410,15 @@ def test_the_layer_runs_the_one_launch_forward_where_the_statistics_pass_weighs_
     depthwise = torch.empty(96, 1, 3, 3, device="meta")
     assert layer.use_one_launch(x, depthwise, (1, 1), (1, 1), (1, 1), 96)
     assert not layer.use_one_launch(x, torch.empty(96, 96, 3, 3, device="meta"), (1, 1), (1, 1), (1, 1), 1)
-    monkeypatch.setattr(layer, "ONE_LAUNCH", False)
+    monkeypatch.setenv("SHC_ONE_LAUNCH", "0")  # without code: the environment
+    assert not layer.use_one_launch(x, depthwise, (1, 1), (1, 1), (1, 1), 96)
+    monkeypatch.setenv("SHC_ONE_LAUNCH", "1")
+    assert layer.use_one_launch(x, torch.empty(96, 96, 3, 3, device="meta"), (1, 1), (1, 1), (1, 1), 1)
+    monkeypatch.setenv("SHC_ONE_LAUNCH", "yes")
+    with pytest.raises(ValueError, match="SHC_ONE_LAUNCH must be 0, 1 or auto"):
+        layer.use_one_launch(x, depthwise, (1, 1), (1, 1), (1, 1), 96)
+    monkeypatch.setattr(layer, "ONE_LAUNCH", False)  # the attribute wins over the environment
+    monkeypatch.setenv("SHC_ONE_LAUNCH", "1")
     assert not layer.use_one_launch(x, depthwise, (1, 1), (1, 1), (1, 1), 96)
 
 

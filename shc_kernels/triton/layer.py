@@ -10,7 +10,8 @@ C/groups * OH*OW / (H*W). Of ResNet-50's 3x3 layers that is 64@56, 128@56/2 and 
 static model (tools/gpu_model.py) predicts the one launch 4-35% faster on an H100 and 9-28% on an
 A100; at the others the separate launches (bench/results/gpu_model.md, "One-launch forward"). These
 are predictions from compiled code, not timings: bench/gpu_check.sh compares the two on the first
-GPU. ``ONE_LAUNCH`` True or False forces one of the two.
+GPU. ``ONE_LAUNCH`` True or False, or the environment variable SHC_ONE_LAUNCH=1 or 0, forces one
+of the two.
 
 Backward (first order), when dx takes both routes and dW is asked for (and the plane is not small
 against the channels: conv.dm_before_dx), in this order:
@@ -30,21 +31,36 @@ route's kernel writes it alone.
 
 from __future__ import annotations
 
+import os
+
 from .._checks import conv_out_size
 from . import conv, onelaunch, stats
 
 __all__ = ["layer_forward", "separate_forward", "layer_backward", "use_one_launch", "ONE_LAUNCH"]
 
 # Which forward the layer runs: None picks per layer (use_one_launch); True or False forces the
-# one launch (onelaunch.py) or the separate launches (see above).
+# one launch (onelaunch.py) or the separate launches (see above). Without code, the environment
+# variable SHC_ONE_LAUNCH=1 or 0 does the same where ONE_LAUNCH is None.
 ONE_LAUNCH: bool | None = None
 ONE_LAUNCH_CHANNELS = 64
 
 
+def _forced_by_environment() -> bool | None:
+    value = os.environ.get("SHC_ONE_LAUNCH", "")
+    if value in ("", "auto"):
+        return None
+    if value not in ("0", "1"):
+        raise ValueError(
+            f"the environment variable SHC_ONE_LAUNCH must be 0, 1 or auto (or unset), got {value!r}"
+        )
+    return value == "1"
+
+
 def use_one_launch(x, weight, stride, padding, dilation, groups) -> bool:
     """Whether layer_forward runs the one-launch forward for this layer (see the module's docstring)."""
-    if ONE_LAUNCH is not None:
-        return bool(ONE_LAUNCH)
+    forced = ONE_LAUNCH if ONE_LAUNCH is not None else _forced_by_environment()
+    if forced is not None:
+        return bool(forced)
     oh, ow = conv_out_size(x, weight, stride, padding, dilation)
     return weight.shape[0] // groups * oh * ow <= ONE_LAUNCH_CHANNELS * x.shape[2] * x.shape[3]
 
