@@ -128,3 +128,29 @@ def compare_with_reference(backend, dtype, s, seed=0):
         if a is not None:
             torch.testing.assert_close(a, b, **tol(dtype), msg=lambda m, name=name: f"grad {name}: {m}")
     return y
+
+
+def layer_grads(layer, x, seed=2):
+    """[y, dx, d weight, d bias, d of each hypernetwork parameter] of a module layer for one upstream
+    gradient dy, drawn in fp64 whatever y's dtype (seeded), so that a run and its fp64 reference see
+    the same dy."""
+    x = x.detach().clone().requires_grad_(True)
+    params = [x, layer.weight, layer.bias, *layer.hyper.parameters()]
+    y = layer(x)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return [y.detach(), *torch.autograd.grad(y, params, dy.to(y.dtype))]
+
+
+def layer_matches_reference(layer, x, dtype, seed=2):
+    """y and every gradient of ``layer`` (its backend as set) against the reference backend's in fp64
+    (the layer is left as fp64 on the reference), each in ``dtype``; returns the run's
+    [y, grads...]."""
+    got = layer_grads(layer, x, seed)
+    layer.backend = "reference"
+    want = layer_grads(layer.double(), x.double(), seed)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    names = ["y", "x", "weight", "bias", *(n for n, _ in layer.hyper.named_parameters())]
+    for name, a, b in zip(names, got, want, strict=True):
+        assert a.dtype == dtype, name
+        torch.testing.assert_close(a.double(), b, **tol, msg=lambda s, name=name: f"{name}: {s}")
+    return got

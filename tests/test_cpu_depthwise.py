@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import layer_grads, layer_matches_reference
 
 import shc_kernels as shc
 from shc_kernels import ops, reference
@@ -99,28 +100,6 @@ def test_depthwise_method_gives_the_reference(monkeypatch, conv, method, dtype, 
         torch.testing.assert_close(a.double(), b, **tol, msg=lambda s, name=name: f"{name}: {s}")
 
 
-def _layer_grads(layer, x):
-    x = x.detach().clone().requires_grad_(True)
-    params = [x, layer.weight, layer.bias, *layer.hyper.parameters()]
-    y = layer(x)
-    # drawn in fp64 whatever y's dtype, so an fp32 run and its fp64 reference see the same gradient
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    return [y.detach(), *torch.autograd.grad(y, params, dy.to(y.dtype))]
-
-
-def _matches_the_reference(layer, x, dtype):
-    """y and every gradient of the cpu layer against the reference backend's in fp64 (the layer is
-    left as fp64 on the reference); returns the cpu run's [y, grads...]."""
-    got = _layer_grads(layer, x)
-    layer.backend = "reference"
-    want = _layer_grads(layer.double(), x.double())
-    tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
-    names = ("y", "x", "weight", "bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
-    for name, a, b in zip(names, got, want, strict=True):
-        torch.testing.assert_close(a.double(), b, **tol, msg=lambda s, name=name: f"{name}: {s}")
-    return got
-
-
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("route", ["both", "conv", "hyper"])
@@ -135,7 +114,7 @@ def test_layer_on_the_depthwise_method_gives_the_reference(monkeypatch, stride, 
     x = torch.randn(3, 12, 11, 10, dtype=dtype) * 2 + 0.5
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    got = _matches_the_reference(layer, x, dtype)
+    got = layer_matches_reference(layer, x, dtype)
     if channels_last:
         assert got[0].is_contiguous(memory_format=torch.channels_last)
 
@@ -152,11 +131,11 @@ def test_two_threads_give_the_reference_with_the_work_split(monkeypatch, n):
     x = torch.randn(n, 10, 9, 13, dtype=torch.float64)
     torch.set_num_threads(2)
     try:
-        got = _layer_grads(layer, x)
+        got = layer_grads(layer, x)
     finally:
         torch.set_num_threads(threads)
     layer.backend = "reference"
-    want = _layer_grads(layer, x)
+    want = layer_grads(layer, x)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
@@ -188,4 +167,4 @@ def test_wide_and_odd_hypernetworks_give_the_reference(monkeypatch, channels, pl
         for p in layer.hyper.parameters():
             p.normal_(0, 0.1)
     x = torch.randn(3, channels, plane, plane + 1, dtype=dtype) * 1.5 + 0.25
-    _matches_the_reference(layer, x, dtype)
+    layer_matches_reference(layer, x, dtype)

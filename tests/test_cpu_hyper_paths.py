@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import layer_matches_reference
 
 import shc_kernels as shc
 from shc_kernels import ops
@@ -17,27 +18,11 @@ from shc_kernels import ops
 pytestmark = pytest.mark.skipif(not ops.compiled_available(), reason="needs the compiled CPU kernel")
 
 
-def _grads(layer, x):
-    x = x.detach().clone().requires_grad_(True)
-    params = [x, layer.weight, layer.bias, *layer.hyper.parameters()]
-    y = layer(x)
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    return [y.detach(), *torch.autograd.grad(y, params, dy.to(y.dtype))]
-
-
 def _check(layer, x, dtype):
     with torch.no_grad():  # a map that depends on the input, and a hypernetwork gradient to match
         for p in layer.hyper.parameters():
             p.normal_(0, 0.1)
-    got = _grads(layer, x)
-    layer.backend = "reference"
-    want = _grads(layer.double(), x.double())
-    tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
-    names = ["y", "x", "weight", "bias", *(n for n, _ in layer.hyper.named_parameters())]
-    assert len(got) == len(names)
-    for name, a, b in zip(names, got, want, strict=True):
-        assert a.dtype == dtype, name
-        torch.testing.assert_close(a.double(), b, **tol, msg=lambda s, name=name: f"{name}: {s}")
+    layer_matches_reference(layer, x, dtype, seed=3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
