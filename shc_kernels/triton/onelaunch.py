@@ -43,7 +43,7 @@ from torch._prims_common import suggest_memory_format
 from .._checks import conv_out_size
 from . import conv, interpreting, stats
 from .conv import fwd_tile
-from .stats import stats_partial
+from .stats import chan_merge, stats_partial
 
 __all__ = ["layer_forward", "window_samples", "BW"]
 
@@ -96,11 +96,7 @@ def _hyper_item(
         cnt = tl.where(first, 0.0, cnt)
         mean = tl.where(first, 0.0, mean)
         m2 = tl.where(first, 0.0, m2)
-        total = cnt + ns
-        delta = pm - mean
-        mean += delta * (ns / total)
-        m2 += pq + delta * delta * (cnt * (ns / total))
-        cnt = total
+        cnt, mean, m2 = chan_merge(cnt, mean, m2, ns, pm, pq)
         if s == SPLIT - 1:
             out = offs_w[:, None].to(tl.int64) * D + offs_d[None, :]
             tl.store(mu_ptr + out, mean, mask=mask)

@@ -55,6 +55,17 @@ def _stats_fwd_kernel(
 
 
 @triton.jit
+def chan_merge(count, mean, m2, n_b, mean_b, m2_b):
+    # Chan's merge of a running (count, mean, M2) with a part's (n_b, mean_b, M2_b): nothing is
+    # subtracted from a sum of squares (stats_partial's tiles, onelaunch.py's chunk partials)
+    total = count + n_b
+    delta = mean_b - mean
+    mean += delta * (n_b / total)
+    m2 += m2_b + delta * delta * (count * (n_b / total))
+    return total, mean, m2
+
+
+@triton.jit
 def stats_partial(
     n, db, s, x_ptr, mean_ptr, m2_ptr,
     D, HW, CHUNK, SPLIT,
@@ -82,12 +93,7 @@ def stats_partial(
         t_mean = tl.sum(v, axis=1) / nb
         dv = tl.where(mask, v - t_mean[:, None], 0.0)
         t_m2 = tl.sum(dv * dv, axis=1)
-        # Chan's merge of (count, mean, m2) with the tile's (nb, t_mean, t_m2)
-        total = count + nb
-        delta = t_mean - mean
-        mean += delta * (nb / total)
-        m2 += t_m2 + delta * delta * (count * (nb / total))
-        count = total
+        count, mean, m2 = chan_merge(count, mean, m2, nb, t_mean, t_m2)
     out = (n * D + offs_d).to(tl.int64) * SPLIT + s
     tl.store(mean_ptr + out, mean, mask=dmask)
     tl.store(m2_ptr + out, m2, mask=dmask)
