@@ -270,8 +270,6 @@ Isa isa_from_name(const char* name) {
 // stride 2 beat im2col's per-group GEMMs (one thread, batch 32, 128@14/2 with 16 groups, paired in
 // one run: forward op 2.9 against 3.6 ms with AVX-512, 2.0 against 2.5 with AVX2; backward 7.4
 // against 10.9 and 4.6 against 7.3 ms).
-bool applies(const shc::ConvGeom& g) { return g.groups > 1 && g.Dg <= kMaxDg; }
-
 // Planes whose output rows and dx phase rows fit 8 lanes (7x7 outputs, 14x14 inputs at stride 2)
 // take the AVX2 copy on an AVX-512 CPU too: a 16-lane row there is half padding, and on this
 // machine (AMD EPYC, 512-bit ops in two halves) the fused 672-channel 7x7 forward took 3.0 ms with

@@ -10,9 +10,11 @@ every model attacked on the same test images; the report's statistics are paired
 The study is a list of units, each one (stage, model, parameter) with a small json file under
 OUT/units/ (per-image correctness bits, the model's weights hash, the settings, a hash of the code
 that computed it, and where and when). A unit whose file exists with the same key is skipped, so a
-stopped run (on any machine with the repository) resumes where it stopped; a model whose
-checkpoint is missing (--work is not in git) is retrained from its seed, and the units of a model
-whose retrained weights differ from the recorded ones are recomputed. The order puts the most
+stopped run (on any machine with the repository) resumes where it stopped. Each trained model's
+weights are kept in OUT/models/ (small, committed with the units), so the attacks go on with the
+same weights anywhere; a model with neither those nor a checkpoint (--work is not in git) is
+retrained from its seed, and the units of a model whose retrained weights differ from the
+recorded ones are recomputed. The order puts the most
 telling units first, so a partial run already carries whole tables.
 """
 
@@ -122,6 +124,10 @@ COST = dict(train=300, clean=2, pgd=40, minimal_eps=100, paper=10, masking=300, 
             autoattack=900, lsa=100, mechanism=5)  # fmt: skip
 CODE_FILES = ("study_units.py", "advtrain.py", "data.py", "attacks", "models")
 LIBRARY_FILES = ("functional.py", "modules.py", "ops.py", "backends.py", "reference.py", "_checks.py")
+# csrc/cpu files the library hash leaves out: the depthwise method's kernels, which run only for
+# grouped convs (depthwise::applies, in the hashed depthwise.h: groups > 1), and Plain-10 has none
+# (tests/research/test_study.py checks both), so their speed work does not make the units stale.
+LIBRARY_UNUSED = ("depthwise.cpp", "depthwise_kernels.inc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,13 +198,17 @@ def plan(cfg: dict) -> list[Unit]:
 # ---------------------------------------------------------------- provenance and keys
 
 
-def _hash_paths(paths) -> str:
+def _hash_paths(paths, leave_out=()) -> str:
     h = hashlib.sha256()
     files = []
     for p in paths:
         if os.path.isdir(p):
             for d, _, names in os.walk(p):
-                files += [os.path.join(d, n) for n in names if n.endswith((".py", ".cpp", ".h", ".inc"))]
+                files += [
+                    os.path.join(d, n)
+                    for n in names
+                    if n.endswith((".py", ".cpp", ".h", ".inc")) and n not in leave_out
+                ]
         elif os.path.isfile(p):
             files.append(p)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,13 +221,13 @@ def _hash_paths(paths) -> str:
 
 def code_hashes() -> dict:
     """{"study": hash of the sources computing a unit, "library": of the layer library and its
-    CPU kernels}."""
+    CPU kernels (less LIBRARY_UNUSED)}."""
     here = os.path.dirname(os.path.abspath(__file__))
     lib = os.path.dirname(here)
     csrc = os.path.join(os.path.dirname(lib), "csrc", "cpu")
     return {
         "study": _hash_paths([os.path.join(here, f) for f in CODE_FILES]),
-        "library": _hash_paths([os.path.join(lib, f) for f in LIBRARY_FILES] + [csrc]),
+        "library": _hash_paths([os.path.join(lib, f) for f in LIBRARY_FILES] + [csrc], LIBRARY_UNUSED),
     }
 
 
@@ -377,19 +387,46 @@ class Study:
             weight_decay=c["weight_decay"], max_steps=c["max_steps"], log=self.say, **adv,
         )  # fmt: skip
 
+    def weights_file(self, model: str) -> str:
+        """OUT/models/<model>.pt: the trained model (meta and weights, about 0.3 MB), kept beside
+        the units, so that another machine attacks these weights instead of retraining them (a CPU
+        with another ISA may train other weights, and then every unit of the model is recomputed)."""
+        return os.path.join(self.out, "models", f"{model}.pt")
+
+    def published(self, key: str):
+        """The model ``key`` from its weights file where that holds the train unit's weights, else None."""
+        from . import advtrain, checkpoint
+
+        path = self.weights_file(key)
+        unit = Unit("train", key)
+        if not os.path.isfile(path) or self.status(unit) != "done":
+            return None
+        try:
+            net, _ = checkpoint.load_model(path)
+        except checkpoint.CheckpointError as exc:
+            self.say(f"  {key}: {exc}; retraining")
+            return None
+        if advtrain.weights_hash(net.state_dict()) != self.read(unit)["result"]["weights"]:
+            self.say(f"  {key}: {path} does not hold the weights its train unit recorded; retraining")
+            return None
+        return net
+
     def model(self, key: str):
-        """The trained model ``key`` (trained, or retrained from its seed, where its checkpoint is
-        missing or unfinished); its weights hash is checked against the train unit's."""
+        """The trained model ``key``: its published weights (weights_file), else its checkpoint,
+        else trained (or retrained from its seed) where the checkpoint is missing or unfinished;
+        its weights hash is checked against the train unit's."""
         from . import advtrain, checkpoint
 
         if key in self._models:
             return self._models[key]
-        unit = Unit("train", key)
-        path = self.checkpoint_path(key)
-        state = torch.load(path, map_location="cpu", weights_only=True) if os.path.isfile(path) else None
-        if state is None or state.get("epoch") != self.cfg["epochs"] or self.status(unit) != "done":
-            self.run_unit(unit)
-        net, _ = checkpoint.load_model(path)
+        net = self.published(key)
+        if net is None:
+            unit = Unit("train", key)
+            path = self.checkpoint_path(key)
+            state = torch.load(path, map_location="cpu", weights_only=True) if os.path.isfile(path) else None
+            if state is None or state.get("epoch") != self.cfg["epochs"] or self.status(unit) != "done":
+                self.run_unit(unit)
+            net, _ = checkpoint.load_model(path)
         torch.set_grad_enabled(True)
         self._models[key] = net
         self._weights[key] = advtrain.weights_hash(net.state_dict())
@@ -401,7 +438,7 @@ class Study:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
     def run_unit(self, unit: Unit) -> None:
-        from . import study_units
+        from . import checkpoint, study_units
 
         stored = self.read(unit)
         t = time.perf_counter()
@@ -415,6 +452,8 @@ class Study:
                     f"{result['weights'][:12]}): this model's units will be recomputed"
                 )
             weights = result["weights"]
+            state = checkpoint.read(self.checkpoint_path(unit.model))
+            checkpoint.save(self.weights_file(unit.model), {"meta": state["meta"], "model": state["model"]})
         else:
             net = self.model(unit.model)
             ctx = _Context(self, unit)

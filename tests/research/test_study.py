@@ -52,8 +52,13 @@ def test_quick_study_runs_every_unit_resumes_and_retrains_a_lost_checkpoint_iden
     assert f"{len(units)} of {len(units)} units done; 0 to run" in capsys.readouterr().out
     assert _mtimes(out / "units") == before
 
-    # A fresh machine: no checkpoints. Only what a missing unit needs is retrained, to the same weights.
+    # Every trained model's weights are kept beside the units.
+    assert {f for f in os.listdir(out / "models")} == {f"{u.model}.pt" for u in units if u.stage == "train"}
+
+    # A fresh machine: no checkpoints. The kept weights are attacked; a model without them is
+    # retrained, and only where a missing unit needs it, to the same weights.
     shutil.rmtree(work)
+    (out / "models" / "std_plain_s0.pt").unlink()
     stale = out / "units" / "pgd" / "std_plain_s0__eps=0.01.json"
     rec = json.loads(stale.read_text())
     rec["key"]["settings"]["pgd_steps"] = 999  # computed with other settings: recomputed
@@ -67,11 +72,46 @@ def test_quick_study_runs_every_unit_resumes_and_retrains_a_lost_checkpoint_iden
     after = _mtimes(out / "units")
     changed = {os.path.relpath(p, out / "units") for p in after if after[p] != before.get(p)}
     assert changed == {"pgd/std_plain_s0__eps=0.01.json", "train/std_plain_s0.json"}
+    assert (out / "models" / "std_plain_s0.pt").is_file()
+
+    # Kept weights that are not the recorded ones are not attacked: that model is retrained.
+    shutil.rmtree(work)
+    kept = out / "models" / "std_shc_s0.pt"
+    state = torch.load(kept, weights_only=True)
+    name = next(n for n, t in state["model"].items() if t.is_floating_point())
+    state["model"][name] = state["model"][name] + 1
+    torch.save(state, kept)
+    pgd = out / "units" / "pgd" / "std_shc_s0__eps=0.01.json"
+    pgd.unlink()
+    assert cli.main(args) == 0
+    log = capsys.readouterr().out
+    assert "does not hold the weights its train unit recorded" in log and "train std_shc_s0" in log
+    assert "differ" not in log and pgd.is_file()
 
     # --report-only reads the units alone.
     shutil.rmtree(work)
     assert cli.main([*args, "--report-only"]) == 0
     assert not work.exists() or not os.listdir(work)
+
+
+def test_the_library_hash_leaves_out_only_kernels_the_studys_models_never_run():
+    """The depthwise method's kernels are not hashed: the method takes grouped convs only
+    (depthwise::applies, inline in the hashed header) and Plain-10 has none."""
+    from shc_kernels.research import models
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(study.__file__)))
+    csrc = os.path.join(os.path.dirname(root), "csrc", "cpu")
+    assert all(os.path.isfile(os.path.join(csrc, f)) for f in study.LIBRARY_UNUSED)
+    header = open(os.path.join(csrc, "depthwise.h")).read()
+    assert "inline bool applies(const shc::ConvGeom& g) { return g.groups > 1 &&" in header
+    for cfg in (study.DEFAULT, study.QUICK):
+        for shc in (False, True):
+            net = models.build(cfg["arch"], 10, shc=shc, small_input=True, width=cfg["width"])
+            convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+            assert convs and all(m.groups == 1 for m in convs)
+    # the left-out files are really left out, and naming no file leaves nothing out
+    base = study._hash_paths([csrc], study.LIBRARY_UNUSED)
+    assert base != study._hash_paths([csrc]) == study._hash_paths([csrc], ("nothing.cpp",))
 
 
 def test_mcnemar_holm_and_bootstrap_give_the_known_values():
