@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(not ops.compiled_available(), reason="needs the 
 # padding 0 and 2, dilation 2, a 5x5 and a 1x3 kernel, stride 3 x 2, a channel multiplier
 # (C = 2D), 2, 4 and 8 input channels per group; output planes a group computes several at a time
 # (4 with AVX-512, 2 with AVX2) and the rest one by one (9 and 12 per group), 8 input channels per
-# group at stride 2 (even and odd planes, batch 1)
+# group at stride 2 (even and odd planes, batch 1); stride-2 rows of two vectors split without a loop
+# (AVX-512: 30 and 20 columns, AVX2: 13, 14 and 15; padding 1 and 2 swap the phases)
 CONVS = [
     (3, 6, 6, 9, 9, 6, 3, 1, 1, 1),
     (2, 5, 5, 7, 7, 5, 3, 1, 1, 1),
@@ -47,6 +48,9 @@ CONVS = [
     (2, 16, 24, 7, 20, 2, 3, 1, 1, 1),
     (2, 16, 16, 14, 14, 2, 3, 2, 1, 1),
     (1, 16, 8, 13, 15, 2, 3, 2, 1, 1),
+    (2, 4, 4, 21, 30, 4, 3, 2, 1, 1),
+    (2, 4, 4, 12, 20, 4, 3, 2, 2, 1),
+    (2, 4, 4, 9, 13, 4, 3, 2, 2, 1),
 ]
 
 

@@ -55,8 +55,10 @@ struct Plan {
     Hp = g.H + 2 * g.ph;
     const int64_t Wq = ceil_div(g.W + 2 * g.pw, g.sw);
     const int64_t max_col = ((g.kw - 1) * g.dw) / g.sw;
-    // the forward reads two vectors per step past each output row's start
-    Ls = round_up(std::max(Wq, round_up(g.OW, 2 * L) + max_col + 1), L);
+    // the forward reads two vectors per step past each output row's start, one where a row is one
+    // vector (fwd_planes; a third narrower buffer: 8 planes of a 14x14 stride-2 group 16 KiB, not 24)
+    const int64_t fwd_cols = g.OW <= L ? L : round_up(g.OW, 2 * L);
+    Ls = round_up(std::max(Wq, fwd_cols + max_col + 1), L);
     xrow = g.sw * Ls;
     xplane = Hp * xrow;
     xoff.resize(static_cast<size_t>(g.T));
