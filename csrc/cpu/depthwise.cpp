@@ -71,15 +71,12 @@ struct Plan {
     const int64_t urows = (g.ph + g.H - 1) / g.sh + 1;  // dx rows reach dy rows below u
     Hd = Pt + std::max(g.OH, urows) + 1;
     const int64_t kmax = (g.pw + g.W - 1) / g.sw + 1;  // phase columns of dx
-    // dx_rows: two vectors a step, one where a phase row is one vector (dx_planes; 14x14/2 with AVX2:
-    // dy's buffer 24 values a row, not 32)
-    const int64_t dxv = (g.W + g.pw + g.sw - 1) / g.sw <= L ? 1 : 2;
-    Ld = round_up(Pl + std::max(round_up(g.OW, L), kmax + dxv * L) + 1, L);
+    Ld = round_up(Pl + std::max(round_up(g.OW, L), kmax + 2 * L) + 1, L);  // dx_rows: two vectors a step
     dyplane = Hd * Ld;
-    Lr = round_up(kmax + dxv * L, L);
-    // dx_rows stores CB <= dxv whole vectors from k0 < kmax into a phase row, merge_row2 reads whole
+    Lr = round_up(kmax + 2 * L, L);
+    // dx_rows stores CB <= 2 whole vectors from k0 < kmax into a phase row, merge_row2 reads whole
     // vectors from k <= kmax; fill_dy whole vectors from Pl
-    TORCH_CHECK(kmax + dxv * L <= Lr && Pl + round_up(g.OW, L) <= Ld, "shc depthwise method: bad plan");
+    TORCH_CHECK(kmax + 2 * L <= Lr && Pl + round_up(g.OW, L) <= Ld, "shc depthwise method: bad plan");
     // fill_x's whole vectors (copy_row, split_row2) stay inside a phase row
     const int64_t xend = g.sw == 1   ? g.pw + round_up(g.W, L)
                          : g.sw == 2 ? (g.pw + 1) / 2 + ceil_div(g.W, 2 * L) * L
