@@ -307,7 +307,15 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--patterns-only", action="store_true", help="only the planted patterns (the emulator's test)"
     )
+    ap.add_argument(
+        "--runs", nargs="+", metavar="DTYPE:LAYOUT:CASE:FORM",
+        help="only these layer runs (e.g. fp32:nchw:64@8:split; default: all of LAYER_RUNS)",
+    )  # fmt: skip
     a = ap.parse_args(argv)
+    names = {f"{d}:{'cl' if cl else 'nchw'}:{c}:{f}": (d, cl, c, f) for d, cl, c, f in LAYER_RUNS}
+    if a.runs and not set(a.runs) <= set(names):
+        ap.error(f"--runs: unknown {sorted(set(a.runs) - set(names))}; known: {sorted(names)}")
+    layer_runs = [names[r] for r in a.runs] if a.runs else LAYER_RUNS
     so = build(a.force)
     mod = load(so)
     t0 = time.time()
@@ -317,7 +325,7 @@ def main(argv=None) -> int:
         s = summarise(rows)[f"{space}_ld"]
         patterns.append(dict(kind=kind, stride=stride, space=space, expected=want, got=s["per_request"]))
     runs = []
-    for dtype, cl, case, form in [] if a.patterns_only else LAYER_RUNS:
+    for dtype, cl, case, form in [] if a.patterns_only else layer_runs:
         rows = run_layer(mod, so, dtype, cl, case, form)
         runs.append(
             dict(dtype=dtype, layout="cl" if cl else "nchw", case=case, form=form, kernels=kernel_table(rows))

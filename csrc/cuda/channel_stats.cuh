@@ -4,8 +4,10 @@
 // memory-parallel pass in two stages: stats_rows_kernel (pixels contiguous) or stats_cols_kernel
 // (channels contiguous) spread (sample, channel block, pixel chunk) over the grid, each thread
 // keeping four 16-byte loads in flight, and write per chunk the sums of x - p and (x - p)^2 in
-// double, with the pivot p = x[n, d, 0] (the plane's first pixel); stats_combine_kernel adds a
-// plane's chunks and writes mu = p + S1/HW and sigma = sqrt(S2/HW - (S1/HW)^2 + eps). Shifting by
+// double, with the pivot p = x[n, d, 0] (the plane's first pixel), into part, laid out
+// (2 * split + 1, N * D) so that neighbouring channels are neighbouring doubles (rows: S1 of each
+// chunk, then S2 of each chunk, then p); stats_combine_kernel adds a plane's chunks and writes
+// mu = p + S1/HW and sigma = sqrt(S2/HW - (S1/HW)^2 + eps). Shifting by
 // a value of the plane keeps a large mean over a small spread from cancelling, and double holds
 // the square of any finite fp32 value, so sigma is finite for every finite fp32 x.
 // block_stats (two passes by one block, any strides) serves other layouts and the one-launch
@@ -79,7 +81,16 @@ using RawVec = std::conditional_t<VEC == 1, scalar_t, uint4>;
 template <typename scalar_t, int VEC>
 __device__ __forceinline__ RawVec<scalar_t, VEC> load_raw(const scalar_t* p) {
   static_assert(VEC == 1 || VEC * sizeof(scalar_t) == 16, "one 16-byte vector");
+#ifdef SHC_SIMT
+  // One 16-byte access, as the GPU's LDG.E.128 (SASS: tools/gpu_model.py): the host compiler
+  // splits a uint4 copied into an array into four 4-byte loads, which the emulator's access
+  // metrics would count as four requests of 16-byte-strided lanes (store_float2 does the same).
+  RawVec<scalar_t, VEC> r;
+  memcpy(&r, p, sizeof r);
+  return r;
+#else
   return *reinterpret_cast<const RawVec<scalar_t, VEC>*>(p);
+#endif
 }
 
 template <typename scalar_t, typename A, int VEC>
@@ -88,12 +99,12 @@ __device__ __forceinline__ double element(const RawVec<scalar_t, VEC>& r, int i)
 }
 
 // Pixels contiguous (NCHW): one warp per channel, lanes along the pixels of chunk blockIdx.y.
-// grid: (N * ceil(D / 8), split). part[(n * D + d) * split + chunk] = (sum x - p, sum (x - p)^2).
+// grid: (N * ceil(D / 8), split). part as at the top of this file, ND = N * D.
 // VEC > 1 needs sq == 1 and HW, chunk, s0, s1 multiples of VEC on a 16-byte aligned x.
 template <typename scalar_t, typename A, int VEC>
 __global__ void __launch_bounds__(kStatsThreads)
     stats_rows_kernel(const scalar_t* x, int64_t s0, int64_t s1, int64_t sq, int D, int HW, int chunk,
-                      int split, double* part) {
+                      int split, int64_t ND, double* part) {
   constexpr int kWarps = kStatsThreads / 32, STEP = 32 * VEC;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int dblocks = (D + kWarps - 1) / kWarps;
@@ -121,24 +132,32 @@ __global__ void __launch_bounds__(kStatsThreads)
   a = warp_sum(a);
   b = warp_sum(b);
   if (lane == 0) {
-    double* out = part + (static_cast<int64_t>(n) * D + d) * split * 2 + 2 * s;
-    out[0] = a;
-    out[1] = b;
+    const int64_t nd = static_cast<int64_t>(n) * D + d;
+    part[s * ND + nd] = a;
+    part[(split + s) * ND + nd] = b;
+    if (s == 0) part[2 * split * ND + nd] = pivot;
   }
 }
 
 // Channels contiguous (channels_last): thread (dl, pl) = (tid % DL, tid / DL) owns channels
 // [d0 + dl * VEC, + VEC) and every (256 / DL)-th pixel of chunk blockIdx.y; the pixel lanes are
-// then reduced in shared memory. grid: (N * ceil(D / (DL * VEC)), split); DL a power of two <= 32.
+// then reduced in shared memory, and the block's DL * VEC channels are written by as many
+// consecutive threads. grid: (N * ceil(D / (DL * VEC)), split); DL a power of two <= 32.
 // VEC > 1 needs s1 == 1 and D, sq, s0 multiples of VEC on a 16-byte aligned x.
 template <typename scalar_t, typename A, int VEC>
 __global__ void __launch_bounds__(kStatsThreads)
     stats_cols_kernel(const scalar_t* x, int64_t s0, int64_t s1, int64_t sq, int D, int HW, int chunk,
-                      int split, int DL, double* part) {
+                      int split, int DL, int64_t ND, double* part) {
   __shared__ double red[2][kStatsThreads];
+  // The block's channels' S1, S2 and pivot: value e of channel lane dl at fin[k][e * P + dl], with
+  // P = 16 / VEC (mod 16) so that the writes (one e, consecutive dl) and the coalesced reads at the
+  // end (consecutive channels dl * VEC + e) both meet 16 distinct 8-byte banks per phase.
+  __shared__ double fin[3][VEC * (32 + 15)];
   const int tid = threadIdx.x, dl = tid % DL, pl = tid / DL, PL = kStatsThreads / DL;
   const int dblocks = (D + DL * VEC - 1) / (DL * VEC);
-  const int n = blockIdx.x / dblocks, d0 = (blockIdx.x - n * dblocks) * DL * VEC + dl * VEC, s = blockIdx.y;
+  const int n = blockIdx.x / dblocks, dbase = (blockIdx.x - n * dblocks) * DL * VEC, s = blockIdx.y;
+  const int d0 = dbase + dl * VEC;
+  const int P = VEC == 1 ? DL : DL + ((16 / VEC) % 16 - DL % 16 + 16) % 16;
   const bool own = d0 < D;  // VEC > 1: D % VEC == 0, so all VEC channels exist
   const scalar_t* base = x + n * s0 + static_cast<int64_t>(own ? d0 : 0) * s1;
   double pivot[VEC], a[VEC], b[VEC];
@@ -177,28 +196,33 @@ __global__ void __launch_bounds__(kStatsThreads)
       }
       __syncthreads();
     }
-    if (pl == 0 && own) {
-      double* out = part + (static_cast<int64_t>(n) * D + d0 + e) * split * 2 + 2 * s;
-      out[0] = red[0][tid];
-      out[1] = red[1][tid];
+    if (pl == 0) {
+      fin[0][e * P + dl] = red[0][tid];
+      fin[1][e * P + dl] = red[1][tid];
+      fin[2][e * P + dl] = pivot[e];
     }
     __syncthreads();
+  }
+  if (tid < DL * VEC && dbase + tid < D) {  // coalesced: thread i writes channel dbase + i
+    const int64_t nd = static_cast<int64_t>(n) * D + dbase + tid;
+    const int f = (tid % VEC) * P + tid / VEC;
+    part[s * ND + nd] = fin[0][f];
+    part[(split + s) * ND + nd] = fin[1][f];
+    if (s == 0) part[2 * split * ND + nd] = fin[2][f];
   }
 }
 
 // One thread per (n, d): the chunks' sums -> mu, sigma. grid: ceil(N * D / 256).
-template <typename scalar_t, typename A>
+template <typename A>
 __global__ void __launch_bounds__(kStatsThreads)
-    stats_combine_kernel(const scalar_t* x, int64_t s0, int64_t s1, int N, int D, int HW, int split,
-                         const double* part, A eps, A* mu, A* sigma) {
+    stats_combine_kernel(int64_t ND, int HW, int split, const double* part, A eps, A* mu, A* sigma) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(kStatsThreads) + threadIdx.x;
-  if (idx >= static_cast<int64_t>(N) * D) return;
-  const int64_t n = idx / D, d = idx - n * D;
-  const double pivot = static_cast<double>(to_acc<A>(x[n * s0 + d * s1]));
+  if (idx >= ND) return;
+  const double pivot = part[2 * split * ND + idx];
   double a = 0.0, b = 0.0;
   for (int s = 0; s < split; ++s) {
-    a += part[(idx * split + s) * 2];
-    b += part[(idx * split + s) * 2 + 1];
+    a += part[s * ND + idx];
+    b += part[(split + s) * ND + idx];
   }
   const double hw = static_cast<double>(HW), m1 = a / hw;
   const double var = b / hw - m1 * m1;

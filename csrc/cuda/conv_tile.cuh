@@ -116,11 +116,18 @@ __device__ __forceinline__ void conv_epilogue(const ConvArgs<scalar_t, typename 
     out_off[r] = off;
   }
   __syncthreads();
+  // NCHW (rows fastest in the output): a warp takes RG rows x (32 / RG) columns, each column's RG
+  // rows one 32-byte sector of out; in Cs the warp's lanes then read 4 * r + c (mod 32) banks
+  // apart (LDC = 4 mod 32): no conflict for fp32 and fp64, 2-way for 2-byte outputs, where 32
+  // consecutive rows of one column read 8 banks (4-way). channels_last: columns fastest.
+  constexpr int RG = 32 / static_cast<int>(sizeof(scalar_t)), CG = 32 / RG;
+  static_assert(BM % RG == 0 && BN % CG == 0 && NT % 32 == 0 && LDC % 32 == 4, "NCHW epilogue warp tile");
 #pragma unroll 4
   for (int e = 0; e < Cfg::EC; ++e) {
     const int idx = tid + e * NT;
-    const int r = p.o_rowfast ? idx % BM : idx / BN;
-    const int col = p.o_rowfast ? idx / BM : idx % BN;
+    const int lane = idx & 31, grp = idx >> 5;
+    const int r = p.o_rowfast ? (grp % (BM / RG)) * RG + lane % RG : idx / BN;
+    const int col = p.o_rowfast ? (grp / (BM / RG)) * CG + lane / RG : idx % BN;
     const int cg = n0 + col;
     const int64_t off = out_off[r];
     if (off < 0 || cg >= p.Ncols) continue;

@@ -70,6 +70,33 @@ __device__ __forceinline__ void store_float2(float* p, float a, float b) {
 #endif
 }
 
+// r = the N values at p, or the N values at p = r: a thread's row of a shared tile, which nvcc
+// turns into 16-byte accesses (LDS.128 / STS.128 in the SIMT kernels' SASS; p 16-byte aligned).
+// The CPU-run build copies the row in 16-byte pieces, so the emulator's access metrics count the
+// accesses the GPU makes, not the 4-byte pieces the host compiler splits a copied row into.
+template <int N, typename T>
+__device__ __forceinline__ void load_row(T (&r)[N], const T* p) {
+#ifdef SHC_SIMT
+  constexpr int kBytes = N * static_cast<int>(sizeof(T)), kPiece = kBytes % 16 == 0 ? 16 : kBytes;
+  for (int b = 0; b < kBytes; b += kPiece)
+    memcpy(reinterpret_cast<char*>(r) + b, reinterpret_cast<const char*>(p) + b, kPiece);
+#else
+#pragma unroll
+  for (int i = 0; i < N; ++i) r[i] = p[i];
+#endif
+}
+template <int N, typename T>
+__device__ __forceinline__ void store_row(T* p, const T (&r)[N]) {
+#ifdef SHC_SIMT
+  constexpr int kBytes = N * static_cast<int>(sizeof(T)), kPiece = kBytes % 16 == 0 ? 16 : kBytes;
+  for (int b = 0; b < kBytes; b += kPiece)
+    memcpy(reinterpret_cast<char*>(p) + b, reinterpret_cast<const char*>(r) + b, kPiece);
+#else
+#pragma unroll
+  for (int i = 0; i < N; ++i) p[i] = r[i];
+#endif
+}
+
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll

@@ -158,10 +158,8 @@ struct SimtEngine {
 #pragma unroll
     for (int k = 0; k < BK; ++k) {
       A a[TM], b[TN];
-#pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = As[k * LDA + r0 + i];
-#pragma unroll
-      for (int j = 0; j < TN; ++j) b[j] = Bs[k * LDB + c0 + j];
+      load_row(a, As + k * LDA + r0);  // LDS.128: lanes of one ty read one row (a broadcast)
+      load_row(b, Bs + k * LDB + c0);  // LDS.128: 8 lanes' rows are 128 contiguous bytes
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -171,9 +169,7 @@ struct SimtEngine {
   template <int LDC>
   __device__ __forceinline__ void store(A* Cs) const {
 #pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-      for (int j = 0; j < TN; ++j) Cs[(ty() * TM + i) * LDC + tx() * TN + j] = c[i][j];
+    for (int i = 0; i < TM; ++i) store_row(Cs + (ty() * TM + i) * LDC + tx() * TN, c[i]);
   }
   __device__ __forceinline__ void axpy(const SimtEngine& o, A s) {
 #pragma unroll
@@ -181,14 +177,17 @@ struct SimtEngine {
 #pragma unroll
       for (int j = 0; j < TN; ++j) c[i][j] += s * o.c[i][j];
   }
-  // sum over this thread's cells of w(row, col) * tile[row][col]
-  template <typename F>
-  __device__ __forceinline__ A dot_fn(const F& w) const {
+  // sum over this thread's cells of Ws[row][col] * tile[row][col], Ws in shared memory (ld LDW)
+  template <int LDW>
+  __device__ __forceinline__ A dot(const A* Ws) const {
     A s = A(0);
 #pragma unroll
-    for (int i = 0; i < TM; ++i)
+    for (int i = 0; i < TM; ++i) {
+      A w[TN];
+      load_row(w, Ws + (ty() * TM + i) * LDW + tx() * TN);
 #pragma unroll
-      for (int j = 0; j < TN; ++j) s += w(ty() * TM + i, tx() * TN + j) * c[i][j];
+      for (int j = 0; j < TN; ++j) s += w[j] * c[i][j];
+    }
     return s;
   }
 };

@@ -153,22 +153,23 @@ std::tuple<at::Tensor, at::Tensor> channel_stats_cuda(const at::Tensor& x, doubl
     chunk = (chunk + vec_n - 1) / vec_n * vec_n;
     split = (HW + chunk - 1) / chunk;
     TORCH_CHECK(N * dblocks < INT_MAX, op, ": problem too large for the CUDA kernel");
-    const at::Tensor part = at::empty({N, D, split, 2}, x.options().dtype(at::kDouble));
+    const at::Tensor part = at::empty({2 * split + 1, N * D}, x.options().dtype(at::kDouble));  // channel_stats.cuh
     const dim3 grid(static_cast<unsigned>(N * dblocks), static_cast<unsigned>(split));
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     double* pp = part.mutable_data_ptr<double>();
     const int d = static_cast<int>(D), hw = static_cast<int>(HW), c = static_cast<int>(chunk), sp = static_cast<int>(split);
+    const int64_t nd = N * D;
     if (cols && vec)
-      launch(stats_cols_kernel<scalar_t, A, V>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, DL, pp);
+      launch(stats_cols_kernel<scalar_t, A, V>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, DL, nd, pp);
     else if (cols)
-      launch(stats_cols_kernel<scalar_t, A, 1>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, DL, pp);
+      launch(stats_cols_kernel<scalar_t, A, 1>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, DL, nd, pp);
     else if (vec)
-      launch(stats_rows_kernel<scalar_t, A, V>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, pp);
+      launch(stats_rows_kernel<scalar_t, A, V>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, nd, pp);
     else
-      launch(stats_rows_kernel<scalar_t, A, 1>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, pp);
-    launch(stats_combine_kernel<scalar_t, A>, static_cast<unsigned>((N * D + kStatsThreads - 1) / kStatsThreads),
-           kStatsThreads, 0, stream, xp, s0, s1, static_cast<int>(N), d, hw, sp,
-           static_cast<const double*>(pp), static_cast<A>(eps), mu.mutable_data_ptr<A>(), sigma.mutable_data_ptr<A>());
+      launch(stats_rows_kernel<scalar_t, A, 1>, grid, kStatsThreads, 0, stream, xp, s0, s1, sq, d, hw, c, sp, nd, pp);
+    launch(stats_combine_kernel<A>, static_cast<unsigned>((nd + kStatsThreads - 1) / kStatsThreads), kStatsThreads, 0,
+           stream, nd, hw, sp, static_cast<const double*>(pp), static_cast<A>(eps), mu.mutable_data_ptr<A>(),
+           sigma.mutable_data_ptr<A>());
   });
   return std::make_tuple(mu, sigma);
 }

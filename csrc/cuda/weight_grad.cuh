@@ -366,7 +366,7 @@ __device__ __forceinline__ void dw_tile_simt(const DwArgs<scalar_t, typename Cfg
       const int64_t nt = static_cast<int64_t>(n) * T + w.t;
       if (p.gw != nullptr) acc.axpy(accn, p.m[nt]);
       if (p.dm != nullptr) {
-        A v = accn.dot_fn([&](int r, int col) { return Cs[r * LDC + col]; });
+        A v = accn.template dot<LDC>(Cs);
         v = warp_sum(v);
         if ((tid & 31) == 0) atomicAdd(p.dm + nt, v);
       }

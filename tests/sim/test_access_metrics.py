@@ -51,3 +51,42 @@ def test_planted_patterns_give_the_profilers_counts(patterns, kind, stride, expe
     assert p["got"] == expected, (
         f"{kind} stride {stride}: {p['got']} per request, a profiler reports {expected}"
     )
+
+
+RUNS = ["fp32:nchw:64@8:split", "bf16:cl:64@8:split"]  # forward + backward of one layer each
+
+
+@pytest.fixture(scope="module")
+def layers(tmp_path_factory):
+    out = tmp_path_factory.mktemp("metrics") / "layers.json"
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), "--runs", *RUNS, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.exists(), proc.stdout + proc.stderr
+    runs = json.loads(out.read_text())["runs"]
+    return {(r["dtype"], r["layout"]): {k["kernel"]: k for k in r["kernels"]} for r in runs}
+
+
+@pytest.mark.parametrize(
+    "run, kernel, access",
+    [
+        # the SIMT engine's operand rows and accumulator rows: 16-byte lanes, no bank conflict
+        (("fp32", "nchw"), "conv_tile_simt", "shared_ld"),
+        (("fp32", "nchw"), "dw_tile_simt", "shared_ld"),
+        # the NCHW epilogue reads Cs column by column: a warp takes 8 rows x 4 columns
+        (("fp32", "nchw"), "conv_epilogue", "shared_ld"),
+        # the statistics' partial sums, (2 * split + 1, N * D): neighbouring channels neighbouring doubles
+        (("fp32", "nchw"), "stats_combine_kernel", "global_ld"),
+        (("bf16", "cl"), "stats_cols_kernel", "global_ld"),
+        (("bf16", "cl"), "stats_cols_kernel", "global_st"),
+        (("bf16", "cl"), "stats_combine_kernel", "global_ld"),
+    ],
+)
+def test_these_kernels_access_memory_as_their_layouts_promise(layers, run, kernel, access):
+    """Sectors or wavefronts per request at most the ideal (a broadcast goes below it)."""
+    k = layers[run][kernel]
+    got, ideal = k[access]["per_request"], k[access]["ideal_per_request"]
+    assert got is not None and got <= ideal + 1e-9, (run, kernel, access, got, ideal, k["worst"])
