@@ -241,8 +241,15 @@ def test_second_order_through_the_fused_layer_matches_reference():
         got = torch.autograd.grad(gx.square().sum(), [x, *params], allow_unused=True)
         return [torch.zeros_like(t) if g is None else g for t, g in zip([x, *params], got, strict=True)]
 
-    for name, g, e in zip(NAMES, penalty(triton_layer), penalty(reference.shc_conv2d), strict=True):
-        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=lambda m, nm=name: f"{nm}: {m}")
+    got = penalty(triton_layer)
+    # against float64 (the reference on the same values in double), each gradient's error scaled by
+    # its largest element: two fp32 computations differ by their summation orders (oneDNN's differ
+    # between AVX2 and AVX-512), which puts a small element's relative error anywhere
+    x = x.detach().double().requires_grad_()
+    params = [p.detach().double().requires_grad_() for p in params]
+    for name, g, e in zip(NAMES, got, penalty(reference.shc_conv2d), strict=True):
+        err, scale = (g.double() - e).abs().max().item(), e.abs().max().item()
+        assert err <= 1e-5 * scale, (name, err, scale)
 
 
 def test_the_functional_api_runs_the_fused_op():
