@@ -404,10 +404,13 @@ class Study:
         try:
             net, _ = checkpoint.load_model(path)
         except checkpoint.CheckpointError as exc:
-            self.say(f"  {key}: {exc}; retraining")
+            self.say(f"  {key}: {exc}; not used (its checkpoint, or training it again, gives the model)")
             return None
         if advtrain.weights_hash(net.state_dict()) != self.read(unit)["result"]["weights"]:
-            self.say(f"  {key}: {path} does not hold the weights its train unit recorded; retraining")
+            self.say(
+                f"  {key}: {path} does not hold the weights its train unit recorded; not used (its "
+                "checkpoint, or training it again, gives the model)"
+            )
             return None
         return net
 
